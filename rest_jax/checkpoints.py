@@ -1,0 +1,98 @@
+"""Orbax checkpoints of the train state: save every N steps, keep K, restore, resume.
+
+A checkpoint holds the whole `TrainState` (step, params, optimizer state). The
+data position is the step itself: the input pipeline is deterministic and skips
+the batches already consumed, so a resumed run sees exactly the batches an
+uninterrupted run would have seen.
+"""
+
+import os
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+from rest_jax.trainer import TrainState
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class Checkpointer:
+  """Saves and restores `TrainState`s under `<model_dir>/checkpoints`.
+
+  Args:
+    model_dir: the run's directory.
+    save_every: save when `step % save_every == 0` (and always on `force`).
+    keep: number of most recent checkpoints kept.
+    subdir: folder under `model_dir` (ReST uses one per Improve step).
+  """
+
+  def __init__(self, model_dir: str, save_every: int = 1000, keep: int = 3,
+               subdir: str = "checkpoints"):
+    self.directory = os.path.abspath(os.path.join(model_dir, subdir))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            save_interval_steps=save_every, max_to_keep=keep, create=True,
+        ),
+    )
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, state: TrainState, force: bool = False) -> bool:
+    """Saves if the step is due (or `force`); returns whether it saved."""
+    step = int(jax.device_get(state.step))
+    saved = self._manager.save(step, args=ocp.args.StandardSave(state.as_dict()), force=force)
+    if saved:
+      logging.info("Saving checkpoint for step %d to %s", step, self.directory)
+    return saved
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state: TrainState, step: Optional[int] = None) -> TrainState:
+    """Restores `step` (default: latest) onto the shardings of `abstract_state`.
+
+    Raises:
+      CheckpointError: no checkpoint, or one that orbax cannot read or that does
+        not match the model (the message names the step and directory).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    try:
+      tree = self._manager.restore(
+          step, args=ocp.args.StandardRestore(abstract_state.as_dict())
+      )
+    except Exception as e:  # orbax raises many types; name what was being read.
+      raise CheckpointError(
+          f"cannot restore checkpoint step {step} from {self.directory}: {e}"
+      ) from e
+    return TrainState.from_dict(tree)
+
+  def restore_params(self, abstract_params: Any, step: Optional[int] = None) -> Any:
+    """Restores only the parameters (e.g. a policy for sampling)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    try:
+      tree = self._manager.restore(
+          step,
+          args=ocp.args.StandardRestore({"params": abstract_params}),
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"cannot restore parameters of step {step} from {self.directory}: {e}"
+      ) from e
+    return tree["params"]
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

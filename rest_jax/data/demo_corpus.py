@@ -1,0 +1,262 @@
+"""The embedded demo corpus: a synthetic English -> German-like language pair.
+
+Nothing here is real data. Sentences come from a small grammar over a real-word
+lexicon, and the German side follows German rules that a translation model must
+learn rather than copy: grammatical gender, number and case agreement of
+articles, adjectives and nouns (including dative plurals), verb-second order
+after a fronted adverb, verb-final order in subordinate and relative clauses,
+relative pronouns that agree with their antecedent, and verbs that take a dative
+object. A tiny model trained for a few minutes gets much of it right but not
+all, which leaves room for ReST to help.
+
+The same seed gives the same text. Splits are disjoint: every distinct English
+sentence is assigned to one split by a hash of its text.
+"""
+
+import dataclasses
+import hashlib
+import random
+from typing import Dict, List, Tuple
+
+# Nouns: English singular, English plural, German singular, German plural, gender.
+NOUNS = [
+    ("man", "men", "Mann", "Männer", "m"),
+    ("woman", "women", "Frau", "Frauen", "f"),
+    ("child", "children", "Kind", "Kinder", "n"),
+    ("dog", "dogs", "Hund", "Hunde", "m"),
+    ("cat", "cats", "Katze", "Katzen", "f"),
+    ("teacher", "teachers", "Lehrer", "Lehrer", "m"),
+    ("girl", "girls", "Mädchen", "Mädchen", "n"),
+    ("friend", "friends", "Freund", "Freunde", "m"),
+    ("bird", "birds", "Vogel", "Vögel", "m"),
+    ("doctor", "doctors", "Ärztin", "Ärztinnen", "f"),
+    ("farmer", "farmers", "Bauer", "Bauern", "m"),
+    ("horse", "horses", "Pferd", "Pferde", "n"),
+]
+THINGS = [
+    ("book", "books", "Buch", "Bücher", "n"),
+    ("apple", "apples", "Apfel", "Äpfel", "m"),
+    ("letter", "letters", "Brief", "Briefe", "m"),
+    ("flower", "flowers", "Blume", "Blumen", "f"),
+    ("car", "cars", "Auto", "Autos", "n"),
+    ("table", "tables", "Tisch", "Tische", "m"),
+    ("bag", "bags", "Tasche", "Taschen", "f"),
+    ("picture", "pictures", "Bild", "Bilder", "n"),
+    ("key", "keys", "Schlüssel", "Schlüssel", "m"),
+    ("lamp", "lamps", "Lampe", "Lampen", "f"),
+]
+ADJECTIVES = [
+    ("big", "groß"), ("small", "klein"), ("old", "alt"), ("new", "neu"), ("red", "rot"),
+    ("good", "gut"), ("young", "jung"), ("beautiful", "schön"), ("green", "grün"),
+]
+NUMBERS = [("two", "zwei"), ("three", "drei"), ("four", "vier"), ("five", "fünf"),
+           ("six", "sechs"), ("seven", "sieben"), ("ten", "zehn")]
+# Transitive verbs: English 3sg, English plural, German 3sg, German 3pl, object case.
+TRANSITIVE = [
+    ("sees", "see", "sieht", "sehen", "acc"), ("buys", "buy", "kauft", "kaufen", "acc"),
+    ("finds", "find", "findet", "finden", "acc"), ("has", "have", "hat", "haben", "acc"),
+    ("likes", "like", "mag", "mögen", "acc"), ("helps", "help", "hilft", "helfen", "dat"),
+    ("follows", "follow", "folgt", "folgen", "dat"), ("thanks", "thank", "dankt", "danken", "dat"),
+]
+GIVING = [("gives", "give", "gibt", "geben"), ("shows", "show", "zeigt", "zeigen"),
+          ("sends", "send", "schickt", "schicken")]
+INTRANSITIVE = [("sleeps", "sleep", "schläft", "schlafen"), ("laughs", "laugh", "lacht", "lachen"),
+                ("waits", "wait", "wartet", "warten"), ("sings", "sing", "singt", "singen")]
+ADVERBS = [("today", "heute"), ("tomorrow", "morgen"), ("often", "oft"), ("now", "jetzt")]
+CONJUNCTIONS = [("because", "weil"), ("although", "obwohl"), ("when", "wenn")]
+
+DEFINITE = {
+    "nom": {"m": "der", "f": "die", "n": "das", "pl": "die"},
+    "acc": {"m": "den", "f": "die", "n": "das", "pl": "die"},
+    "dat": {"m": "dem", "f": "der", "n": "dem", "pl": "den"},
+}
+INDEFINITE = {
+    "nom": {"m": "ein", "f": "eine", "n": "ein"},
+    "acc": {"m": "einen", "f": "eine", "n": "ein"},
+    "dat": {"m": "einem", "f": "einer", "n": "einem"},
+}
+
+
+def adjective_ending(article: str, case: str, gender: str) -> str:
+  """German adjective ending after `article` in {'def', 'indef', 'none'} (plural uses 'pl')."""
+  if gender == "pl":
+    if article == "def" or case == "dat":
+      return "en"
+    return "e"  # strong plural after a number, nom/acc
+  if case == "dat":
+    return "en"
+  if article == "def":
+    return "en" if (case == "acc" and gender == "m") else "e"
+  # Mixed declension after ein/eine.
+  if case == "acc" and gender == "m":
+    return "en"
+  return {"m": "er", "f": "e", "n": "es"}[gender]
+
+
+def dative_plural(noun: str) -> str:
+  return noun if noun.endswith(("n", "s")) else noun + "n"
+
+
+@dataclasses.dataclass(frozen=True)
+class NounPhrase:
+  english: str
+  german: str
+  case: str
+  gender: str     # m, f, n or pl
+  article: str    # def, indef or none
+  plural: bool
+
+
+def _noun_phrase(rng: random.Random, case: str, lexicon) -> NounPhrase:
+  en_sg, en_pl, de_sg, de_pl, gender = rng.choice(lexicon)
+  plural = rng.random() < 0.3
+  article = rng.choice(["def", "def", "none"] if plural else ["def", "indef"])
+  adjective = rng.choice(ADJECTIVES) if rng.random() < 0.4 else None
+  g = "pl" if plural else gender
+  en_words, de_words = [], []
+  if article == "def":
+    en_words.append("the")
+    de_words.append(DEFINITE[case][g])
+  elif article == "indef":
+    en_words.append("a")
+    de_words.append(INDEFINITE[case][gender])
+  else:
+    number = rng.choice(NUMBERS)
+    en_words.append(number[0])
+    de_words.append(number[1])
+  if adjective:
+    en_words.append(adjective[0])
+    de_words.append(adjective[1] + adjective_ending(article, case, g))
+  en_words.append(en_pl if plural else en_sg)
+  noun = de_pl if plural else de_sg
+  de_words.append(dative_plural(noun) if plural and case == "dat" else noun)
+  if article == "indef" and en_words[1][0] in "aeiou":
+    en_words[0] = "an"
+  return NounPhrase(" ".join(en_words), " ".join(de_words), case, g, article, plural)
+
+
+@dataclasses.dataclass
+class Clause:
+  """A clause as its parts, so both word orders can be produced."""
+
+  subject: NounPhrase
+  verb_en: str
+  verb_de: str
+  objects_de: List[str]
+  objects_en: List[str]
+  phrases: List[NounPhrase]
+
+  def english(self) -> str:
+    return " ".join([self.subject.english, self.verb_en, *self.objects_en])
+
+  def german_main(self) -> str:
+    return " ".join([self.subject.german, self.verb_de, *self.objects_de])
+
+  def german_final(self) -> str:
+    return " ".join([self.subject.german, *self.objects_de, self.verb_de])
+
+
+def _clause(rng: random.Random, subject=None) -> Clause:
+  subject = subject or _noun_phrase(rng, "nom", NOUNS)
+  i = 1 if subject.plural else 0
+  kind = rng.random()
+  if kind < 0.45:
+    verb = rng.choice(TRANSITIVE)
+    obj = _noun_phrase(rng, verb[4], NOUNS + THINGS if verb[4] == "acc" else NOUNS)
+    return Clause(subject, verb[i], verb[2 + i], [obj.german], [obj.english], [subject, obj])
+  if kind < 0.75:
+    verb = rng.choice(GIVING)
+    receiver = _noun_phrase(rng, "dat", NOUNS)
+    thing = _noun_phrase(rng, "acc", THINGS)
+    return Clause(subject, verb[i], verb[2 + i], [receiver.german, thing.german],
+                  [receiver.english, thing.english], [subject, receiver, thing])
+  verb = rng.choice(INTRANSITIVE)
+  return Clause(subject, verb[i], verb[2 + i], [], [], [subject])
+
+
+def _capitalize(text: str) -> str:
+  return text[0].upper() + text[1:]
+
+
+def generate_pair(rng: random.Random) -> Tuple[str, str, List[NounPhrase]]:
+  """One (english, german, noun phrases) triple."""
+  form = rng.random()
+  if form < 0.35:
+    clause = _clause(rng)
+    en, de, phrases = clause.english(), clause.german_main(), clause.phrases
+  elif form < 0.55:
+    # A fronted adverb puts the German verb second, before the subject.
+    adverb = rng.choice(ADVERBS)
+    clause = _clause(rng)
+    en = f"{adverb[0]} {clause.english()}"
+    de = " ".join([adverb[1], clause.verb_de, clause.subject.german, *clause.objects_de])
+    phrases = clause.phrases
+  elif form < 0.8:
+    # Subordinate clause: the German verb goes to the end, after a comma.
+    main, sub = _clause(rng), _clause(rng)
+    conj = rng.choice(CONJUNCTIONS)
+    en = f"{main.english()} {conj[0]} {sub.english()}"
+    de = f"{main.german_main()}, {conj[1]} {sub.german_final()}"
+    phrases = main.phrases + sub.phrases
+  else:
+    # Subject relative clause: the pronoun agrees with the antecedent, verb-final.
+    subject = _noun_phrase(rng, "nom", NOUNS)
+    relative = _clause(rng, subject=dataclasses.replace(subject))
+    main = _clause(rng, subject=subject)
+    pronoun_en = "who"
+    pronoun_de = DEFINITE["nom"][subject.gender]
+    rel_de = " ".join([pronoun_de, *relative.objects_de, relative.verb_de])
+    rel_en = " ".join([pronoun_en, relative.verb_en, *relative.objects_en])
+    en = " ".join([subject.english, rel_en, main.verb_en, *main.objects_en])
+    de = " ".join([f"{subject.german},", f"{rel_de},", main.verb_de, *main.objects_de])
+    phrases = main.phrases + relative.phrases[1:]
+  return _capitalize(en) + ".", _capitalize(de) + ".", phrases
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def _split_of(english: str, held_out_percent: int) -> str:
+  bucket = int(hashlib.sha1(english.encode()).hexdigest()[:8], 16) % 100
+  if bucket < held_out_percent:
+    return "validation"
+  if bucket < 2 * held_out_percent:
+    return "test"
+  return "train"
+
+
+def generate_splits(
+    train_size: int = 20000,
+    validation_size: int = 500,
+    test_size: int = 500,
+    seed: int = 0,
+) -> Dict[str, List[Tuple[str, str]]]:
+  """Disjoint train/validation/test lists of (english, german) pairs.
+
+  Args:
+    train_size: pairs in the train split.
+    validation_size: pairs in the validation split.
+    test_size: pairs in the test split.
+    seed: the same seed gives the same text.
+
+  Returns:
+    A dict from split name to its list of pairs.
+  """
+  wanted = {"train": train_size, "validation": validation_size, "test": test_size}
+  held_out = 10  # percent of distinct sentences routed to each held-out split
+  rng = random.Random(seed)
+  out = {name: [] for name in SPLITS}
+  seen = set()
+  attempts = 0
+  while any(len(out[s]) < wanted[s] for s in SPLITS):
+    attempts += 1
+    if attempts > 50 * sum(wanted.values()) + 10000:
+      raise RuntimeError(f"demo grammar cannot produce {wanted} distinct sentences")
+    en, de, _ = generate_pair(rng)
+    if en in seen:
+      continue
+    seen.add(en)
+    split = _split_of(en, held_out)
+    if len(out[split]) < wanted[split]:
+      out[split].append((en, de))
+  return out

@@ -1,0 +1,138 @@
+r"""Command line: `python -m rest_jax.main <command> --gin_file=... --gin.KEY=VALUE`.
+
+Commands:
+  train   behaviour cloning (the BC policy): `rest_jax.train.train` from gin.
+  vocab   train a SentencePiece vocabulary on a seqio task's text.
+
+Flags (t5x's):
+  --gin_file=PATH         repeatable; looked up as given, then in gin/ and configs/.
+  --gin.KEY=VALUE         a gin binding, e.g. --gin.MODEL_DIR="'/tmp/run'".
+  --gin_bindings=BINDING  repeatable, a raw gin binding.
+  --dry_run               parse the config, print it, and exit.
+  --multihost             start jax.distributed first (one process per host).
+"""
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from absl import logging
+import gin
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def gin_search_paths() -> List[str]:
+  """Folders that hold `models/...`, `runs/...` and the experiment configs.
+
+  A source checkout has them at the top (`gin/`, `configs/`); an installed
+  package carries them as `rest_jax/gin` and `rest_jax/configs`.
+  """
+  paths = [os.getcwd()]
+  for root in (os.path.dirname(_PACKAGE_DIR), _PACKAGE_DIR):
+    for name in ("gin", "configs"):
+      path = os.path.join(root, name)
+      if os.path.isdir(path) and path not in paths:
+        paths.append(path)
+    if os.path.isdir(os.path.join(root, "configs")):
+      paths.append(root)
+  return paths
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
+              finalize: bool = True) -> None:
+  """Parses gin files and bindings with the project's search paths.
+
+  Raises:
+    ValueError: an unknown gin file, or a binding gin rejects (the message names it).
+  """
+  for path in gin_search_paths():
+    gin.add_config_file_search_path(path)
+  for name in gin_files:
+    if not any(os.path.exists(os.path.join(p, name)) for p in gin_search_paths()):
+      raise ValueError(f"gin file '{name}' not found in {gin_search_paths()}")
+  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=finalize)
+
+
+def _split_args(argv: Sequence[str]):
+  parser = argparse.ArgumentParser(prog="rest_jax.main", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("command", choices=["train", "vocab"])
+  parser.add_argument("--gin_file", action="append", default=[])
+  parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--dry_run", action="store_true")
+  parser.add_argument("--multihost", action="store_true")
+  args, rest = parser.parse_known_args(argv)
+  bindings = list(args.gin_bindings)
+  for arg in rest:
+    if not arg.startswith("--gin.") or "=" not in arg:
+      parser.error(f"unrecognized argument {arg!r} (gin bindings are --gin.KEY=VALUE)")
+    key, value = arg[len("--gin."):].split("=", 1)
+    bindings.append(f"{key} = {value}")
+  return args, bindings
+
+
+def _write_config(model_dir: Optional[str]) -> None:
+  if not model_dir:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+
+
+def _macro(name: str):
+  try:
+    return gin.query_parameter(f"%{name}")
+  except ValueError:
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+  args, bindings = _split_args(argv)
+  logging.set_verbosity(logging.WARNING)  # orbax and seqio are chatty at INFO
+  if args.multihost:
+    from rest_jax import partitioning  # pylint: disable=g-import-not-at-top
+
+    partitioning.initialize_multihost()
+  if args.command == "train":
+    from rest_jax import train  # pylint: disable=g-import-not-at-top
+
+    parse_gin(args.gin_file, bindings)
+    if args.dry_run:
+      print(gin.config_str())
+      return 0
+    _write_config(_macro("MODEL_DIR"))
+    history = gin.get_configurable(train.train)()
+    _print_history(history)
+    return 0
+  if args.command == "vocab":
+    from rest_jax.data import vocab_command  # pylint: disable=g-import-not-at-top
+
+    parse_gin(args.gin_file, bindings)
+    if args.dry_run:
+      print(gin.config_str())
+      return 0
+    print(gin.get_configurable(vocab_command.build_vocabulary)())
+    return 0
+  return 2
+
+
+def _print_history(history) -> None:
+  if not history:
+    return
+  keys = [k for k in ("loss", "accuracy", "bleu", "chrf") if k in history[0]]
+  print("\n" + " | ".join(["step"] + keys))
+  for row in history:
+    print(" | ".join([f"{row['step']}"] + [f"{row[k]:.4f}" for k in keys]))
+
+
+def run() -> None:
+  sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,284 @@
+"""`EncoderDecoderModel`: the t5x model API over the built-in network.
+
+Method names, arguments, batch keys and return shapes follow
+`t5x.models.EncoderDecoderModel`, so everything above this module (trainer, Grow,
+Improve) works the same with a real t5x model configured by gin.
+
+What differs is inside `predict_batch_with_aux`: the encoder runs once per input
+and each decoder layer's cross-attention keys/values are projected once per
+input and shared by that input's `num_decodes` rows, instead of being copied
+per sample and re-projected at every step.
+"""
+
+import inspect
+from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple
+
+from clu import metrics as clu_metrics
+from flax import linen as nn
+from flax.core import unfreeze
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import seqio
+
+from rest_jax import decoding
+
+Array = jax.Array
+PyTree = Any
+Batch = Mapping[str, Array]
+
+NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+
+
+def cross_entropy_with_logits(
+    logits: Array, targets: Array, z_loss: float = 0.0, label_smoothing: float = 0.0
+) -> Tuple[Array, Array]:
+  """Per-token cross entropy and its z-loss part (t5x's definitions).
+
+  Args:
+    logits: `[..., vocab]`.
+    targets: `[...]` int token ids.
+    z_loss: coefficient of `log(Z)^2`, which keeps the softmax normaliser near 1.
+    label_smoothing: mass spread uniformly over the other tokens.
+
+  Returns:
+    `(loss, z_loss_part)`, each shaped like `targets`; `loss` includes the z-loss.
+  """
+  vocab = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low = label_smoothing / (vocab - 1) if vocab > 1 else 0.0
+  log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+  log_probs = logits.astype(jnp.float32) - log_z[..., None]
+  target_log_prob = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), -1)[..., 0]
+  loss = -confidence * target_log_prob
+  if label_smoothing:
+    # Entropy of the smoothed target makes the minimum loss 0, as in t5x.
+    normalizer = -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low + 1e-20))
+    loss = loss - low * (jnp.sum(log_probs, -1) - target_log_prob) - normalizer
+  z_part = z_loss * jnp.square(log_z)
+  return loss + z_part, z_part
+
+
+def _normalizer(weights: Array, loss_normalizing_factor) -> Array:
+  if loss_normalizing_factor is None:
+    return jnp.array(1.0, jnp.float32)  # t5x default: sum over tokens
+  if loss_normalizing_factor == NUM_REAL_TARGET_TOKENS:
+    return jnp.maximum(jnp.sum(weights), 1.0)
+  return jnp.asarray(loss_normalizing_factor, jnp.float32)
+
+
+class EncoderDecoderModel:
+  """Encoder-decoder with the t5x model API.
+
+  Attributes:
+    module: a Flax module with t5x's `Transformer` interface (`encode`, `decode`,
+      `__call__`) and, for fast decoding, `cross_attention_kv`, `init_cache`
+      and `decode_step`.
+    input_vocabulary, output_vocabulary: seqio vocabularies.
+    optimizer_def: an `optax.GradientTransformation`.
+  """
+
+  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+
+  def __init__(
+      self,
+      module: nn.Module,
+      input_vocabulary: seqio.Vocabulary,
+      output_vocabulary: seqio.Vocabulary,
+      optimizer_def: Optional[optax.GradientTransformation] = None,
+      decode_fn: Callable[..., Tuple[Array, Array]] = decoding.beam_search,
+      feature_converter_cls: Optional[type] = None,
+      label_smoothing: float = 0.0,
+      z_loss: float = 0.0,
+      loss_normalizing_factor: Optional[float | str] = None,
+      default_decoder_params: Optional[Mapping[str, Any]] = None,
+  ):
+    self.module = module
+    self._input_vocabulary = input_vocabulary
+    self._output_vocabulary = output_vocabulary
+    self.optimizer_def = optimizer_def
+    self._decode_fn = decode_fn
+    if feature_converter_cls is not None:
+      self.FEATURE_CONVERTER_CLS = feature_converter_cls  # pylint: disable=invalid-name
+    self._label_smoothing = label_smoothing
+    self._z_loss = z_loss
+    self._loss_normalizing_factor = loss_normalizing_factor
+    self._default_decoder_params = dict(default_decoder_params or {})
+
+  @property
+  def input_vocabulary(self) -> seqio.Vocabulary:
+    return self._input_vocabulary
+
+  @property
+  def output_vocabulary(self) -> seqio.Vocabulary:
+    return self._output_vocabulary
+
+  @property
+  def decode_fn(self):
+    return self._decode_fn
+
+  # --- initialisation ------------------------------------------------------
+
+  def get_initial_variables(
+      self,
+      rng: Array,
+      input_shapes: Mapping[str, Tuple[int, ...]],
+      input_types: Optional[Mapping[str, jnp.dtype]] = None,
+  ) -> PyTree:
+    """Variables (`params` and their logical axes `params_axes`) for these shapes."""
+    input_types = input_types or {}
+
+    def dummy(key):
+      return jnp.ones(input_shapes[key], input_types.get(key, jnp.int32))
+
+    variables = self.module.init(
+        {"params": rng, "dropout": rng},
+        dummy("encoder_input_tokens"),
+        dummy("decoder_input_tokens"),
+        dummy("decoder_target_tokens"),
+        enable_dropout=False,
+    )
+    return unfreeze(variables)
+
+  # --- training and scoring ------------------------------------------------
+
+  def _compute_logits(
+      self,
+      params: PyTree,
+      batch: Batch,
+      dropout_rng: Optional[Array] = None,
+      mutable: bool = False,
+      other_variables: Optional[PyTree] = None,
+  ) -> Array:
+    """Teacher-forced logits `[batch, target_length, vocab]`."""
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    variables = {"params": params, **(other_variables or {})}
+    return self.module.apply(
+        variables,
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"],
+        enable_dropout=rngs is not None,
+        rngs=rngs,
+        mutable=mutable,
+    )
+
+  def loss_fn(
+      self, params: PyTree, batch: Batch, dropout_rng: Optional[Array]
+  ) -> Tuple[Array, MutableMapping[str, clu_metrics.Metric]]:
+    """Token cross entropy (plus z-loss), normalised as configured, and metrics."""
+    logits = self._compute_logits(params, batch, dropout_rng)
+    return self._loss_and_metrics(logits, batch)
+
+  def eval_fn(self, params: PyTree, batch: Batch) -> Tuple[Array, Mapping[str, Any]]:
+    return self.loss_fn(params, batch, dropout_rng=None)
+
+  def _loss_and_metrics(self, logits: Array, batch: Batch):
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else weights
+    weights = weights.astype(jnp.float32)
+    token_loss, token_z = cross_entropy_with_logits(
+        logits, targets, self._z_loss, self._label_smoothing
+    )
+    normalizer = _normalizer(weights, self._loss_normalizing_factor)
+    loss = jnp.sum(token_loss * weights) / normalizer
+    return loss, compute_base_metrics(logits, targets, weights, loss, token_z, normalizer)
+
+  def score_batch(
+      self, params: PyTree, batch: Batch, return_intermediates: bool = False
+  ) -> Array | Tuple[Array, Mapping[str, Any]]:
+    """Log-likelihood `[batch]` of each target sequence (sum over weighted tokens)."""
+    logits = self._compute_logits(params, batch)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else weights
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    token_scores = token_scores * weights.astype(jnp.float32)
+    scores = jnp.sum(token_scores, axis=-1)
+    if return_intermediates:
+      return scores, {"token_scores": token_scores}
+    return scores
+
+  # --- decoding ------------------------------------------------------------
+
+  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[Array] = None) -> Array:
+    return self.predict_batch_with_aux(params, batch, rng=rng)[0]
+
+  def predict_batch_with_aux(
+      self,
+      params: PyTree,
+      batch: Batch,
+      rng: Optional[Array] = None,
+      decoder_params: Optional[MutableMapping[str, Any]] = None,
+      return_all_decodes: bool = False,
+      num_decodes: int = 1,
+      prompt_with_targets: bool = False,
+  ) -> Tuple[Array, Mapping[str, Array]]:
+    """Decodes with `decode_fn` (beam search unless configured otherwise).
+
+    Args:
+      params: model parameters.
+      batch: needs `encoder_input_tokens` `[B, Le]` and `decoder_input_tokens`
+        `[B, L]` (its length sets the decode length; with `prompt_with_targets`
+        its non-zero tokens are a forced prefix).
+      rng: PRNG key for sampling; a `[B, num_decodes, 2]` array of keys gives
+        each sample its own key.
+      decoder_params: extra keyword arguments for `decode_fn` (temperature,
+        topk, topp, alpha, eos_id...), overriding `default_decoder_params`.
+      return_all_decodes: return every decode instead of the best one.
+      num_decodes: samples (or beams) per input.
+      prompt_with_targets: force the decoder-input prefix.
+
+    Returns:
+      `(decodes, {"scores": scores})`: `[B, num_decodes, L]` and
+      `[B, num_decodes]` sorted by increasing score if `return_all_decodes`,
+      else the best decode `[B, L]` and its score `[B]`.
+    """
+    encoder_tokens = batch["encoder_input_tokens"]
+    batch_size = encoder_tokens.shape[0]
+    max_length = batch["decoder_input_tokens"].shape[1]
+    module = self.module
+
+    encoded = module.apply({"params": params}, encoder_tokens, enable_dropout=False,
+                           method=module.encode)
+    cross_kv = module.apply({"params": params}, encoded, method=module.cross_attention_kv)
+    cache = module.apply({"params": params}, batch_size * num_decodes, max_length,
+                         method=module.init_cache)
+
+    def tokens_to_logits(tokens, step, cache):
+      return module.apply(
+          {"params": params}, tokens, cache, step, cross_kv, encoder_tokens, num_decodes,
+          method=module.decode_step,
+      )
+
+    kwargs = {"eos_id": self.output_vocabulary.eos_id, **self._default_decoder_params,
+              **(decoder_params or {})}
+    if prompt_with_targets:
+      if self._decode_fn is not decoding.temperature_sample:
+        raise ValueError("prompt_with_targets needs decode_fn=decoding.temperature_sample")
+      kwargs["prompt"] = jnp.repeat(batch["decoder_input_tokens"], num_decodes, axis=0)
+    if "rng" in inspect.signature(self._decode_fn).parameters:
+      kwargs["rng"] = rng if rng is not None else jax.random.PRNGKey(0)
+    decodes, scores = self._decode_fn(
+        tokens_to_logits, cache, batch_size=batch_size, max_decode_length=max_length,
+        num_decodes=num_decodes, **kwargs,
+    )
+    if return_all_decodes:
+      return decodes, {"scores": scores}
+    return decodes[:, -1, :], {"scores": scores[:, -1]}
+
+
+def compute_base_metrics(logits, targets, weights, loss, token_z_loss, normalizer):
+  """t5x's standard training metrics as clu metrics (jit-friendly pytrees)."""
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
+  num_tokens = jnp.sum(weights)
+  return {
+      "loss": clu_metrics.Average(total=loss, count=jnp.array(1, jnp.int32)),
+      "accuracy": clu_metrics.Average(total=jnp.sum(correct), count=num_tokens),
+      "z_loss": clu_metrics.Average(total=jnp.sum(token_z_loss * weights) / normalizer,
+                                    count=jnp.array(1, jnp.int32)),
+      "num_tokens": clu_metrics.Average(total=num_tokens, count=jnp.array(1, jnp.int32)),
+  }

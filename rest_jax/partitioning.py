@@ -1,0 +1,231 @@
+"""Meshes, logical-axis rules and shardings: one program for a CPU, a GPU or a TPU pod.
+
+A `Partitioner` owns a `jax.sharding.Mesh` with axes `data` and `model`. Parameters
+are sharded by their logical axis names (the `params_axes` collection that both
+t5x models and ours produce) through t5x's standard rules; batches are split over
+`data`; each step is one `jax.jit` with explicit in/out shardings.
+"""
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+from absl import logging
+from flax.core import unfreeze
+from flax.linen import partitioning as nn_partitioning
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+
+PyTree = Any
+LogicalRules = Sequence[Tuple[str, Optional[str]]]
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+
+def standard_logical_axis_rules() -> LogicalRules:
+  """t5x's default rules: data parallel over `batch`, model parallel over heads/mlp/vocab."""
+  return (
+      ("batch", DATA_AXIS),
+      ("vocab", MODEL_AXIS),
+      ("embed", None),
+      ("mlp", MODEL_AXIS),
+      ("heads", MODEL_AXIS),
+      ("kv", None),
+      ("joined_kv", MODEL_AXIS),
+      ("relpos_buckets", None),
+      ("abspos_buckets", None),
+      ("length", None),
+      ("layers", None),
+      ("stack", None),
+      ("mlp_activations", None),
+  )
+
+
+def initialize_multihost(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+) -> None:
+  """Starts JAX's multi-controller runtime (one process per host).
+
+  Arguments left as None come from `REST_JAX_COORDINATOR`, `REST_JAX_NUM_PROCESSES`
+  and `REST_JAX_PROCESS_ID`, and otherwise from JAX's own detection (Cloud TPU,
+  SLURM, ...). On CPU the gloo collectives are selected so that simulated hosts
+  on one machine can run cross-process computations.
+  """
+  env = os.environ
+  coordinator_address = coordinator_address or env.get("REST_JAX_COORDINATOR")
+  if num_processes is None and "REST_JAX_NUM_PROCESSES" in env:
+    num_processes = int(env["REST_JAX_NUM_PROCESSES"])
+  if process_id is None and "REST_JAX_PROCESS_ID" in env:
+    process_id = int(env["REST_JAX_PROCESS_ID"])
+  if env.get("JAX_PLATFORMS", "").startswith("cpu") or env.get("REST_JAX_CPU_COLLECTIVES"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _resolve_mesh_shape(mesh_shape: Optional[Sequence[int]], num_devices: int) -> Tuple[int, int]:
+  if mesh_shape is None:
+    return num_devices, 1
+  data, model = (int(x) for x in mesh_shape)
+  if data == -1:
+    if num_devices % model:
+      raise ValueError(f"mesh_shape model={model} does not divide {num_devices} devices")
+    data = num_devices // model
+  if data * model != num_devices:
+    raise ValueError(
+        f"mesh_shape {data}x{model} needs {data * model} devices, but {num_devices} are"
+        " available; set Partitioner.mesh_shape (e.g. --gin.Partitioner.mesh_shape=\"(-1, 1)\")"
+    )
+  return data, model
+
+
+@dataclasses.dataclass
+class Partitioner:
+  """Builds the mesh and turns logical axis names into shardings.
+
+  Attributes:
+    mesh_shape: `(data, model)`; `data=-1` uses every device left; None is pure
+      data parallelism over all devices.
+    logical_axis_rules: mapping from logical names to mesh axes.
+    devices: devices to use (default: all, across processes).
+  """
+
+  mesh_shape: Optional[Sequence[int]] = None
+  logical_axis_rules: LogicalRules = dataclasses.field(default_factory=standard_logical_axis_rules)
+  devices: Optional[Sequence[jax.Device]] = None
+
+  def __post_init__(self):
+    devices = list(self.devices if self.devices is not None else jax.devices())
+    data, model = _resolve_mesh_shape(self.mesh_shape, len(devices))
+    self.mesh = Mesh(np.asarray(devices).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
+
+  @property
+  def data_parallel_size(self) -> int:
+    return self.mesh.shape[DATA_AXIS]
+
+  @property
+  def model_parallel_size(self) -> int:
+    return self.mesh.shape[MODEL_AXIS]
+
+  # --- shardings -----------------------------------------------------------
+
+  def sharding(self, logical_spec: Optional[PartitionSpec]) -> NamedSharding:
+    if logical_spec is None:
+      return NamedSharding(self.mesh, PartitionSpec())
+    mesh_spec = nn_partitioning.logical_to_mesh_axes(logical_spec, self.logical_axis_rules)
+    return NamedSharding(self.mesh, mesh_spec)
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  def data_sharding(self, ndim: int = 1) -> NamedSharding:
+    """Leading (batch) axis over `data`, the rest replicated (any rank >= 1)."""
+    del ndim  # the spec is a prefix, valid for every rank
+    return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+  def params_shardings(self, params_axes: PyTree, params: PyTree) -> PyTree:
+    """Shardings for `params` from their `params_axes` collection (t5x format).
+
+    A parameter without axis names is replicated; a sharded dimension that the
+    mesh axis does not divide is an error naming the parameter.
+    """
+    logical = unfreeze(nn_partitioning.get_axis_names(params_axes)) if params_axes else {}
+
+    def lookup(path, leaf):
+      node = logical
+      for key in path:
+        name = getattr(key, "key", getattr(key, "name", key))
+        node = node.get(name) if isinstance(node, dict) else None
+        if node is None:
+          return self.replicated
+      sharding = self.sharding(node)
+      self._check_divisible(jax.tree_util.keystr(path), leaf.shape, sharding)
+      return sharding
+
+    return jax.tree_util.tree_map_with_path(lookup, params)
+
+  def _check_divisible(self, name: str, shape, sharding: NamedSharding) -> None:
+    for dim, axis in zip(shape, sharding.spec):
+      if axis is not None and dim % self.mesh.shape[axis]:
+        raise ValueError(
+            f"parameter {name} of shape {tuple(shape)}: dimension {dim} is not divisible by"
+            f" mesh axis '{axis}' of size {self.mesh.shape[axis]}"
+        )
+
+  def state_shardings(self, state_shapes: PyTree, params: PyTree, params_sharding: PyTree):
+    """Shardings for any tree that embeds parameter-shaped leaves (e.g. optimizer state).
+
+    A leaf whose path ends with a parameter's path and whose shape equals that
+    parameter's shape gets the parameter's sharding; everything else (counts,
+    Adafactor's factored row/column moments) is replicated.
+    """
+    by_path = {}
+    for (path, leaf), sharding in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0],
+        jax.tree_util.tree_leaves(params_sharding),
+    ):
+      by_path[_path_names(path)] = (tuple(leaf.shape), sharding)
+
+    def assign(path, leaf):
+      names = _path_names(path)
+      for start in range(len(names)):
+        match = by_path.get(names[start:])
+        if match and match[0] == tuple(leaf.shape):
+          return match[1]
+      return self.replicated
+
+    return jax.tree_util.tree_map_with_path(assign, state_shapes)
+
+  # --- compiled steps ------------------------------------------------------
+
+  def partition(
+      self,
+      fn: Callable[..., Any],
+      in_shardings: Any,
+      out_shardings: Any,
+      static_argnums: Sequence[int] = (),
+      donate_argnums: Sequence[int] = (),
+  ) -> Callable[..., Any]:
+    """`jax.jit` with explicit shardings, run under this mesh and its axis rules."""
+    jitted = jax.jit(
+        fn, in_shardings=in_shardings, out_shardings=out_shardings,
+        static_argnums=static_argnums, donate_argnums=donate_argnums,
+    )
+
+    def run(*args, **kwargs):
+      with self.mesh, nn_partitioning.axis_rules(self.logical_axis_rules):
+        return jitted(*args, **kwargs)
+
+    run.lower = jitted.lower  # for inspection (collectives, memory) by `plan`
+    return run
+
+  def shard_batch(self, local_batch: PyTree) -> PyTree:
+    """Turns each process's slice of a batch into global arrays split over `data`."""
+    def place(x):
+      x = np.asarray(x)
+      return jax.make_array_from_process_local_data(self.data_sharding(x.ndim), x)
+
+    return jax.tree_util.tree_map(place, local_batch)
+
+  def local_batch_size(self, global_batch_size: int) -> int:
+    """Rows this process loads for a global batch."""
+    if global_batch_size % self.data_parallel_size:
+      raise ValueError(
+          f"batch size {global_batch_size} is not divisible by the data-parallel mesh"
+          f" size {self.data_parallel_size}"
+      )
+    return global_batch_size // jax.process_count()
+
+
+def _path_names(path) -> Tuple[str, ...]:
+  names = []
+  for key in path:
+    name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
+    names.append(str(name))
+  return tuple(names)

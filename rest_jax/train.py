@@ -1,0 +1,137 @@
+"""Supervised training (behaviour cloning), the starting policy of ReST.
+
+`train` is configured by gin (`gin/runs/train.gin`) and run by
+`python -m rest_jax.main train`. It resumes from the latest checkpoint in
+`model_dir`, at the same step and data position.
+"""
+
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from clu import metric_writers
+import jax
+import seqio
+import tqdm
+
+from rest_jax import checkpoints, evaluation, partitioning, trainer as trainer_lib
+from rest_jax.data import pipeline
+
+
+def _converter(model, pack: bool = False) -> seqio.FeatureConverter:
+  return model.FEATURE_CONVERTER_CLS(pack=pack)
+
+
+def train(
+    *,
+    model,
+    train_dataset_cfg: pipeline.DatasetConfig,
+    model_dir: str,
+    total_steps: int,
+    eval_dataset_cfg: Optional[pipeline.DatasetConfig] = None,
+    partitioner: Optional[partitioning.Partitioner] = None,
+    eval_period: int = 500,
+    eval_batches: int = 8,
+    eval_beam_size: int = 1,
+    checkpoint_period: int = 500,
+    keep_checkpoints: int = 3,
+    log_period: int = 50,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> List[Dict[str, Any]]:
+  """Trains `model` on `train_dataset_cfg` for `total_steps` steps.
+
+  Args:
+    model: a model with the t5x API (e.g. `%MODEL`).
+    train_dataset_cfg: the training task, split, lengths and batch size.
+    model_dir: checkpoints (`checkpoints/`), TensorBoard summaries (`train/`,
+      `eval/`) and the config go here.
+    total_steps: train until the state's step reaches this.
+    eval_dataset_cfg: evaluated every `eval_period` steps and at the end.
+    partitioner: the mesh and rules (default: data parallel over all devices).
+    eval_period: steps between evaluations.
+    eval_batches: batches per evaluation (0 = the whole split).
+    eval_beam_size: beam size of the decodes scored by BLEU/chrF (1 = greedy).
+    checkpoint_period: steps between checkpoints (the last step is always saved).
+    keep_checkpoints: checkpoints kept.
+    log_period: steps between train-metric summaries.
+    seed: parameter-init and dropout seed.
+    progress_bar: show a tqdm bar with tokens/s.
+
+  Returns:
+    The history of evaluations: one dict per evaluation with `step` and metrics.
+  """
+  partitioner = partitioner or partitioning.Partitioner()
+  lengths = train_dataset_cfg.task_feature_lengths
+  trainer = trainer_lib.Trainer(
+      model, partitioner,
+      trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size, lengths),
+  )
+  ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period,
+                                  keep=keep_checkpoints)
+  rng = jax.random.PRNGKey(seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(trainer.abstract_state)
+    logging.info("Resumed from step %d", int(state.step))
+  else:
+    state = trainer.init_state(init_rng)
+  start = int(jax.device_get(state.step))
+
+  is_chief = jax.process_index() == 0
+  train_writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, "train"), just_logging=not is_chief)
+  eval_writer = metric_writers.create_default_writer(
+      os.path.join(model_dir, "eval"), just_logging=not is_chief)
+  predictor = None
+  if eval_dataset_cfg is not None:
+    predictor = evaluation.Predictor(model, partitioner, trainer.params_sharding,
+                                     num_decodes=eval_beam_size)
+  history: List[Dict[str, Any]] = []
+
+  def run_eval(step: int) -> None:
+    if eval_dataset_cfg is None:
+      return
+    batches = pipeline.batch_iterator(eval_dataset_cfg, _converter(model), num_epochs=1)
+    if eval_batches:
+      batches = (b for i, b in zip(range(eval_batches), batches))
+    results = evaluation.evaluate(trainer, state.params, batches, predictor)
+    examples = results.pop("examples", [])
+    eval_writer.write_scalars(step, results)
+    for ref, hyp in examples[:2]:
+      logging.info("  reference: %s\n  decoded:   %s", ref, hyp)
+    history.append({"step": step, **results})
+    tqdm.tqdm.write(f"step {step:6d} eval " +
+                    " ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
+
+  batches = pipeline.batch_iterator(train_dataset_cfg, _converter(model, train_dataset_cfg.pack),
+                                    start_step=start)
+  bar = tqdm.tqdm(total=total_steps, initial=start, disable=not (progress_bar and is_chief),
+                  unit="step", dynamic_ncols=True)
+  accumulator = trainer_lib.MetricsAccumulator()
+  tokens, tick = 0, time.perf_counter()
+  if start == 0:
+    run_eval(0)
+  for step in range(start, total_steps):
+    batch = next(batches)
+    state, metrics = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
+    accumulator.add(metrics)
+    tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
+    done = step + 1
+    ckpt.save(state, force=done == total_steps)
+    bar.update(1)
+    if done % log_period == 0 or done == total_steps:
+      elapsed = time.perf_counter() - tick
+      scalars = accumulator.compute()
+      scalars["target_tokens_per_s"] = tokens / max(elapsed, 1e-9)
+      train_writer.write_scalars(done, scalars)
+      bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['target_tokens_per_s']:.0f}")
+      accumulator, tokens, tick = trainer_lib.MetricsAccumulator(), 0, time.perf_counter()
+    if done % eval_period == 0 or done == total_steps:
+      run_eval(done)
+  bar.close()
+  ckpt.close()
+  train_writer.flush()
+  eval_writer.flush()
+  return history

@@ -1,0 +1,191 @@
+"""The train state and the sharded train/eval steps.
+
+`Trainer` turns a model (t5x API) and a `Partitioner` into compiled steps:
+parameters and optimizer state are created directly with their shardings, the
+train step is one `jax.jit` that donates the old state, and the loss is the
+model's `loss_fn` unless a custom one is given (Improve's offline-RL losses).
+"""
+
+from typing import Any, Callable, Mapping, Optional, Tuple
+
+from clu import metrics as clu_metrics
+import flax
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rest_jax import partitioning
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+# (model, params, batch, dropout_rng) -> (loss, metrics)
+LossFn = Callable[[Any, PyTree, Batch, Optional[jax.Array]], Tuple[jax.Array, Mapping[str, Any]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+
+  def as_dict(self) -> PyTree:
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
+
+  @classmethod
+  def from_dict(cls, tree: PyTree) -> "TrainState":
+    return cls(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"])
+
+
+def default_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.GradientTransformation:
+  """Adafactor with factored second moments, as t5x trains T5."""
+  return optax.adafactor(learning_rate=learning_rate)
+
+
+def model_loss(model, params, batch, dropout_rng):
+  return model.loss_fn(params, batch, dropout_rng)
+
+
+def batch_input_shapes(batch_size: int, feature_lengths: Mapping[str, int]) -> dict:
+  return {
+      "encoder_input_tokens": (batch_size, feature_lengths["inputs"]),
+      "decoder_input_tokens": (batch_size, feature_lengths["targets"]),
+      "decoder_target_tokens": (batch_size, feature_lengths["targets"]),
+  }
+
+
+class Trainer:
+  """Compiled, sharded train and eval steps for one model and mesh."""
+
+  def __init__(
+      self,
+      model,
+      partitioner: partitioning.Partitioner,
+      input_shapes: Mapping[str, Tuple[int, ...]],
+      optimizer: Optional[optax.GradientTransformation] = None,
+      loss_fn: LossFn = model_loss,
+  ):
+    self.model = model
+    self.partitioner = partitioner
+    self.input_shapes = dict(input_shapes)
+    self.optimizer = optimizer or model.optimizer_def or default_optimizer()
+    self.loss_fn = loss_fn
+
+    abstract = jax.eval_shape(
+        lambda rng: model.get_initial_variables(rng, self.input_shapes), jax.random.PRNGKey(0)
+    )
+    self.params_axes = abstract.get("params_axes", {})
+    params_shapes = abstract["params"]
+    self.params_sharding = partitioner.params_shardings(self.params_axes, params_shapes)
+    opt_shapes = jax.eval_shape(self.optimizer.init, params_shapes)
+    opt_sharding = partitioner.state_shardings(opt_shapes, params_shapes, self.params_sharding)
+    self.state_sharding = TrainState(
+        step=partitioner.replicated, params=self.params_sharding, opt_state=opt_sharding
+    )
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shapes,
+                   opt_state=opt_shapes),
+        self.state_sharding,
+    )
+    self._init = partitioner.partition(
+        self._init_fn, in_shardings=(partitioner.replicated,), out_shardings=self.state_sharding
+    )
+    self._batch_sharding = None
+    self._train_step = None
+    self._eval_step = None
+
+  # --- state ---------------------------------------------------------------
+
+  def _init_fn(self, rng):
+    params = self.model.get_initial_variables(rng, self.input_shapes)["params"]
+    return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    """Fresh parameters and optimizer state, created already sharded."""
+    return self._init(rng)
+
+  def state_from_params(self, params: PyTree) -> TrainState:
+    """A step-0 state around existing parameters (e.g. a policy checkpoint)."""
+    params = jax.device_put(params, self.params_sharding)
+    opt_init = self.partitioner.partition(
+        self.optimizer.init, in_shardings=(self.params_sharding,),
+        out_shardings=self.state_sharding.opt_state,
+    )
+    step = jax.device_put(jnp.array(0, jnp.int32), self.partitioner.replicated)
+    return TrainState(step=step, params=params, opt_state=opt_init(params))
+
+  # --- steps ---------------------------------------------------------------
+
+  def _train_step_fn(self, state: TrainState, batch: Batch, base_rng: jax.Array):
+    dropout_rng = jax.random.fold_in(base_rng, state.step)
+    grad_fn = jax.value_and_grad(
+        lambda p: self.loss_fn(self.model, p, batch, dropout_rng), has_aux=True
+    )
+    (_, metrics), grads = grad_fn(state.params)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics)
+    metrics["grad_norm"] = clu_metrics.Average(
+        total=optax.global_norm(grads), count=jnp.array(1, jnp.int32)
+    )
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _eval_step_fn(self, params: PyTree, batch: Batch):
+    return self.loss_fn(self.model, params, batch, None)[1]
+
+  def _batch_shardings(self, batch: Batch):
+    return {k: self.partitioner.data_sharding(np.ndim(v)) for k, v in batch.items()}
+
+  def train_step(self, state: TrainState, batch: Batch, base_rng: jax.Array):
+    """One optimizer step; the old `state` is donated (do not reuse it)."""
+    if self._train_step is None:
+      self._train_step = self.partitioner.partition(
+          self._train_step_fn,
+          in_shardings=(self.state_sharding, self._batch_shardings(batch),
+                        self.partitioner.replicated),
+          out_shardings=(self.state_sharding, self.partitioner.replicated),
+          donate_argnums=(0,),
+      )
+    return self._train_step(state, batch, base_rng)
+
+  def eval_step(self, params: PyTree, batch: Batch):
+    if self._eval_step is None:
+      self._eval_step = self.partitioner.partition(
+          self._eval_step_fn,
+          in_shardings=(self.params_sharding, self._batch_shardings(batch)),
+          out_shardings=self.partitioner.replicated,
+      )
+    return self._eval_step(params, batch)
+
+
+class MetricsAccumulator:
+  """Merges per-step metrics (clu metrics or plain scalars) on the host."""
+
+  def __init__(self):
+    self._metrics: dict = {}
+
+  def add(self, metrics: Mapping[str, Any]) -> None:
+    metrics = jax.device_get(metrics)
+    for name, value in metrics.items():
+      if not isinstance(value, clu_metrics.Metric):
+        value = clu_metrics.Average(total=np.asarray(value, np.float64), count=np.array(1))
+      previous = self._metrics.get(name)
+      self._metrics[name] = value if previous is None else previous.merge(value)
+
+  def compute(self) -> dict:
+    return {name: float(np.asarray(m.compute())) for name, m in self._metrics.items()}
+
+  def __bool__(self) -> bool:
+    return bool(self._metrics)
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """Fully replicated host copies (works for arrays sharded across processes)."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+      if isinstance(x, jax.Array) and not x.is_fully_addressable else np.asarray(x),
+      tree,
+  )
