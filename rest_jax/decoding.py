@@ -312,10 +312,13 @@ def beam_search(
     cache = _gather_cache(cache, jnp.take_along_axis(from_beam, keep, axis=1), batch_size)
 
     penalty = brevity_penalty(alpha, (state.step + 1).astype(jnp.float32))
-    new_scores = jnp.where(is_eos, top_log_probs / penalty, NEG_INF)
+    # Only an EOS among the best `beam` candidates finishes a hypothesis (as in
+    # Hugging Face's beam search); this makes a beam of one exactly greedy.
+    finishes = is_eos & (jnp.arange(2 * beam) < beam)[None, :]
+    new_scores = jnp.where(finishes, top_log_probs / penalty, NEG_INF)
     all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
     all_seqs = jnp.concatenate([state.finished_seqs, seqs], axis=1)
-    all_flags = jnp.concatenate([state.finished_flags, is_eos], axis=1)
+    all_flags = jnp.concatenate([state.finished_flags, finishes], axis=1)
     finished_scores, pick = lax.top_k(all_scores, beam)
     return _BeamState(
         step=state.step + 1,

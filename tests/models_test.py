@@ -1,0 +1,126 @@
+"""The t5x model API of the built-in model: shapes, values and a slow reference decoder."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rest_jax import decoding
+from tests.conftest import init_params, make_model
+
+ENC = np.array([[5, 6, 7, 9, 1, 0, 0, 0], [8, 9, 10, 11, 12, 13, 1, 0]], np.int32)
+TGT = np.array([[3, 4, 1, 0, 0, 0, 0, 0], [5, 6, 7, 1, 0, 0, 0, 0]], np.int32)
+
+
+def _batch():
+  dec_in = np.concatenate([np.zeros((2, 1), np.int32), TGT[:, :-1]], axis=1)
+  return {"encoder_input_tokens": ENC, "decoder_input_tokens": dec_in,
+          "decoder_target_tokens": TGT, "decoder_loss_weights": (TGT > 0).astype(np.int32)}
+
+
+def test_parameter_tree_follows_t5x_names_and_axes():
+  model = make_model()
+  variables = model.get_initial_variables(
+      jax.random.PRNGKey(0), {k: (2, 8) for k in ("encoder_input_tokens", "decoder_input_tokens",
+                                                   "decoder_target_tokens")})
+  params, axes = variables["params"], variables["params_axes"]
+  assert params["encoder"]["layers_0"]["attention"]["query"]["kernel"].shape == (32, 4, 8)
+  assert params["decoder"]["layers_1"]["encoder_decoder_attention"]["out"]["kernel"].shape == (
+      4, 8, 32)
+  assert params["decoder"]["logits_dense"]["kernel"].shape == (32, 64)
+  assert axes["token_embedder"]["embedding_axes"].names == ("vocab", "embed")
+  assert axes["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel_axes"].names == ("embed", "mlp")
+
+
+def test_loss_and_score_agree_with_log_softmax():
+  model = make_model()
+  params = init_params(model)
+  batch = _batch()
+  logits = model._compute_logits(params, batch)
+  assert logits.shape == (2, 8, 64)
+  log_probs = np.asarray(jax.nn.log_softmax(logits))
+  expected = np.array([sum(log_probs[b, i, TGT[b, i]] for i in range(8) if TGT[b, i])
+                       for b in range(2)])
+  np.testing.assert_allclose(model.score_batch(params, batch), expected, rtol=1e-5)
+  loss, metrics = model.loss_fn(params, batch, None)
+  z = model._z_loss * np.square(jax.nn.logsumexp(logits, -1))
+  nll = -(expected.sum()) + float(np.sum(z * (TGT > 0)))
+  np.testing.assert_allclose(loss, nll, rtol=1e-5)  # t5x default: a sum over tokens
+  assert 0.0 <= float(metrics["accuracy"].compute()) <= 1.0
+
+
+def _reference_sample(model, params, enc, num_decodes, length, rng, temperature):
+  """Slow sampler: recomputes the whole decoder for every position (no cache)."""
+  rows = enc.shape[0] * num_decodes
+  enc_rows = np.repeat(enc, num_decodes, axis=0)
+  keys = decoding._row_keys(rng, rows)
+  tokens = np.zeros((rows, length), np.int32)
+  log_prob = np.zeros(rows)
+  ended = np.zeros(rows, bool)
+  for step in range(length):
+    dec_in = np.concatenate([np.zeros((rows, 1), np.int32), tokens[:, :-1]], axis=1)
+    batch = {"encoder_input_tokens": enc_rows, "decoder_input_tokens": dec_in,
+             "decoder_target_tokens": np.ones_like(dec_in)}
+    logits = model._compute_logits(params, batch)[:, step]
+    u = decoding._uniform_per_row(keys, jnp.int32(step))
+    tok, lp = decoding.sample_logits(logits, u, temperature=temperature)
+    tok, lp = np.where(ended, 0, tok), np.where(ended, 0.0, lp)
+    tokens[:, step] = tok
+    log_prob += lp
+    ended |= tok == 1
+  return tokens.reshape(enc.shape[0], num_decodes, length), log_prob.reshape(-1, num_decodes)
+
+
+def _sorted(decodes, scores):
+  order = np.argsort(scores, axis=-1)
+  return (np.take_along_axis(decodes, order[:, :, None], 1), np.take_along_axis(scores, order, 1))
+
+
+def test_cached_sampling_equals_uncached_sampling():
+  model = make_model()
+  params = init_params(model, seed=1)
+  rng = jax.random.PRNGKey(7)
+  batch = {"encoder_input_tokens": ENC, "decoder_input_tokens": np.zeros((2, 8), np.int32)}
+  decodes, aux = model.predict_batch_with_aux(
+      params, batch, rng=rng, num_decodes=3, return_all_decodes=True,
+      decoder_params={"temperature": 1.5})
+  assert decodes.shape == (2, 3, 8) and aux["scores"].shape == (2, 3)
+  ref_decodes, ref_scores = _sorted(*_reference_sample(model, params, ENC, 3, 8, rng, 1.5))
+  np.testing.assert_array_equal(decodes, ref_decodes)
+  np.testing.assert_allclose(aux["scores"], ref_scores, rtol=1e-4, atol=1e-4)
+  # The returned scores are the model's log-likelihoods of the decodes (checked on
+  # rows without a sampled padding id, which teacher forcing would mask).
+  flat = np.asarray(decodes).reshape(6, 8)
+  before_end = (np.cumsum(flat == 1, axis=1) - (flat == 1)) == 0
+  clean = ~np.any((flat == 0) & before_end, axis=1)
+  assert clean.sum() >= 2
+  dec_in = np.concatenate([np.zeros((6, 1), np.int32), flat[:, :-1]], axis=1)
+  scored = model.score_batch(params, {
+      "encoder_input_tokens": np.repeat(ENC, 3, 0), "decoder_input_tokens": dec_in,
+      "decoder_target_tokens": flat, "decoder_loss_weights": before_end.astype(np.int32)})
+  np.testing.assert_allclose(np.asarray(scored)[clean],
+                             np.asarray(aux["scores"]).reshape(6)[clean], rtol=1e-4, atol=1e-4)
+
+
+def test_beam_of_one_equals_greedy():
+  params = init_params(make_model(), seed=2)
+  batch = {"encoder_input_tokens": ENC, "decoder_input_tokens": np.zeros((2, 8), np.int32)}
+  greedy, _ = make_model().predict_batch_with_aux(
+      params, batch, decoder_params={"temperature": 0.0})
+  beam, aux = make_model(decoding.beam_search).predict_batch_with_aux(
+      params, batch, num_decodes=1, decoder_params={"alpha": 0.0})
+  np.testing.assert_array_equal(beam, greedy)
+  wide, wide_aux = make_model(decoding.beam_search).predict_batch_with_aux(
+      params, batch, num_decodes=4, decoder_params={"alpha": 0.0})
+  assert np.all(np.asarray(wide_aux["scores"]) >= np.asarray(aux["scores"]) - 1e-5)
+
+
+def test_tied_embeddings_and_dropout():
+  model = make_model(logits_via_embedding=True, dropout_rate=0.5)
+  params = init_params(model)
+  assert "logits_dense" not in params["decoder"]
+  batch = _batch()
+  a = model._compute_logits(params, batch, dropout_rng=jax.random.PRNGKey(0))
+  b = model._compute_logits(params, batch, dropout_rng=jax.random.PRNGKey(1))
+  c = model._compute_logits(params, batch)
+  assert not np.allclose(a, b)
+  np.testing.assert_allclose(c, model._compute_logits(params, batch), rtol=1e-6)
