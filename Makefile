@@ -26,8 +26,8 @@ test: lint
 	$(TEST_ENV) $(BIN)/python -m pytest -n 2 -q tests
 
 bench: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python benchmarks/decode.py
-	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python benchmarks/train.py
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.decode
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.train
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

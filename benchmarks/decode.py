@@ -1,0 +1,76 @@
+"""Sampling throughput on "small-bench", as a fraction of this machine's matmul peak.
+
+small-bench: d_model 256, 4+4 layers, 4 heads of 64, gated-GELU MLP 1024, vocabulary
+8192, inputs of 64 tokens, 32 inputs x 4 samples, 64 decoded tokens, f32, random
+weights, no early end (every sample runs its 64 steps), timed after compilation.
+
+  python -m benchmarks.decode [--json rows.json]
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from benchmarks import common
+from rest_jax import decoding
+from rest_jax.models import model as models, network
+
+SMALL_BENCH = dict(vocab_size=8192, emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
+                   num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.0)
+
+
+def useful_gflops(cfg, batch, samples, in_len, out_len) -> float:
+  """Matmul FLOPs a decoder must do: projections, MLP, logits, causal attention.
+
+  The encoder and the cross-attention keys/values are counted once per input;
+  self-attention only over the positions already decoded.
+  """
+  d, h, k, m, v = cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
+  hk = h * k
+  enc_layer = 2 * (4 * d * hk + 3 * d * m) + 2 * 2 * in_len * hk   # per token
+  encoder = batch * in_len * (cfg.num_encoder_layers * enc_layer)
+  cross_kv = batch * in_len * cfg.num_decoder_layers * 2 * 2 * d * hk
+  per_token = cfg.num_decoder_layers * 2 * (4 * d * hk + 2 * d * hk + 3 * d * m) + 2 * d * v
+  attention = sum(cfg.num_decoder_layers * 2 * 2 * hk * ((t + 1) + in_len) for t in range(out_len))
+  decoder = batch * samples * (out_len * per_token + attention)
+  return (encoder + cross_kv + decoder) / 1e9
+
+
+def run(batch=32, samples=4, in_len=64, out_len=64, topk=0):
+  cfg = network.T5Config(**SMALL_BENCH)
+  vocab = seqio.PassThroughVocabulary(cfg.vocab_size)
+  model = models.EncoderDecoderModel(network.Transformer(cfg), vocab, vocab,
+                                     decode_fn=decoding.temperature_sample)
+  shapes = {"encoder_input_tokens": (batch, in_len), "decoder_input_tokens": (batch, out_len),
+            "decoder_target_tokens": (batch, out_len)}
+  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
+  batch_in = {"encoder_input_tokens": jax.random.randint(jax.random.PRNGKey(1), (batch, in_len),
+                                                         2, cfg.vocab_size),
+              "decoder_input_tokens": jnp.zeros((batch, out_len), jnp.int32)}
+  sample = jax.jit(lambda p, b, r: model.predict_batch_with_aux(
+      p, b, rng=r, num_decodes=samples, return_all_decodes=True,
+      decoder_params={"eos_id": None, "temperature": 1.0, "topk": topk}))
+  seconds = common.median_seconds(lambda: sample(params, batch_in, jax.random.PRNGKey(2)))
+  decodes, _ = sample(params, batch_in, jax.random.PRNGKey(2))
+  assert np.asarray(decodes).shape == (batch, samples, out_len)
+  return batch * samples / seconds, useful_gflops(cfg, batch, samples, in_len, out_len) / seconds
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--json", default=None)
+  args = parser.parse_args()
+  peak = common.matmul_peak_gflops()
+  rows = []
+  for name, kw in [("small-bench", {}), ("small-bench top-k 40", {"topk": 40})]:
+    samples_per_s, gflops = run(**kw)
+    rows.append({"config": name, "samples_per_s": samples_per_s, "useful_gflops": gflops,
+                 "peak_gflops": peak, "peak_fraction": gflops / peak})
+  common.report(rows, args.json)
+
+
+if __name__ == "__main__":
+  main()
