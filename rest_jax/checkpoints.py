@@ -7,7 +7,7 @@ uninterrupted run would have seen.
 """
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 import jax
@@ -40,7 +40,7 @@ class Checkpointer:
         ),
     )
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def all_steps(self):
@@ -57,7 +57,7 @@ class Checkpointer:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: TrainState, step: Optional[int] = None) -> TrainState:
+  def restore(self, abstract_state: TrainState, step: int | None = None) -> TrainState:
     """Restores `step` (default: latest) onto the shardings of `abstract_state`.
 
     Raises:
@@ -77,7 +77,7 @@ class Checkpointer:
       ) from e
     return TrainState.from_dict(tree)
 
-  def restore_params(self, abstract_params: Any, step: Optional[int] = None) -> Any:
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
     """Restores only the parameters (e.g. a policy for sampling)."""
     step = self.latest_step() if step is None else step
     if step is None:

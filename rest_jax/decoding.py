@@ -16,7 +16,7 @@ Gumbel noise per vocabulary entry (one uniform number per row and step) and no
 cumulative sum over the whole vocabulary (a two-level inverse CDF over blocks).
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
 from jax import lax
@@ -147,12 +147,12 @@ def temperature_sample(
     batch_size: int,
     max_decode_length: int,
     rng: Array,
-    eos_id: Optional[int],
+    eos_id: int | None,
     num_decodes: int = 1,
     temperature: float = 1.0,
     topk: int = 0,
     topp: float = 0.0,
-    prompt: Optional[Array] = None,
+    prompt: Array | None = None,
     initial_token: int = 0,
     block_size: int = 128,
 ) -> Tuple[Array, Array]:
@@ -259,7 +259,7 @@ def beam_search(
     *,
     batch_size: int,
     max_decode_length: int,
-    eos_id: Optional[int],
+    eos_id: int | None,
     num_decodes: int = 4,
     alpha: float = 0.6,
     initial_token: int = 0,

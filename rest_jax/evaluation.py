@@ -1,6 +1,6 @@
 """Evaluation of a policy: teacher-forced loss/accuracy and BLEU/chrF of its decodes."""
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import jax
 import numpy as np
@@ -16,7 +16,7 @@ class Predictor:
   """A compiled, sharded `predict_batch_with_aux` for fixed decode settings."""
 
   def __init__(self, model, partitioner: partitioning.Partitioner, params_sharding: PyTree,
-               num_decodes: int = 1, decoder_params: Optional[Mapping[str, Any]] = None,
+               num_decodes: int = 1, decoder_params: Mapping[str, Any] | None = None,
                return_all_decodes: bool = False):
     self.model = model
     self.partitioner = partitioner
@@ -76,7 +76,7 @@ def evaluate(
     trainer: trainer_lib.Trainer,
     params: PyTree,
     batches: Iterable[Mapping[str, np.ndarray]],
-    predictor: Optional[Predictor] = None,
+    predictor: Predictor | None = None,
 ) -> Dict[str, float]:
   """Loss and accuracy on `batches`; with a predictor, also BLEU and chrF of its decodes.
 

@@ -15,7 +15,7 @@ Flags (t5x's):
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from absl import logging
 import gin
@@ -73,7 +73,7 @@ def _split_args(argv: Sequence[str]):
   return args, bindings
 
 
-def _write_config(model_dir: Optional[str]) -> None:
+def _write_config(model_dir: str | None) -> None:
   if not model_dir:
     return
   import jax  # pylint: disable=g-import-not-at-top

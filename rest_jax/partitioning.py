@@ -8,7 +8,7 @@ t5x models and ours produce) through t5x's standard rules; batches are split ove
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 from absl import logging
 from flax.core import unfreeze
@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 PyTree = Any
-LogicalRules = Sequence[Tuple[str, Optional[str]]]
+LogicalRules = Sequence[Tuple[str, str | None]]
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -44,9 +44,9 @@ def standard_logical_axis_rules() -> LogicalRules:
 
 
 def initialize_multihost(
-    coordinator_address: Optional[str] = None,
-    num_processes: Optional[int] = None,
-    process_id: Optional[int] = None,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> None:
   """Starts JAX's multi-controller runtime (one process per host).
 
@@ -68,7 +68,7 @@ def initialize_multihost(
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def _resolve_mesh_shape(mesh_shape: Optional[Sequence[int]], num_devices: int) -> Tuple[int, int]:
+def _resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> Tuple[int, int]:
   if mesh_shape is None:
     return num_devices, 1
   data, model = (int(x) for x in mesh_shape)
@@ -95,9 +95,9 @@ class Partitioner:
     devices: devices to use (default: all, across processes).
   """
 
-  mesh_shape: Optional[Sequence[int]] = None
+  mesh_shape: Sequence[int] | None = None
   logical_axis_rules: LogicalRules = dataclasses.field(default_factory=standard_logical_axis_rules)
-  devices: Optional[Sequence[jax.Device]] = None
+  devices: Sequence[jax.Device] | None = None
 
   def __post_init__(self):
     devices = list(self.devices if self.devices is not None else jax.devices())
@@ -114,7 +114,7 @@ class Partitioner:
 
   # --- shardings -----------------------------------------------------------
 
-  def sharding(self, logical_spec: Optional[PartitionSpec]) -> NamedSharding:
+  def sharding(self, logical_spec: PartitionSpec | None) -> NamedSharding:
     if logical_spec is None:
       return NamedSharding(self.mesh, PartitionSpec())
     mesh_spec = nn_partitioning.logical_to_mesh_axes(logical_spec, self.logical_axis_rules)

@@ -7,7 +7,7 @@
 
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from absl import logging
 from clu import metric_writers
@@ -29,8 +29,8 @@ def train(
     train_dataset_cfg: pipeline.DatasetConfig,
     model_dir: str,
     total_steps: int,
-    eval_dataset_cfg: Optional[pipeline.DatasetConfig] = None,
-    partitioner: Optional[partitioning.Partitioner] = None,
+    eval_dataset_cfg: pipeline.DatasetConfig | None = None,
+    partitioner: partitioning.Partitioner | None = None,
     eval_period: int = 500,
     eval_batches: int = 8,
     eval_beam_size: int = 1,

@@ -6,7 +6,7 @@ train step is one `jax.jit` that donates the old state, and the loss is the
 model's `loss_fn` unless a custom one is given (Improve's offline-RL losses).
 """
 
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Tuple
 
 from clu import metrics as clu_metrics
 import flax
@@ -21,7 +21,7 @@ from rest_jax import partitioning
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 # (model, params, batch, dropout_rng) -> (loss, metrics)
-LossFn = Callable[[Any, PyTree, Batch, Optional[jax.Array]], Tuple[jax.Array, Mapping[str, Any]]]
+LossFn = Callable[[Any, PyTree, Batch, jax.Array | None], Tuple[jax.Array, Mapping[str, Any]]]
 
 
 @flax.struct.dataclass
@@ -63,7 +63,7 @@ class Trainer:
       model,
       partitioner: partitioning.Partitioner,
       input_shapes: Mapping[str, Tuple[int, ...]],
-      optimizer: Optional[optax.GradientTransformation] = None,
+      optimizer: optax.GradientTransformation | None = None,
       loss_fn: LossFn = model_loss,
   ):
     self.model = model

@@ -1,7 +1,7 @@
 """From a seqio task name to batches of model features (t5x's `DatasetConfig`)."""
 
 import dataclasses
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -29,10 +29,10 @@ class DatasetConfig:
   split: str
   batch_size: int
   shuffle: bool = True
-  seed: Optional[int] = 0
+  seed: int | None = 0
   use_cached: bool = False
   pack: bool = False
-  module: Optional[str] = None
+  module: str | None = None
 
 
 def _get_task(config: DatasetConfig):
@@ -51,7 +51,7 @@ def _get_task(config: DatasetConfig):
 
 
 def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter,
-                num_epochs: Optional[int] = None):
+                num_epochs: int | None = None):
   """This process's `tf.data.Dataset` of model-feature batches.
 
   Each process reads its own shard of the examples and builds its share of the
@@ -78,7 +78,7 @@ def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter
 
 
 def batch_iterator(config: DatasetConfig, feature_converter: seqio.FeatureConverter,
-                   start_step: int = 0, num_epochs: Optional[int] = None
+                   start_step: int = 0, num_epochs: int | None = None
                    ) -> Iterator[dict]:
   """Numpy batches, skipping the first `start_step` (a resumed run's position)."""
   ds = get_dataset(config, feature_converter, num_epochs)

@@ -1,7 +1,7 @@
 """`python -m rest_jax.main vocab`: a SentencePiece vocabulary from a task's own text."""
 
 import itertools
-from typing import Optional, Sequence
+from typing import Sequence
 
 import seqio
 
@@ -15,8 +15,8 @@ def build_vocabulary(
     vocab_size: int = 8000,
     split: str = "train",
     features: Sequence[str] = ("inputs", "targets"),
-    max_examples: Optional[int] = 1_000_000,
-    module: Optional[str] = "rest_jax.data.tasks",
+    max_examples: int | None = 1_000_000,
+    module: str | None = "rest_jax.data.tasks",
 ) -> str:
   """Trains a SentencePiece model on the raw text of a task's `features`.
 

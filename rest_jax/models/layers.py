@@ -12,7 +12,7 @@ turns encoder outputs into cross-attention keys/values once per input, and
 
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 from flax import linen as nn
 from flax.linen import partitioning as nn_partitioning
@@ -227,7 +227,7 @@ class MultiHeadDotProductAttention(nn.Module):
       self,
       inputs_q: Array,
       inputs_kv: Array,
-      bias: Optional[Array] = None,
+      bias: Array | None = None,
       deterministic: bool = True,
   ) -> Array:
     """Full attention; `bias` is additive, broadcastable to `[batch, heads, q, k]`."""

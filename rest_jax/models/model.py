@@ -11,7 +11,7 @@ per sample and re-projected at every step.
 """
 
 import inspect
-from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple
+from typing import Any, Callable, Mapping, MutableMapping, Tuple
 
 from clu import metrics as clu_metrics
 from flax import linen as nn
@@ -86,13 +86,13 @@ class EncoderDecoderModel:
       module: nn.Module,
       input_vocabulary: seqio.Vocabulary,
       output_vocabulary: seqio.Vocabulary,
-      optimizer_def: Optional[optax.GradientTransformation] = None,
+      optimizer_def: optax.GradientTransformation | None = None,
       decode_fn: Callable[..., Tuple[Array, Array]] = decoding.beam_search,
-      feature_converter_cls: Optional[type] = None,
+      feature_converter_cls: type | None = None,
       label_smoothing: float = 0.0,
       z_loss: float = 0.0,
-      loss_normalizing_factor: Optional[float | str] = None,
-      default_decoder_params: Optional[Mapping[str, Any]] = None,
+      loss_normalizing_factor: float | str | None = None,
+      default_decoder_params: Mapping[str, Any] | None = None,
   ):
     self.module = module
     self._input_vocabulary = input_vocabulary
@@ -124,7 +124,7 @@ class EncoderDecoderModel:
       self,
       rng: Array,
       input_shapes: Mapping[str, Tuple[int, ...]],
-      input_types: Optional[Mapping[str, jnp.dtype]] = None,
+      input_types: Mapping[str, jnp.dtype] | None = None,
   ) -> PyTree:
     """Variables (`params` and their logical axes `params_axes`) for these shapes."""
     input_types = input_types or {}
@@ -147,9 +147,9 @@ class EncoderDecoderModel:
       self,
       params: PyTree,
       batch: Batch,
-      dropout_rng: Optional[Array] = None,
+      dropout_rng: Array | None = None,
       mutable: bool = False,
-      other_variables: Optional[PyTree] = None,
+      other_variables: PyTree | None = None,
   ) -> Array:
     """Teacher-forced logits `[batch, target_length, vocab]`."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
@@ -165,7 +165,7 @@ class EncoderDecoderModel:
     )
 
   def loss_fn(
-      self, params: PyTree, batch: Batch, dropout_rng: Optional[Array]
+      self, params: PyTree, batch: Batch, dropout_rng: Array | None
   ) -> Tuple[Array, MutableMapping[str, clu_metrics.Metric]]:
     """Token cross entropy (plus z-loss), normalised as configured, and metrics."""
     logits = self._compute_logits(params, batch, dropout_rng)
@@ -204,15 +204,15 @@ class EncoderDecoderModel:
 
   # --- decoding ------------------------------------------------------------
 
-  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[Array] = None) -> Array:
+  def predict_batch(self, params: PyTree, batch: Batch, rng: Array | None = None) -> Array:
     return self.predict_batch_with_aux(params, batch, rng=rng)[0]
 
   def predict_batch_with_aux(
       self,
       params: PyTree,
       batch: Batch,
-      rng: Optional[Array] = None,
-      decoder_params: Optional[MutableMapping[str, Any]] = None,
+      rng: Array | None = None,
+      decoder_params: MutableMapping[str, Any] | None = None,
       return_all_decodes: bool = False,
       num_decodes: int = 1,
       prompt_with_targets: bool = False,
