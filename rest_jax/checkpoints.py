@@ -7,7 +7,6 @@ uninterrupted run would have seen.
 """
 
 import os
-from typing import Any
 
 from absl import logging
 import jax
@@ -76,22 +75,6 @@ class Checkpointer:
           f"cannot restore checkpoint step {step} from {self.directory}: {e}"
       ) from e
     return TrainState.from_dict(tree)
-
-  def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
-    """Restores only the parameters (e.g. a policy for sampling)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
-    try:
-      tree = self._manager.restore(
-          step,
-          args=ocp.args.StandardRestore({"params": abstract_params}),
-      )
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"cannot restore parameters of step {step} from {self.directory}: {e}"
-      ) from e
-    return tree["params"]
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -79,7 +79,3 @@ class DemoVocabulary(seqio.SentencePieceVocabulary):
       train_sentencepiece([t for pair in pairs for t in pair], self.sentencepiece_model_file,
                           vocab_size)
     return super()._model_context()
-
-
-def demo_vocabulary(vocab_size: int = 512, seed: int = 0) -> seqio.SentencePieceVocabulary:
-  return DemoVocabulary(vocab_size, seed)
