@@ -124,3 +124,26 @@ def test_tied_embeddings_and_dropout():
   c = model._compute_logits(params, batch)
   assert not np.allclose(a, b)
   np.testing.assert_allclose(c, model._compute_logits(params, batch), rtol=1e-6)
+
+
+def test_cross_entropy_gradient_matches_autodiff():
+  from rest_jax.models import model as models
+
+  logits = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 11)) * 3
+  targets = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, 11)
+  weights = jax.random.uniform(jax.random.PRNGKey(2), (3, 5))
+  for z_loss, smoothing in [(0.0, 0.0), (1e-2, 0.0), (1e-3, 0.1)]:
+
+    def reference(lg):
+      vocab = lg.shape[-1]
+      log_probs = jax.nn.log_softmax(lg)
+      soft = jax.nn.one_hot(targets, vocab) * (1 - smoothing - smoothing / (vocab - 1)) + (
+          smoothing / (vocab - 1))
+      entropy = -jnp.sum(jnp.where(soft > 0, soft * jnp.log(soft), 0.0), -1)
+      z = jax.nn.logsumexp(lg, -1)
+      return jnp.sum(weights * (-jnp.sum(soft * log_probs, -1) - entropy + z_loss * z**2))
+
+    ours = lambda lg: jnp.sum(  # noqa: E731
+        weights * models.cross_entropy_with_logits(lg, targets, z_loss, smoothing)[0])
+    np.testing.assert_allclose(ours(logits), reference(logits), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(reference)(logits), atol=1e-5)

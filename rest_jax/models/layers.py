@@ -153,8 +153,10 @@ class MlpBlock(nn.Module):
     hidden = jnp.einsum("...e,enm->...nm", x.astype(self.dtype),
                         jnp.stack(kernels, axis=1).astype(self.dtype))
     h = None
-    for i, act in enumerate(self.activations):
-      y = hidden[..., i, :]
+    # lax.split (not indexing): its gradient is one concatenate, not pads and adds.
+    parts = lax.split(hidden, (1,) * len(self.activations), axis=hidden.ndim - 2)
+    for part, act in zip(parts, self.activations):
+      y = part[..., 0, :]
       y = y if act == "linear" else getattr(nn, act)(y)
       h = y if h is None else h * y
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
