@@ -4,11 +4,17 @@ Both are pure functions over a `tokens_to_logits` callback and know nothing
 about the network (t5x's `decoding.py` contract). The callback advances every
 row by one position against a cache that the caller owns:
 
-    tokens_to_logits(tokens [rows] int32, step scalar int32, cache)
+    tokens_to_logits(tokens [rows] int32, step scalar int32, cache, phase int)
         -> (logits [rows, vocab] float32, new cache)
 
+`phase` is a static Python int. A caller may split the positions into phases by
+passing `phase_bounds` (increasing, the last equal to the decode length): phase
+`p` covers the steps below `phase_bounds[p]` and runs as its own loop, so the
+callback can size its work to the positions filled so far (the built-in model
+keeps its self-attention cache in chunks and reads only the chunks in use).
+
 Rows are grouped by input: row `b * num_decodes + n` is sample `n` of input `b`.
-Everything runs in one `lax.while_loop` that stops as soon as every row has
+Everything runs in `lax.while_loop`s (one per phase) that stop as soon as every row has
 produced EOS, so callers jit the whole decode.
 
 Sampling avoids the costs that dominate a naive sampler on CPU backends: no
@@ -16,6 +22,7 @@ Gumbel noise per vocabulary entry (one uniform number per row and step) and no
 cumulative sum over the whole vocabulary (a two-level inverse CDF over blocks).
 """
 
+from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
@@ -24,9 +31,24 @@ import jax.numpy as jnp
 
 Array = jax.Array
 Cache = Any
-TokensToLogits = Callable[[Array, Array, Cache], Tuple[Array, Cache]]
+TokensToLogits = Callable[[Array, Array, Cache, int], Tuple[Array, Cache]]
 
 NEG_INF = -1.0e7
+
+
+def _phased_while_loop(cond, body, init, phase_bounds: Sequence[int] | None, length: int):
+  """Runs `body(state, phase)` while `cond(state)`, one `while_loop` per phase."""
+  bounds = tuple(phase_bounds) if phase_bounds else (length,)
+  if list(bounds) != sorted(set(bounds)) or bounds[-1] != length:
+    raise ValueError(f"phase_bounds {bounds} must increase and end at the length {length}")
+  state = init
+  for phase, bound in enumerate(bounds):
+    state = lax.while_loop(
+        lambda s, b=bound: cond(s) & (s.step < b),
+        lambda s, p=phase: body(s, p),
+        state,
+    )
+  return state
 
 
 def _row_keys(rng: Array, rows: int) -> Array:
@@ -155,6 +177,7 @@ def temperature_sample(
     prompt: Array | None = None,
     initial_token: int = 0,
     block_size: int = 128,
+    phase_bounds: Sequence[int] | None = None,
 ) -> Tuple[Array, Array]:
   """Samples `num_decodes` sequences per input with a cache, in one while loop.
 
@@ -175,6 +198,7 @@ def temperature_sample(
       log-probability.
     initial_token: token fed at position 0 (T5: 0, the padding id).
     block_size: see `sample_logits`.
+    phase_bounds: see the module docstring; default one phase.
 
   Returns:
     `(decodes [batch, num_decodes, length], log_probs [batch, num_decodes])`,
@@ -188,8 +212,8 @@ def temperature_sample(
   def cond(state: _SampleState) -> Array:
     return (state.step < max_decode_length) & ~jnp.all(state.ended)
 
-  def body(state: _SampleState) -> _SampleState:
-    logits, cache = tokens_to_logits(state.current, state.step, state.cache)
+  def body(state: _SampleState, phase: int) -> _SampleState:
+    logits, cache = tokens_to_logits(state.current, state.step, state.cache, phase)
     u = _uniform_per_row(row_keys, state.step)
     token, log_prob = sample_logits(
         logits, u, temperature=temperature, topk=topk, topp=topp, block_size=block_size
@@ -215,7 +239,7 @@ def temperature_sample(
       log_prob=jnp.zeros((rows,), jnp.float32),
       cache=cache,
   )
-  final = lax.while_loop(cond, body, init)
+  final = _phased_while_loop(cond, body, init, phase_bounds, max_decode_length)
   decodes = final.tokens.reshape(batch_size, num_decodes, max_decode_length)
   log_probs = final.log_prob.reshape(batch_size, num_decodes)
   order = jnp.argsort(log_probs, axis=-1)
@@ -263,6 +287,7 @@ def beam_search(
     num_decodes: int = 4,
     alpha: float = 0.6,
     initial_token: int = 0,
+    phase_bounds: Sequence[int] | None = None,
 ) -> Tuple[Array, Array]:
   """Beam search with a GNMT length penalty, in one while loop.
 
@@ -279,6 +304,7 @@ def beam_search(
     num_decodes: beam size.
     alpha: length-penalty exponent (0 disables it).
     initial_token: token fed at position 0.
+    phase_bounds: see the module docstring; default one phase.
 
   Returns:
     `(decodes [batch, beam, length], scores [batch, beam])`, sorted by
@@ -294,8 +320,8 @@ def beam_search(
     can_improve = jnp.any(best_live > worst_finished)
     return (state.step < length) & can_improve
 
-  def body(state: _BeamState) -> _BeamState:
-    logits, cache = tokens_to_logits(state.current, state.step, state.cache)
+  def body(state: _BeamState, phase: int) -> _BeamState:
+    logits, cache = tokens_to_logits(state.current, state.step, state.cache, phase)
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, beam, vocab)
     candidates = (state.live_log_probs[:, :, None] + log_probs).reshape(batch_size, beam * vocab)
@@ -342,7 +368,7 @@ def beam_search(
       current=jnp.full((batch_size * beam,), initial_token, jnp.int32),
       cache=cache,
   )
-  final = lax.while_loop(cond, body, init)
+  final = _phased_while_loop(cond, body, init, phase_bounds, length)
   # Inputs with no finished beam fall back to their live beams.
   any_finished = jnp.any(final.finished_flags, axis=1)
   seqs = jnp.where(any_finished[:, None, None], final.finished_seqs, final.live_seqs)

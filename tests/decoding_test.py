@@ -11,7 +11,7 @@ def _table_callback(table):
   """Logits depend only on the current token: `table[token]` (a Markov chain)."""
   table = jnp.asarray(table, jnp.float32)
 
-  def tokens_to_logits(tokens, step, cache):
+  def tokens_to_logits(tokens, step, cache, phase):
     return table[tokens], cache + 1
 
   return tokens_to_logits
@@ -34,7 +34,7 @@ def test_loop_stops_when_every_row_ended():
   table[0, 1] = table[1, 1] = 10.0
   calls = []
 
-  def tokens_to_logits(tokens, step, cache):
+  def tokens_to_logits(tokens, step, cache, phase):
     jax.debug.callback(lambda s: calls.append(int(s)), step)
     return jnp.asarray(table)[tokens], cache
 

@@ -126,6 +126,7 @@ class EncoderDecoderModel:
       z_loss: float = 0.0,
       loss_normalizing_factor: float | str | None = None,
       default_decoder_params: Mapping[str, Any] | None = None,
+      decode_cache_chunk: int = 8,
   ):
     self.module = module
     self._input_vocabulary = input_vocabulary
@@ -138,6 +139,7 @@ class EncoderDecoderModel:
     self._z_loss = z_loss
     self._loss_normalizing_factor = loss_normalizing_factor
     self._default_decoder_params = dict(default_decoder_params or {})
+    self._decode_cache_chunk = decode_cache_chunk
 
   @property
   def input_vocabulary(self) -> seqio.Vocabulary:
@@ -278,13 +280,17 @@ class EncoderDecoderModel:
     encoded = module.apply({"params": params}, encoder_tokens, enable_dropout=False,
                            method=module.encode)
     cross_kv = module.apply({"params": params}, encoded, method=module.cross_attention_kv)
-    cache = module.apply({"params": params}, batch_size * num_decodes, max_length,
+    # The self-attention cache is kept in chunks; decoding runs one loop phase per
+    # chunk, and each phase reads only the chunks filled so far.
+    chunk = min(self._decode_cache_chunk, max_length)
+    cache = module.apply({"params": params}, batch_size * num_decodes, max_length, chunk,
                          method=module.init_cache)
+    phase_bounds = tuple(min(end, max_length) for end in range(chunk, max_length + chunk, chunk))
 
-    def tokens_to_logits(tokens, step, cache):
+    def tokens_to_logits(tokens, step, cache, phase):
       return module.apply(
           {"params": params}, tokens, cache, step, cross_kv, encoder_tokens, num_decodes,
-          method=module.decode_step,
+          phase, method=module.decode_step,
       )
 
     kwargs = {"eos_id": self.output_vocabulary.eos_id, **self._default_decoder_params,
@@ -293,6 +299,8 @@ class EncoderDecoderModel:
       if self._decode_fn is not decoding.temperature_sample:
         raise ValueError("prompt_with_targets needs decode_fn=decoding.temperature_sample")
       kwargs["prompt"] = jnp.repeat(batch["decoder_input_tokens"], num_decodes, axis=0)
+    if "phase_bounds" in inspect.signature(self._decode_fn).parameters:
+      kwargs["phase_bounds"] = phase_bounds
     if "rng" in inspect.signature(self._decode_fn).parameters:
       kwargs["rng"] = rng if rng is not None else jax.random.PRNGKey(0)
     decodes, scores = self._decode_fn(

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from rest_jax.models import layers
 
 Array = jax.Array
-# Per decoder layer: (keys, values), each `[rows, heads, max_length, head_dim]`.
-DecoderCache = List[Tuple[Array, Array]]
+# Per decoder layer: (key chunks, value chunks), each chunk
+# `[rows, heads, chunk_length, head_dim]`, together covering the decode length.
+DecoderCache = List[Tuple[Tuple[Array, ...], Tuple[Array, ...]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,9 +128,9 @@ class DecoderLayer(nn.Module):
   def cross_attention_kv(self, encoded: Array) -> Tuple[Array, Array]:
     return self.encoder_decoder_attention.project_kv(encoded)
 
-  def decode_step(self, x, cache, step, self_bias, cross_kv, cross_bias, num_decodes):
+  def decode_step(self, x, cache, step, self_bias, cross_kv, cross_bias, num_decodes, phase):
     y = self.pre_self_attention_layer_norm(x)
-    y, k, v = self.self_attention.self_attend_step(y, cache[0], cache[1], step, self_bias)
+    y, k, v = self.self_attention.self_attend_step(y, cache[0], cache[1], step, self_bias, phase)
     x = x + y
     y = self.pre_cross_attention_layer_norm(x)
     x = x + self.encoder_decoder_attention.cross_attend_step(y, *cross_kv, cross_bias, num_decodes)
@@ -178,15 +179,15 @@ class Decoder(nn.Module):
   def cross_attention_kv(self, encoded: Array) -> List[Tuple[Array, Array]]:
     return [layer.cross_attention_kv(encoded) for layer in self.layers]
 
-  def decode_step(self, tokens, cache, step, cross_kv, cross_bias, num_decodes):
-    max_length = cache[0][0].shape[2]
-    causal = jnp.where(jnp.arange(max_length) <= step, 0.0, layers.NEG_INF)
-    self_bias = self.relpos_bias.for_query(step, max_length, bidirectional=False) + causal
+  def decode_step(self, tokens, cache, step, cross_kv, cross_bias, num_decodes, phase):
+    visible = (phase + 1) * cache[0][0][0].shape[2]  # positions in chunks 0..phase
+    causal = jnp.where(jnp.arange(visible) <= step, 0.0, layers.NEG_INF)
+    self_bias = self.relpos_bias.for_query(step, visible, bidirectional=False) + causal
     y = self.shared_embedding(tokens)
     new_cache = []
     for layer, layer_cache, kv in zip(self.layers, cache, cross_kv):
       y, layer_cache = layer.decode_step(
-          y, layer_cache, step, self_bias, kv, cross_bias, num_decodes
+          y, layer_cache, step, self_bias, kv, cross_bias, num_decodes, phase
       )
       new_cache.append(layer_cache)
     return self._logits(self.decoder_norm(y)), new_cache
@@ -222,14 +223,16 @@ class Transformer(nn.Module):
     """Per decoder layer, the encoder keys/values `[batch, heads, enc_len, head_dim]`."""
     return self.decoder.cross_attention_kv(encoded)
 
-  def init_cache(self, rows: int, max_length: int) -> DecoderCache:
+  def init_cache(self, rows: int, max_length: int, chunk_length: int) -> DecoderCache:
+    """An empty self-attention cache of `ceil(max_length / chunk_length)` chunks per layer."""
     cfg = self.config
-    shape = (rows, cfg.num_heads, max_length, cfg.head_dim)
-    return [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-            for _ in range(cfg.num_decoder_layers)]
+    num_chunks = -(-max_length // chunk_length)
+    shape = (rows, cfg.num_heads, chunk_length, cfg.head_dim)
+    chunks = lambda: tuple(jnp.zeros(shape, cfg.dtype) for _ in range(num_chunks))  # noqa: E731
+    return [(chunks(), chunks()) for _ in range(cfg.num_decoder_layers)]
 
   def decode_step(self, tokens: Array, cache: DecoderCache, step: Array, cross_kv,
-                  encoder_input_tokens: Array, num_decodes: int):
+                  encoder_input_tokens: Array, num_decodes: int, phase: int = 0):
     """Logits `[rows, vocab]` for one position and the updated cache.
 
     Args:
@@ -239,6 +242,8 @@ class Transformer(nn.Module):
       cross_kv: from `cross_attention_kv`, one entry per input (not per row).
       encoder_input_tokens: `[batch, enc_len]`, for the padding mask.
       num_decodes: rows per input; rows of one input are consecutive.
+      phase: static index of the cache chunk that holds `step`.
     """
     cross_bias = jnp.where(encoder_input_tokens > 0, 0.0, layers.NEG_INF)[:, None, None, :]
-    return self.decoder.decode_step(tokens, cache, step, cross_kv, cross_bias, num_decodes)
+    return self.decoder.decode_step(tokens, cache, step, cross_kv, cross_bias, num_decodes,
+                                    phase)
