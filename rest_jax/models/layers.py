@@ -10,7 +10,6 @@ turns encoder outputs into cross-attention keys/values once per input, and
 `decode_step`, which advances one token against a key/value cache.
 """
 
-import functools
 import math
 from typing import Callable, Sequence, Tuple
 
@@ -245,12 +244,12 @@ class MultiHeadDotProductAttention(nn.Module):
   def setup(self):
     scale = math.sqrt(self.head_dim)
     query_init = lambda *args: self.kernel_init(*args) / scale  # noqa: E731
-    proj = functools.partial(
-        DenseGeneral, (self.num_heads, self.head_dim), ("embed", "heads", "kv"), dtype=self.dtype
-    )
-    self.query = proj(kernel_init=query_init)
-    self.key = proj(kernel_init=self.kernel_init)
-    self.value = proj(kernel_init=self.kernel_init)
+    # Kernels only: the projections are done here so that self-attention can stack
+    # query, key and value into one matrix product.
+    shape, axes = (self.out_features, self.num_heads, self.head_dim), ("embed", "heads", "kv")
+    self.query = Kernel(shape, axes, kernel_init=query_init)
+    self.key = Kernel(shape, axes, kernel_init=self.kernel_init)
+    self.value = Kernel(shape, axes, kernel_init=self.kernel_init)
     self.out = DenseGeneral(
         self.out_features, ("heads", "kv", "embed"), axis=(-2, -1), dtype=self.dtype,
         kernel_init=self.kernel_init,
@@ -265,7 +264,11 @@ class MultiHeadDotProductAttention(nn.Module):
       deterministic: bool = True,
   ) -> Array:
     """Full attention; `bias` is additive, broadcastable to `[batch, heads, q, k]`."""
-    q, k, v = self.query(inputs_q), self.key(inputs_kv), self.value(inputs_kv)
+    if inputs_q is inputs_kv:
+      q, k, v = self._project(inputs_q, self.query, self.key, self.value)
+    else:
+      (q,), (k, v) = self._project(inputs_q, self.query), self._project(inputs_kv, self.key,
+                                                                       self.value)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
       logits = logits + bias
@@ -273,11 +276,19 @@ class MultiHeadDotProductAttention(nn.Module):
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     return self.out(out)
 
+  def _project(self, x: Array, *kernels: Kernel) -> Tuple[Array, ...]:
+    """`x @ kernel` for each kernel, as one matrix product over the stacked kernels."""
+    if len(kernels) == 1:
+      return (jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernels[0]().astype(self.dtype)),)
+    stacked = jnp.stack([k() for k in kernels], axis=1).astype(self.dtype)
+    out = jnp.einsum("...e,ethd->...thd", x.astype(self.dtype), stacked)
+    parts = lax.split(out, (1,) * len(kernels), axis=out.ndim - 3)
+    return tuple(p.squeeze(out.ndim - 3) for p in parts)
+
   def project_kv(self, inputs_kv: Array) -> Tuple[Array, Array]:
     """Keys and values of `[batch, length, embed]` in cache layout `[batch, heads, length, kv]`."""
-    k = self.key(inputs_kv).transpose(0, 2, 1, 3)
-    v = self.value(inputs_kv).transpose(0, 2, 1, 3)
-    return k, v
+    k, v = self._project(inputs_kv, self.key, self.value)
+    return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
   def self_attend_step(
       self, x: Array, keys: Sequence[Array], values: Sequence[Array], step: Array,
@@ -303,7 +314,7 @@ class MultiHeadDotProductAttention(nn.Module):
     Returns:
       The attention output `[rows, embed]` and the updated chunks.
     """
-    q, k, v = self.query(x), self.key(x), self.value(x)
+    q, k, v = self._project(x, self.query, self.key, self.value)
     chunk = keys[0].shape[2]
     offset = step - phase * chunk
     keys, values = list(keys), list(values)
@@ -335,7 +346,8 @@ class MultiHeadDotProductAttention(nn.Module):
       `[batch * num_decodes, embed]`.
     """
     rows = x.shape[0]
-    q = self.query(x).reshape(rows // num_decodes, num_decodes, self.num_heads, self.head_dim)
+    (q,) = self._project(x, self.query)
+    q = q.reshape(rows // num_decodes, num_decodes, self.num_heads, self.head_dim)
     q = q.transpose(0, 2, 1, 3)  # [batch, heads, num_decodes, kv]
     logits = jnp.einsum("bhnd,bhld->bhnl", q, keys, preferred_element_type=jnp.float32)
     weights = _softmax(logits + bias, self.dtype)
