@@ -220,7 +220,7 @@ class Transformer(nn.Module):
                        decoder_target_tokens, enable_dropout)
 
   def cross_attention_kv(self, encoded: Array) -> List[Tuple[Array, Array]]:
-    """Per decoder layer, the encoder keys/values `[batch, heads, enc_len, head_dim]`."""
+    """Per decoder layer, the encoder keys and values of each input (see `project_kv`)."""
     return self.decoder.cross_attention_kv(encoded)
 
   def init_cache(self, rows: int, max_length: int, chunk_length: int) -> DecoderCache:
