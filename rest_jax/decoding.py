@@ -75,17 +75,23 @@ def _first_above(cumulative: Array, target: Array) -> Array:
   return jnp.minimum(index, cumulative.shape[-1] - 1)
 
 
-def _inverse_cdf(weights: Array, u: Array, block_size: int) -> Array:
+def _inverse_cdf(weights: Array, u: Array, block_size: int) -> Tuple[Array, Array]:
   """Draws an index per row with probability proportional to `weights` (>= 0).
 
   A cumulative sum over a large vocabulary is slow on CPU, so the draw is done
   in two levels: first a block of `block_size` entries by the blocks' total
   weights, then an entry inside the chosen block.
+
+  Returns:
+    The drawn indices `[rows]` and each row's total weight `[rows]`.
   """
   rows, vocab = weights.shape
-  if vocab <= block_size or vocab % block_size:
-    return _first_above(jnp.cumsum(weights, axis=-1), u * jnp.sum(weights, axis=-1))
-  blocks = weights.reshape(rows, vocab // block_size, block_size)
+  if vocab <= block_size:
+    cumulative = jnp.cumsum(weights, axis=-1)
+    return _first_above(cumulative, u * cumulative[:, -1]), cumulative[:, -1]
+  if vocab % block_size:
+    weights = jnp.pad(weights, ((0, 0), (0, block_size - vocab % block_size)))
+  blocks = weights.reshape(rows, -1, block_size)
   block_cum = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)
   target = u * block_cum[:, -1]
   block = _first_above(block_cum, target)
@@ -94,7 +100,8 @@ def _inverse_cdf(weights: Array, u: Array, block_size: int) -> Array:
   )
   inner = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
   offset = _first_above(jnp.cumsum(inner, axis=-1), target - before)
-  return block * block_size + offset
+  # Rounding can point past the last non-zero weight (e.g. into the padding).
+  return jnp.minimum(block * block_size + offset, vocab - 1), block_cum[:, -1]
 
 
 def _log_prob_of(logits: Array, tokens: Array) -> Array:
@@ -139,17 +146,16 @@ def sample_logits(
       probs = weights / jnp.sum(weights, axis=-1, keepdims=True)
       mass_before = jnp.cumsum(probs, axis=-1) - probs
       weights = jnp.where(mass_before < topp, weights, 0.0)
-    choice = _inverse_cdf(weights, u, block_size)
+    choice, _ = _inverse_cdf(weights, u, block_size)
     tokens = jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     return tokens, _log_prob_of(logits, tokens)
   top = jnp.max(scaled, axis=-1, keepdims=True)
   weights = jnp.exp(scaled - top)
-  tokens = jnp.minimum(_inverse_cdf(weights, u, block_size), logits.shape[-1] - 1)
+  tokens, total = _inverse_cdf(weights, u, block_size)
   if temperature == 1.0:
-    # Reuse the exponentials already computed for the draw.
-    log_z = top[:, 0] + jnp.log(jnp.sum(weights, axis=-1))
+    # Reuse the exponentials (and their sum) already computed for the draw.
     picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
-    return tokens, picked - log_z
+    return tokens, picked - top[:, 0] - jnp.log(total)
   return tokens, _log_prob_of(logits, tokens)
 
 
