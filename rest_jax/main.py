@@ -29,14 +29,17 @@ def gin_search_paths() -> List[str]:
   A source checkout has them at the top (`gin/`, `configs/`); an installed
   package carries them as `rest_jax/gin` and `rest_jax/configs`.
   """
-  paths = [os.getcwd()]
+  paths = []
   for root in (os.path.dirname(_PACKAGE_DIR), _PACKAGE_DIR):
     for name in ("gin", "configs"):
       path = os.path.join(root, name)
       if os.path.isdir(path) and path not in paths:
         paths.append(path)
-    if os.path.isdir(os.path.join(root, "configs")):
-      paths.append(root)
+  # Last, so that `include 'runs/...'` finds gin/runs before trying ./runs (demo output).
+  paths.append(os.getcwd())
+  root = os.path.dirname(_PACKAGE_DIR)
+  if os.path.isdir(os.path.join(root, "configs")) and root not in paths:
+    paths.append(root)
   return paths
 
 

@@ -1,7 +1,8 @@
 """seqio tasks that importing this module registers.
 
 `rest_demo_en_de` is the embedded synthetic corpus (see `demo_corpus`): English
-inputs, German-like targets, EOS appended, BLEU and chrF as metrics.
+inputs, German-like targets, EOS appended, BLEU and chrF as metrics. The WMT,
+IWSLT and TED tasks are in `translation_tasks`.
 """
 
 import functools
@@ -10,7 +11,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from rest_jax.data import demo_corpus, metrics, vocab
+from rest_jax.data import demo_corpus, metrics, translation_tasks, vocab
 
 DEMO_TASK = "rest_demo_en_de"
 
@@ -59,3 +60,4 @@ def register_demo_task(name: str = DEMO_TASK, vocabulary=None) -> seqio.Task:
 
 if DEMO_TASK not in seqio.TaskRegistry.names():
   register_demo_task()
+  translation_tasks.register_all()

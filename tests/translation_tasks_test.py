@@ -1,0 +1,107 @@
+"""WMT/TED tasks under TFDS mock data, and local parallel-text tasks with bad lines."""
+
+import gin
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+
+from rest_jax.data import parallel_text, tasks, translation_tasks, vocab  # noqa: F401 (tasks registers)
+
+LENGTHS = {"inputs": 32, "targets": 32}
+
+
+@pytest.fixture()
+def spm(tmp_path):
+  path = vocab.train_sentencepiece(
+      ["the house is small", "das Haus ist klein", "abcdefghij klmnop", "我们 学习"] * 40,
+      str(tmp_path / "spm.model"), 60)
+  gin.clear_config()
+  gin.bind_parameter("rest_jax.data.tasks.task_vocabulary.sentencepiece_model_file", path)
+  yield seqio.SentencePieceVocabulary(path)
+  gin.clear_config()
+
+
+def _examples(name, split="train", n=3):
+  task = seqio.get_mixture_or_task(name)
+  ds = task.get_dataset(LENGTHS, split=split, shuffle=False, try_in_mem_cache=False)
+  return list(ds.take(n).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("name,source,target", [
+    ("wmt14_en_de", "en", "de"), ("wmt14_de_en", "de", "en"), ("wmt19_zh_en", "zh", "en"),
+    ("wmt_en_de", "en", "de")])
+def test_wmt_tasks_under_mock_data(spm, name, source, target):
+  with tfds.testing.mock_data(num_examples=4):
+    raw = list(seqio.get_mixture_or_task(name).source.get_dataset("train", shuffle=False)
+               .take(3).as_numpy_iterator())
+    examples = _examples(name)
+  assert len(examples) == 3
+  for ex, r in zip(examples, raw):
+    assert ex["inputs"][-1] == 1 and ex["targets"][-1] == 1
+    assert ex["inputs_pretokenized"] == r[source]
+    assert ex["targets_pretokenized"] == r[target]
+    assert list(ex["targets"][:-1]) == spm.encode(r[target].decode())[: LENGTHS["targets"] - 1]
+
+
+def test_ted_task_picks_the_language_pair(spm):
+  with tfds.testing.mock_data(num_examples=4):
+    examples = _examples("ted_de_en")
+  for ex in examples:
+    assert ex["inputs"][-1] == 1 and len(ex["targets"]) > 1
+
+
+def _write(path, text: bytes):
+  path.write_bytes(text)
+  return str(path)
+
+
+def test_local_aligned_and_tsv_tasks(spm, tmp_path):
+  for split in ("train", "valid", "test"):
+    _write(tmp_path / f"{split}.de", "das Haus\nist klein\n".encode())
+    _write(tmp_path / f"{split}.en", b"the house\nis small\n")
+  gin.bind_parameter("iwslt14/rest_jax.data.tasks.local_corpus.directory", str(tmp_path))
+  examples = _examples("iwslt14_de_en", split="validation")
+  assert [e["inputs_pretokenized"] for e in examples] == [b"das Haus", b"ist klein"]
+  reverse = _examples("iwslt14_en_de")
+  assert reverse[0]["inputs_pretokenized"] == b"the house"
+
+  _write(tmp_path / "train.tsv", "我们\twe\n学习\tlearn\n".encode())
+  gin.bind_parameter("wmt20_zh_en/rest_jax.data.tasks.local_corpus.directory", str(tmp_path))
+  gin.bind_parameter("wmt20_zh_en/rest_jax.data.tasks.local_corpus.file_format", "tsv")
+  assert _examples("wmt20_zh_en")[1]["targets_pretokenized"] == b"learn"
+  assert _examples("wmt20_en_zh")[1]["targets_pretokenized"] == "学习".encode()
+
+
+def test_unbound_local_corpus_is_a_clear_error(spm):
+  with pytest.raises(Exception, match="iwslt14/tasks.local_corpus.directory"):
+    _examples("iwslt14_de_en")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"a\tb\nonly one column\n", "bad.tsv:2: expected 2 tab-separated columns, found 1"),
+    (b"a\tb\n\tb\n", "bad.tsv:2: empty source side"),
+    (b"a\tb\nc\t \n", "bad.tsv:2: empty target side"),
+    (b"a\tb\n\xff\xfe\tb\n", "bad.tsv:2: not valid UTF-8"),
+])
+def test_bad_tsv_lines_name_file_and_line(tmp_path, content, message):
+  path = _write(tmp_path / "bad.tsv", content)
+  with pytest.raises(parallel_text.ParallelTextError, match=message):
+    list(parallel_text.read_parallel_text(path))
+  counter = parallel_text.SkipCounter()
+  pairs = list(parallel_text.read_parallel_text(path, skip_bad_lines=True, counter=counter))
+  assert pairs == [("a", "b")] and counter.total == 1
+
+
+def test_misaligned_files_are_an_error(tmp_path):
+  src = _write(tmp_path / "a.de", b"x\ny\nz\n")
+  tgt = _write(tmp_path / "a.en", b"x\ny\n")
+  with pytest.raises(parallel_text.ParallelTextError, match="a.en ends at line 2"):
+    list(parallel_text.read_parallel_text((src, tgt)))
+  with pytest.raises(parallel_text.ParallelTextError, match="not found"):
+    list(parallel_text.read_parallel_text(str(tmp_path / "missing.tsv")))
+
+
+def test_translation_vocabulary_must_be_bound():
+  gin.clear_config()
+  with pytest.raises(ValueError, match="task_vocabulary.sentencepiece_model_file"):
+    translation_tasks.task_vocabulary()
