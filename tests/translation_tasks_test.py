@@ -57,7 +57,7 @@ def _write(path, text: bytes):
 
 def test_local_aligned_and_tsv_tasks(spm, tmp_path):
   for split in ("train", "valid", "test"):
-    _write(tmp_path / f"{split}.de", "das Haus\nist klein\n".encode())
+    _write(tmp_path / f"{split}.de", b"das Haus\nist klein\n")
     _write(tmp_path / f"{split}.en", b"the house\nis small\n")
   gin.bind_parameter("iwslt14/rest_jax.data.tasks.local_corpus.directory", str(tmp_path))
   examples = _examples("iwslt14_de_en", split="validation")

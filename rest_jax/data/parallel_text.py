@@ -9,7 +9,7 @@ dropped silently.
 import collections
 import dataclasses
 import os
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 from absl import logging
 
@@ -96,7 +96,7 @@ def read_parallel_text(
     files: str | Sequence[str],
     skip_bad_lines: bool = False,
     columns: Tuple[int, int] = (0, 1),
-    counter: Optional[SkipCounter] = None,
+    counter: SkipCounter | None = None,
 ) -> Iterator[Tuple[str, str]]:
   """Yields (source, target) pairs of a TSV file or two aligned files.
 

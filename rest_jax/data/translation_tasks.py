@@ -16,7 +16,7 @@ Their vocabulary is `task_vocabulary()`, resolved at first use so that gin (bind
 
 import functools
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import gin
 import seqio
@@ -26,7 +26,7 @@ from rest_jax.data import metrics, parallel_text, preprocessors
 
 
 @gin.configurable(module="rest_jax.data.tasks")
-def task_vocabulary(sentencepiece_model_file: Optional[str] = None) -> seqio.Vocabulary:
+def task_vocabulary(sentencepiece_model_file: str | None = None) -> seqio.Vocabulary:
   """The vocabulary of the translation tasks (a SentencePiece model with T5's ids)."""
   if not sentencepiece_model_file:
     raise ValueError(
@@ -105,7 +105,7 @@ def _add(name: str, source: seqio.DataSource, pair_preprocessor, vocabulary) -> 
 
 def register_tfds_task(name: str, tfds_name: str, source_lang: str, target_lang: str,
                        vocabulary: seqio.Vocabulary = VOCABULARY,
-                       splits: Optional[Dict[str, str]] = None) -> seqio.Task:
+                       splits: Dict[str, str] | None = None) -> seqio.Task:
   """A task over a TFDS `Translation` dataset (e.g. `wmt14_translate/de-en:1.0.0`)."""
   return _add(name, seqio.TfdsDataSource(tfds_name=tfds_name, splits=splits),
               functools.partial(preprocessors.select_pair, source_key=source_lang,
@@ -121,8 +121,8 @@ def register_ted_task(name: str, source_lang: str, target_lang: str,
 
 
 @gin.configurable(module="rest_jax.data.tasks")
-def local_corpus(directory: Optional[str] = None, file_format: str = "aligned",
-                 split_files: Optional[Dict[str, str]] = None,
+def local_corpus(directory: str | None = None, file_format: str = "aligned",
+                 split_files: Dict[str, str] | None = None,
                  skip_bad_lines: bool = False) -> dict:
   """Where a local corpus lives; bind it in the task's gin scope.
 
@@ -154,7 +154,7 @@ def _local_files(name: str, split: str, source_lang: str, target_lang: str,
 
 
 def register_local_task(name: str, source_lang: str, target_lang: str,
-                        corpus_scope: Optional[str] = None,
+                        corpus_scope: str | None = None,
                         vocabulary: seqio.Vocabulary = VOCABULARY,
                         splits: Sequence[str] = ("train", "validation", "test"),
                         tsv_columns: Tuple[int, int] = (0, 1)) -> seqio.Task:
