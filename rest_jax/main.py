@@ -3,6 +3,8 @@ r"""Command line: `python -m rest_jax.main <command> --gin_file=... --gin.KEY=VA
 Commands:
   train   behaviour cloning (the BC policy): `rest_jax.train.train` from gin.
   vocab   train a SentencePiece vocabulary on a seqio task's text.
+  data    `data show --task=T --split=S -n 5` prints examples; `data stats --task=T`
+          (and/or `--grown_dir=D`) prints counts, length and reward percentiles.
 
 Flags (t5x's):
   --gin_file=PATH         repeatable; looked up as given, then in gin/ and configs/.
@@ -24,23 +26,19 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def gin_search_paths() -> List[str]:
-  """Folders that hold `models/...`, `runs/...` and the experiment configs.
+  """Folders that gin files and their includes are looked up in.
 
-  A source checkout has them at the top (`gin/`, `configs/`); an installed
-  package carries them as `rest_jax/gin` and `rest_jax/configs`.
+  Includes name files from the project root (`include 'gin/runs/train.gin'`): a
+  source checkout has `gin/` and `configs/` at the top, an installed package
+  inside `rest_jax/`. `gin/` and `configs/` themselves are searched too, so
+  `--gin_file=models/t5_1_1_base.gin` works as well.
   """
   paths = []
   for root in (os.path.dirname(_PACKAGE_DIR), _PACKAGE_DIR):
-    for name in ("gin", "configs"):
-      path = os.path.join(root, name)
-      if os.path.isdir(path) and path not in paths:
-        paths.append(path)
-  # Last, so that `include 'runs/...'` finds gin/runs before trying ./runs (demo output).
+    if os.path.isdir(os.path.join(root, "gin")):
+      paths += [root, os.path.join(root, "gin"), os.path.join(root, "configs")]
   paths.append(os.getcwd())
-  root = os.path.dirname(_PACKAGE_DIR)
-  if os.path.isdir(os.path.join(root, "configs")) and root not in paths:
-    paths.append(root)
-  return paths
+  return list(dict.fromkeys(paths))
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
@@ -50,6 +48,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
   Raises:
     ValueError: an unknown gin file, or a binding gin rejects (the message names it).
   """
+  # Task modules declare gin configurables (corpus sizes, local corpus paths,
+  # vocabularies) read when data is loaded; they must exist before gin locks.
+  import rest_jax.data.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
   for path in gin_search_paths():
     gin.add_config_file_search_path(path)
   for name in gin_files:
@@ -61,7 +63,13 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
 def _split_args(argv: Sequence[str]):
   parser = argparse.ArgumentParser(prog="rest_jax.main", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("command", choices=["train", "vocab"])
+  parser.add_argument("command", choices=["train", "vocab", "data"])
+  parser.add_argument("action", nargs="?", choices=["show", "stats"])
+  parser.add_argument("--task")
+  parser.add_argument("--split", default="validation")
+  parser.add_argument("-n", type=int, default=5)
+  parser.add_argument("--grown_dir")
+  parser.add_argument("--max_examples", type=int)
   parser.add_argument("--gin_file", action="append", default=[])
   parser.add_argument("--gin_bindings", action="append", default=[])
   parser.add_argument("--dry_run", action="store_true")
@@ -111,6 +119,21 @@ def main(argv: Sequence[str]) -> int:
     _write_config(_macro("MODEL_DIR"))
     history = gin.get_configurable(train.train)()
     _print_history(history)
+    return 0
+  if args.command == "data":
+    from rest_jax.data import inspect as data_inspect  # pylint: disable=g-import-not-at-top
+
+    parse_gin(args.gin_file, bindings)
+    if args.action == "show":
+      if not args.task:
+        raise SystemExit("data show needs --task")
+      data_inspect.show(args.task, args.split, args.n, sys.stdout)
+    elif args.action == "stats":
+      if not (args.task or args.grown_dir):
+        raise SystemExit("data stats needs --task and/or --grown_dir")
+      data_inspect.stats(args.task, args.split, sys.stdout, args.grown_dir, args.max_examples)
+    else:
+      raise SystemExit("data needs an action: show or stats")
     return 0
   if args.command == "vocab":
     from rest_jax.data import vocab_command  # pylint: disable=g-import-not-at-top

@@ -36,7 +36,7 @@ def test_gin_file_parses(path, spm_file):
                                           ("large", 1024)])
 def test_model_files_build_the_model(size, emb_dim, spm_file):
   gin.clear_config()
-  main.parse_gin([f"models/t5_1_1_{size}.gin"], [f"VOCAB_FILE = '{spm_file}'"])
+  main.parse_gin([f"gin/models/t5_1_1_{size}.gin"], [f"VOCAB_FILE = '{spm_file}'"])
   model = gin.query_parameter("%MODEL").scoped_configurable_fn()
   assert model.module.config.emb_dim == emb_dim
   assert model.output_vocabulary.eos_id == 1

@@ -1,0 +1,38 @@
+"""`data show` / `data stats`, and gin configs that name a task without importing its module."""
+
+import gin
+
+from rest_jax import main
+from rest_jax.data import grown
+from tests.grown_test import _write
+
+
+def _run(argv, capsys):
+  gin.clear_config()
+  code = main.main(argv)
+  gin.clear_config()
+  assert code == 0
+  return capsys.readouterr().out
+
+
+def test_data_show_prints_text_and_tokens(capsys):
+  out = _run(["data", "show", "--task=rest_demo_en_de", "--split=test", "-n", "2"], capsys)
+  assert out.count("--- rest_demo_en_de/test example") == 2
+  assert "targets_pretokenized:" in out and "inputs: [" in out
+
+
+def test_data_stats_of_a_task_and_a_grown_dataset(tmp_path, capsys):
+  _write(tmp_path)
+  out = _run(["data", "stats", "--task=rest_demo_en_de", "--split=validation",
+              f"--grown_dir={tmp_path}"], capsys)
+  assert "rest_demo_en_de/validation: 500 examples" in out
+  assert "30 rows in 2 shards" in out and "reward: p0=0 " in out
+  assert grown.load_manifest(str(tmp_path))["num_rows"] == 30
+
+
+def test_train_dry_run_with_model_and_run_files_only(capsys):
+  out = _run(["train", "--gin_file=gin/models/t5_1_1_tiny.gin", "--gin_file=gin/runs/train.gin",
+              "--gin.MIXTURE_OR_TASK_NAME='rest_demo_en_de'", "--gin.MODEL_DIR='/tmp/x'",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}", "--gin.TRAIN_STEPS=1",
+              "--dry_run"], capsys)
+  assert "MIXTURE_OR_TASK_NAME = 'rest_demo_en_de'" in out
