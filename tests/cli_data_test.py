@@ -36,3 +36,15 @@ def test_train_dry_run_with_model_and_run_files_only(capsys):
               "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}", "--gin.TRAIN_STEPS=1",
               "--dry_run"], capsys)
   assert "MIXTURE_OR_TASK_NAME = 'rest_demo_en_de'" in out
+
+
+def test_vocab_command_trains_a_sentencepiece_model(tmp_path, capsys):
+  out_path = tmp_path / "demo.model"
+  out = _run(["vocab", "--gin_file=gin/runs/vocab.gin",
+              "--gin.MIXTURE_OR_TASK_NAME='rest_demo_en_de'", f"--gin.VOCAB_OUTPUT='{out_path}'",
+              "--gin.VOCAB_SIZE=300"], capsys)
+  assert str(out_path) in out
+  import seqio
+
+  vocab = seqio.SentencePieceVocabulary(str(out_path))
+  assert vocab.eos_id == 1 and vocab.decode(vocab.encode("Der Hund.")) == "Der Hund."
