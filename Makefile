@@ -28,6 +28,7 @@ test: lint
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.decode
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.train
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.rewards
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -3,6 +3,8 @@ r"""Command line: `python -m rest_jax.main <command> --gin_file=... --gin.KEY=VA
 Commands:
   train   behaviour cloning (the BC policy): `rest_jax.train.train` from gin.
   vocab   train a SentencePiece vocabulary on a seqio task's text.
+  ratings      build a ratings file by corrupting a task's references (gin/runs/ratings.gin).
+  reward_model train the learned reward model on a ratings file (gin/runs/reward_model.gin).
   data    `data show --task=T --split=S -n 5` prints examples; `data stats --task=T`
           (and/or `--grown_dir=D`) prints counts, length and reward percentiles.
 
@@ -63,7 +65,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
 def _split_args(argv: Sequence[str]):
   parser = argparse.ArgumentParser(prog="rest_jax.main", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("command", choices=["train", "vocab", "data"])
+  parser.add_argument("command", choices=["train", "vocab", "data", "ratings", "reward_model"])
   parser.add_argument("action", nargs="?", choices=["show", "stats"])
   parser.add_argument("--task")
   parser.add_argument("--split", default="validation")
@@ -134,6 +136,16 @@ def main(argv: Sequence[str]) -> int:
       data_inspect.stats(args.task, args.split, sys.stdout, args.grown_dir, args.max_examples)
     else:
       raise SystemExit("data needs an action: show or stats")
+    return 0
+  if args.command in ("ratings", "reward_model"):
+    from rest_jax.rewards import learned, ratings  # pylint: disable=g-import-not-at-top
+
+    parse_gin(args.gin_file, bindings)
+    if args.dry_run:
+      print(gin.config_str())
+      return 0
+    fn = ratings.build_ratings_file if args.command == "ratings" else learned.train_reward_model
+    print(gin.get_configurable(fn)())
     return 0
   if args.command == "vocab":
     from rest_jax.data import vocab_command  # pylint: disable=g-import-not-at-top

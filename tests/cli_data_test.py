@@ -48,3 +48,17 @@ def test_vocab_command_trains_a_sentencepiece_model(tmp_path, capsys):
 
   vocab = seqio.SentencePieceVocabulary(str(out_path))
   assert vocab.eos_id == 1 and vocab.decode(vocab.encode("Der Hund.")) == "Der Hund."
+
+
+def test_ratings_and_reward_model_commands(tmp_path, capsys):
+  ratings_path = tmp_path / "ratings.tsv"
+  _run(["ratings", "--gin_file=gin/runs/ratings.gin",
+        "--gin.MIXTURE_OR_TASK_NAME='rest_demo_en_de'", f"--gin.RATINGS_FILE='{ratings_path}'",
+        "--gin.MAX_PAIRS=200"], capsys)
+  lines = ratings_path.read_text().splitlines()
+  assert len(lines) == 800 and all(len(line.split("\t")) == 4 for line in lines)
+  out = _run(["reward_model", "--gin_file=gin/runs/reward_model.gin",
+              f"--gin.RATINGS_FILE='{ratings_path}'", f"--gin.REWARD_MODEL_DIR='{tmp_path / 'rm'}'",
+              "--gin.REWARD_TRAIN_STEPS=20", "--gin.learned.RewardModelConfig.num_layers=1"], capsys)
+  assert "spearman" in out
+  assert (tmp_path / "rm" / "reward_model.json").exists()

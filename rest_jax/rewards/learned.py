@@ -1,0 +1,316 @@
+"""A learned reward model (Metric X-style regression), its training, and its use as a reward.
+
+The network is a small T5 encoder over `source EOS hypothesis EOS [reference EOS]`,
+mean-pooled, followed by a two-layer head with a sigmoid: a score in [0, 1].
+With `use_reference=False` it is a quality-estimation (reference-free) model.
+
+`RewardModel` offers the parts of the t5x model API that `Trainer` uses
+(`get_initial_variables`, `loss_fn`), so training reuses the sharded train step,
+orbax checkpoints and resume of the policy trainer. `LearnedReward` loads a
+trained model directory and scores batches with a jitted, data-sharded forward.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Sequence, Tuple
+
+from absl import logging
+from clu import metrics as clu_metrics
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.stats
+import seqio
+
+from rest_jax import checkpoints, partitioning, trainer as trainer_lib
+from rest_jax.models import layers, network
+from rest_jax.rewards.base import Reward
+
+CONFIG_FILE = "reward_model.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+  vocab_size: int
+  emb_dim: int = 128
+  num_heads: int = 4
+  head_dim: int = 32
+  mlp_dim: int = 256
+  num_layers: int = 2
+  dropout_rate: float = 0.0
+  max_length: int = 128
+  use_reference: bool = True
+  eos_id: int = 1
+
+  def encoder_config(self) -> network.T5Config:
+    return network.T5Config(
+        vocab_size=self.vocab_size, emb_dim=self.emb_dim, num_heads=self.num_heads,
+        head_dim=self.head_dim, mlp_dim=self.mlp_dim, num_encoder_layers=self.num_layers,
+        num_decoder_layers=0, dropout_rate=self.dropout_rate)
+
+
+class RewardNetwork(nn.Module):
+  config: RewardModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, enable_dropout: bool = False) -> jax.Array:
+    cfg = self.config.encoder_config()
+    embed = layers.Embed(cfg.vocab_size, cfg.emb_dim, name="token_embedder")
+    encoded = network.Encoder(cfg, shared_embedding=embed, name="encoder")(
+        tokens, deterministic=not enable_dropout)
+    # Mean-pool each segment (source, hypothesis, reference: split at EOS) and
+    # compare them explicitly, as siamese quality models do.
+    eos = tokens == self.config.eos_id
+    segment = jnp.cumsum(eos, axis=1) - eos
+    pooled = []
+    for k in range(3 if self.config.use_reference else 2):
+      mask = ((segment == k) & (tokens > 0)).astype(encoded.dtype)[..., None]
+      pooled.append(jnp.sum(encoded * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0))
+    other = pooled[2] if self.config.use_reference else pooled[0]
+    features = jnp.concatenate(pooled + [pooled[1] * other, jnp.abs(pooled[1] - other)], -1)
+    hidden = nn.gelu(layers.DenseGeneral(cfg.mlp_dim, ("embed", "mlp"), name="head_hidden")(
+        features))
+    logit = layers.DenseGeneral(1, ("mlp", "embed"), name="head_out")(hidden)[..., 0]
+    return jax.nn.sigmoid(logit)
+
+
+class RewardModel:
+  """Regression model with the parts of the t5x model API the `Trainer` uses."""
+
+  def __init__(self, config: RewardModelConfig, vocabulary: seqio.Vocabulary,
+               optimizer_def: optax.GradientTransformation | None = None):
+    self.config = config
+    self.vocabulary = vocabulary
+    self.module = RewardNetwork(config)
+    self.optimizer_def = optimizer_def or optax.adamw(1e-3)
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    del input_types
+    tokens = jnp.ones(input_shapes["tokens"], jnp.int32)
+    return dict(self.module.init({"params": rng, "dropout": rng}, tokens))
+
+  def predict(self, params, tokens: jax.Array) -> jax.Array:
+    return self.module.apply({"params": params}, tokens)
+
+  def loss_fn(self, params, batch, dropout_rng):
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    scores = self.module.apply({"params": params}, batch["tokens"],
+                               enable_dropout=rngs is not None, rngs=rngs)
+    weights = batch.get("weights", jnp.ones_like(scores))
+    error = (scores - batch["target_score"]) * weights
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    loss = jnp.sum(error * error) / count
+    return loss, {
+        "loss": clu_metrics.Average(total=loss, count=jnp.array(1, jnp.int32)),
+        "mae": clu_metrics.Average(total=jnp.sum(jnp.abs(error)), count=count),
+    }
+
+  def tokenize(self, sources: Sequence[str], hypotheses: Sequence[str],
+               references: Sequence[str]) -> np.ndarray:
+    """`[batch, max_length]` ids of `source EOS hypothesis EOS [reference EOS]`.
+
+    Each segment gets an equal share of the length; longer ones are truncated.
+    """
+    segments = 3 if self.config.use_reference else 2
+    share = self.config.max_length // segments
+    eos = self.vocabulary.eos_id
+    out = np.zeros((len(hypotheses), self.config.max_length), np.int32)
+    for i, (s, h, r) in enumerate(zip(sources, hypotheses, references)):
+      parts = [s, h, r][:segments]
+      ids: List[int] = []
+      for part in parts:
+        ids += list(self.vocabulary.encode(part))[: share - 1] + [eos]
+      out[i, : len(ids)] = ids
+    return out
+
+
+def _vocabulary_spec(vocabulary: seqio.Vocabulary) -> Dict[str, Any]:
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    vocabulary.encode("")  # make sure the model file exists (lazy vocabularies train it)
+    return {"kind": "sentencepiece", "path": os.path.abspath(vocabulary.sentencepiece_model_file)}
+  if isinstance(vocabulary, seqio.ByteVocabulary):
+    return {"kind": "byte"}
+  raise ValueError(f"the reward model cannot record vocabulary {type(vocabulary).__name__}")
+
+
+def _vocabulary_from_spec(spec: Dict[str, Any]) -> seqio.Vocabulary:
+  if spec["kind"] == "sentencepiece":
+    return seqio.SentencePieceVocabulary(spec["path"])
+  return seqio.ByteVocabulary()
+
+
+class RatingsError(ValueError):
+  """A malformed ratings file line."""
+
+
+def read_ratings(path: str) -> Tuple[List[str], List[str], List[str], np.ndarray]:
+  """Reads a ratings TSV: source, hypothesis, reference, score (one per line)."""
+  sources, hypotheses, references, scores = [], [], [], []
+  with open(path, encoding="utf-8", errors="strict") as f:
+    for number, line in enumerate(f, start=1):
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) != 4:
+        raise RatingsError(f"{path}:{number}: expected 4 tab-separated columns (source,"
+                           f" hypothesis, reference, score), found {len(fields)}")
+      try:
+        score = float(fields[3])
+      except ValueError:
+        raise RatingsError(f"{path}:{number}: score {fields[3]!r} is not a number") from None
+      if not np.isfinite(score):
+        raise RatingsError(f"{path}:{number}: score {score} is not finite")
+      sources.append(fields[0])
+      hypotheses.append(fields[1])
+      references.append(fields[2])
+      scores.append(score)
+  if not scores:
+    raise RatingsError(f"{path}: no ratings")
+  return sources, hypotheses, references, np.asarray(scores, np.float32)
+
+
+def _held_out(sources: Sequence[str], fraction: float) -> np.ndarray:
+  """Held-out mask by source text, so one source's ratings stay on one side."""
+  import zlib  # pylint: disable=g-import-not-at-top
+
+  return np.array([zlib.crc32(s.encode()) % 1000 < fraction * 1000 for s in sources])
+
+
+def train_reward_model(
+    *,
+    ratings_file: str,
+    model_dir: str,
+    vocabulary: seqio.Vocabulary,
+    config: RewardModelConfig | None = None,
+    train_steps: int = 2000,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    eval_fraction: float = 0.1,
+    checkpoint_period: int = 500,
+    partitioner: partitioning.Partitioner | None = None,
+    seed: int = 0,
+) -> Dict[str, float]:
+  """Trains a reward model on a ratings file; resumes from `model_dir` if present.
+
+  Returns:
+    Held-out metrics: `spearman` (rank correlation with the ratings), `pearson`,
+    `mae`, and `pairwise_accuracy` (share of same-source pairs ranked rightly).
+  """
+  config = config or RewardModelConfig(vocab_size=vocabulary.vocab_size)
+  if config.vocab_size < vocabulary.vocab_size:
+    raise ValueError(f"RewardModelConfig.vocab_size {config.vocab_size} is smaller than the"
+                     f" vocabulary ({vocabulary.vocab_size})")
+  sources, hypotheses, references, scores = read_ratings(ratings_file)
+  model = RewardModel(config, vocabulary, optax.adamw(learning_rate))
+  tokens = model.tokenize(sources, hypotheses, references)
+  held = _held_out(sources, eval_fraction)
+  if held.all() or not held.any():
+    raise ValueError(f"{ratings_file}: eval_fraction {eval_fraction} leaves no train or eval rows")
+  train_idx, eval_idx = np.flatnonzero(~held), np.flatnonzero(held)
+
+  partitioner = partitioner or partitioning.Partitioner()
+  trainer = trainer_lib.Trainer(model, partitioner, {"tokens": (batch_size, config.max_length)})
+  ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period, keep=2)
+  rng = np.random.RandomState(seed)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(trainer.abstract_state)
+  else:
+    state = trainer.init_state(jax.random.PRNGKey(seed))
+  start = int(jax.device_get(state.step))
+  per_epoch = max(1, len(train_idx) // batch_size)
+  dropout_rng = jax.random.PRNGKey(seed + 1)
+  for step in range(start, train_steps):
+    # Each epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
+    epoch, offset = divmod(step, per_epoch)
+    order = np.random.RandomState(seed * 100003 + epoch).permutation(train_idx)
+    rows = order[offset * batch_size:(offset + 1) * batch_size]
+    batch = {"tokens": tokens[rows], "target_score": scores[rows]}
+    state, _ = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
+    ckpt.save(state, force=step + 1 == train_steps)
+  ckpt.close()
+  del rng
+
+  predictor = Scorer(model, partitioner, trainer.params_sharding, batch_size)
+  predicted = predictor(state.params, tokens[eval_idx])
+  metrics = evaluate_ranking(predicted, scores[eval_idx], [sources[i] for i in eval_idx])
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
+      json.dump({"config": dataclasses.asdict(config),
+                 "vocabulary": _vocabulary_spec(vocabulary),
+                 "ratings_file": os.path.abspath(ratings_file),
+                 "held_out": metrics, "train_steps": train_steps}, f, indent=2)
+  logging.info("reward model held-out metrics: %s", metrics)
+  return metrics
+
+
+def evaluate_ranking(predicted: np.ndarray, target: np.ndarray,
+                     groups: Sequence[str]) -> Dict[str, float]:
+  """Correlations with the ratings and pairwise ranking accuracy within each group."""
+  correct = total = 0
+  by_group: Dict[str, List[int]] = {}
+  for i, g in enumerate(groups):
+    by_group.setdefault(g, []).append(i)
+  for idx in by_group.values():
+    for a in idx:
+      for b in idx:
+        if target[a] > target[b]:
+          total += 1
+          correct += predicted[a] > predicted[b]
+  return {
+      "spearman": float(scipy.stats.spearmanr(predicted, target).statistic),
+      "pearson": float(np.corrcoef(predicted, target)[0, 1]),
+      "mae": float(np.mean(np.abs(predicted - target))),
+      "pairwise_accuracy": float(correct / total) if total else float("nan"),
+      "examples": int(len(target)),
+  }
+
+
+class Scorer:
+  """Jitted, data-sharded reward-model forward over fixed-size batches."""
+
+  def __init__(self, model: RewardModel, partitioner: partitioning.Partitioner,
+               params_sharding, batch_size: int):
+    self.partitioner = partitioner
+    self.batch_size = -(-batch_size // partitioner.data_parallel_size) * (
+        partitioner.data_parallel_size)
+    self._predict = partitioner.partition(
+        model.predict, in_shardings=(params_sharding, partitioner.data_sharding()),
+        out_shardings=partitioner.data_sharding())
+
+  def __call__(self, params, tokens: np.ndarray) -> np.ndarray:
+    out = []
+    for i in range(0, len(tokens), self.batch_size):
+      chunk = tokens[i:i + self.batch_size]
+      padded = np.zeros((self.batch_size, tokens.shape[1]), np.int32)
+      padded[: len(chunk)] = chunk
+      scores = self._predict(params, self.partitioner.shard_batch(padded))
+      out.append(trainer_lib.to_host(scores)[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+class LearnedReward(Reward):
+  """A trained reward model (from `train_reward_model`) as a reward on [0, 1]."""
+
+  range = (0.0, 1.0)
+
+  def __init__(self, model_dir: str, batch_size: int = 256,
+               partitioner: partitioning.Partitioner | None = None):
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{model_dir} has no {CONFIG_FILE}: not a trained reward model")
+    with open(path) as f:
+      saved = json.load(f)
+    config = RewardModelConfig(**saved["config"])
+    self.name = "learned" if config.use_reference else "learned-qe"
+    self.model = RewardModel(config, _vocabulary_from_spec(saved["vocabulary"]))
+    partitioner = partitioner or partitioning.Partitioner()
+    trainer = trainer_lib.Trainer(self.model, partitioner,
+                                  {"tokens": (batch_size, config.max_length)})
+    ckpt = checkpoints.Checkpointer(model_dir)
+    self.params = ckpt.restore(trainer.abstract_state).params
+    ckpt.close()
+    self._scorer = Scorer(self.model, partitioner, trainer.params_sharding, batch_size)
+
+  def score(self, sources, hypotheses, references):
+    return self._scorer(self.params, self.model.tokenize(sources, hypotheses, references))

@@ -1,0 +1,110 @@
+"""A ratings file built from a parallel corpus by corrupting references in graded ways.
+
+No human ratings can be downloaded here, so the learned reward model is trained
+on synthetic ones: each reference is kept (a perfect translation) and corrupted
+with 1..`max_edits` edits (word drops, swaps of neighbours, agreement errors:
+a German article or adjective ending replaced by a wrong one); each hypothesis
+is rated by its chrF against the reference, on [0, 1].
+"""
+
+import os
+import random
+import re
+import tempfile
+from typing import Iterable, List, Sequence, Tuple
+
+import sacrebleu
+
+ARTICLES = ["der", "die", "das", "den", "dem", "des", "ein", "eine", "einen", "einem", "einer"]
+ENDINGS = ["e", "en", "er", "es", "em"]
+
+
+def _agreement_error(words: List[str], rng: random.Random) -> bool:
+  candidates = [i for i, w in enumerate(words) if w.lower() in ARTICLES]
+  adjectives = [i for i, w in enumerate(words)
+                if re.fullmatch(r"[a-zäöüß]+(e|en|er|es|em)", w) and w.lower() not in ARTICLES]
+  if not candidates and not adjectives:
+    return False
+  if candidates and (not adjectives or rng.random() < 0.5):
+    i = rng.choice(candidates)
+    word = words[i]
+    choices = [a for a in ARTICLES if a != word.lower()]
+    new = rng.choice(choices)
+    words[i] = new.capitalize() if word[0].isupper() else new
+  else:
+    i = rng.choice(adjectives)
+    stem = re.sub(r"(en|er|es|em|e)$", "", words[i])
+    words[i] = stem + rng.choice([e for e in ENDINGS if not words[i].endswith(e)] or ENDINGS)
+  return True
+
+
+def corrupt(sentence: str, rng: random.Random, edits: int) -> str:
+  """Applies `edits` random corruptions to a sentence."""
+  words = sentence.split()
+  for _ in range(edits):
+    kind = rng.random()
+    if kind < 0.35 and len(words) > 1:
+      del words[rng.randrange(len(words))]
+    elif kind < 0.65 and len(words) > 2:
+      i = rng.randrange(len(words) - 1)
+      words[i], words[i + 1] = words[i + 1], words[i]
+    elif not _agreement_error(words, rng) and len(words) > 1:
+      del words[rng.randrange(len(words))]
+  return " ".join(words)
+
+
+def build_ratings(pairs: Iterable[Tuple[str, str]], corruptions_per_pair: int = 3,
+                  max_edits: int = 4, seed: int = 0) -> List[Tuple[str, str, str, float]]:
+  """(source, hypothesis, reference, score) rows: each reference and its corruptions."""
+  rng = random.Random(seed)
+  chrf = sacrebleu.metrics.CHRF()
+  rows = []
+  for source, reference in pairs:
+    rows.append((source, reference, reference, 1.0))
+    for _ in range(corruptions_per_pair):
+      hypothesis = corrupt(reference, rng, rng.randint(1, max_edits))
+      for _ in range(5):  # edits can cancel out (a swap undone by a swap)
+        if hypothesis != reference:
+          break
+        hypothesis = corrupt(reference, rng, 1)
+      score = chrf.sentence_score(hypothesis, [reference]).score / 100.0
+      rows.append((source, hypothesis, reference, round(score, 4)))
+  return rows
+
+
+def write_ratings(path: str, rows: Sequence[Tuple[str, str, str, float]]) -> str:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    for row in rows:
+      if any("\t" in str(x) or "\n" in str(x) for x in row):
+        raise ValueError(f"a rating row contains a tab or newline: {row!r}")
+      f.write("\t".join(str(x) for x in row) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def build_ratings_file(*, mixture_or_task_name: str, output_path: str, split: str = "train",
+                       max_pairs: int | None = 20000, corruptions_per_pair: int = 3,
+                       max_edits: int = 4, seed: int = 0,
+                       module: str | None = "rest_jax.data.tasks") -> str:
+  """Writes a ratings TSV from a seqio task's raw (untokenized) pairs."""
+  import itertools  # pylint: disable=g-import-not-at-top
+
+  from rest_jax.data import pipeline  # pylint: disable=g-import-not-at-top (imports TF)
+
+  task = pipeline._get_task(  # pylint: disable=protected-access
+      pipeline.DatasetConfig(mixture_or_task_name, {}, split, 1, module=module))
+  ds = task.source.get_dataset(split=split, shuffle=False)
+  for preprocessor in task.preprocessors:  # the text-level ones, before tokenization
+    if getattr(preprocessor, "__name__", "") == "tokenize":
+      break
+    ds = preprocessor(ds)
+
+  def pairs():
+    for ex in itertools.islice(ds.as_numpy_iterator(), max_pairs):
+      yield ex["inputs"].decode("utf-8"), ex["targets"].decode("utf-8")
+
+  rows = build_ratings(pairs(), corruptions_per_pair, max_edits, seed)
+  return write_ratings(output_path, rows)
