@@ -127,3 +127,35 @@ def test_learned_reward_model_ranks_clean_above_corrupted(tmp_path):
   with pytest.raises(learned.RatingsError, match="r.tsv:2: expected 4"):
     (tmp_path / "r.tsv").write_text("a\tb\tc\t0.5\nbad line\n")
     learned.read_ratings(str(tmp_path / "r.tsv"))
+
+
+def test_a_failing_reward_leaves_no_shard_behind(tmp_path):
+  from rest_jax.data import grown
+
+  def rows():
+    for i, hyp in enumerate(["ok", "boom"]):
+      reward = _Bad("raise")(["s"], [hyp], ["r"])[0]
+      yield {"inputs": "s", "targets": hyp, "reward": reward, "source_id": i, "sample_id": 0,
+             "is_reference": 0}
+
+  with pytest.raises(rewards.RewardError, match="failed on example 0"):
+    grown.write_shard(str(tmp_path), 0, 1, rows())
+  assert grown.completed_shards(str(tmp_path), 1) == []
+  assert not list(tmp_path.iterdir())
+
+
+def test_quality_estimation_mode_ignores_the_reference():
+  import jax
+
+  from rest_jax.data import vocab
+  from rest_jax.rewards import learned
+
+  model = learned.RewardModel(learned.RewardModelConfig(vocab_size=384, emb_dim=32, num_heads=2,
+                                                        head_dim=16, mlp_dim=32, max_length=40,
+                                                        use_reference=False),
+                              vocab.DemoVocabulary())
+  tokens = model.tokenize(["The dog."], ["Der Hund."], ["Ein ganz anderer Satz."])
+  assert (tokens[0] == 1).sum() == 2  # source EOS hypothesis EOS, no reference
+  params = model.get_initial_variables(jax.random.PRNGKey(0), {"tokens": (1, 40)})["params"]
+  score = model.predict(params, tokens)
+  assert score.shape == (1,) and 0.0 < float(score[0]) < 1.0
