@@ -110,32 +110,38 @@ def register_grown_task(
 
 
 class RewardEncDecFeatureConverter(seqio.EncDecFeatureConverter):
-  """`EncDecFeatureConverter` that also passes each row's scalar `reward` to the batch."""
+  """`EncDecFeatureConverter` that also passes per-row scalar floats (the reward) to the batch.
 
-  TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES,
-                   "reward": FeatureSpec(dtype=tf.float32, rank=0)}
-  MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
-                    "reward": FeatureSpec(dtype=tf.float32, rank=0)}
+  Args:
+    scalar_features: float features of each row to keep, e.g. ("reward", "value",
+      "log_prob") for the offline-RL losses.
+  """
 
-  def __init__(self, pack: bool = False, **kwargs):
+  def __init__(self, pack: bool = False, scalar_features=("reward",), **kwargs):
     if pack:
       raise ValueError("rows with a reward each cannot be packed; use pack=False")
+    self.scalar_features = tuple(scalar_features)
+    spec = {k: FeatureSpec(dtype=tf.float32, rank=0) for k in self.scalar_features}
+    self.TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES, **spec}  # pylint: disable=invalid-name
+    self.MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES, **spec}  # pylint: disable=invalid-name
     super().__init__(pack=False, **kwargs)
 
   def __call__(self, ds: tf.data.Dataset, task_feature_lengths):
     # seqio wants a length for every task feature; a scalar's is never checked.
-    return super().__call__(ds, {**task_feature_lengths, "reward": 1})
+    return super().__call__(ds, {**task_feature_lengths,
+                                 **{k: 1 for k in self.scalar_features}})
 
   def _convert_features(self, ds, task_feature_lengths):
-    lengths = {k: v for k, v in task_feature_lengths.items() if k != "reward"}
+    lengths = {k: v for k, v in task_feature_lengths.items() if k not in self.scalar_features}
     return super()._convert_features(ds, lengths)
 
   def _convert_example(self, features):
     converted = dict(super()._convert_example(features))
-    converted["reward"] = features["reward"]
+    for key in self.scalar_features:
+      converted[key] = features[key]
     return converted
 
   def get_model_feature_lengths(self, task_feature_lengths):
     lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
-    lengths["reward"] = 1
+    lengths.update({k: 1 for k in self.scalar_features})
     return lengths
