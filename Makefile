@@ -16,7 +16,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m rest_jax.main train \
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m rest_jax.main rest \
 	  --gin_file=configs/demo.gin --gin.MODEL_DIR="'runs/demo'"
 
 lint: $(STAMP)

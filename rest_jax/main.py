@@ -1,6 +1,7 @@
 r"""Command line: `python -m rest_jax.main <command> --gin_file=... --gin.KEY=VALUE`.
 
 Commands:
+  rest    the whole ReST loop (BC, Grow, Improve, evaluation, report): `rest_jax.rest.rest`.
   train   behaviour cloning (the BC policy): `rest_jax.train.train` from gin.
   vocab   train a SentencePiece vocabulary on a seqio task's text.
   ratings      build a ratings file by corrupting a task's references (gin/runs/ratings.gin).
@@ -65,7 +66,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
 def _split_args(argv: Sequence[str]):
   parser = argparse.ArgumentParser(prog="rest_jax.main", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("command", choices=["train", "vocab", "data", "ratings", "reward_model"])
+  parser.add_argument("command", choices=["rest", "train", "vocab", "data", "ratings", "reward_model"])
   parser.add_argument("action", nargs="?", choices=["show", "stats"])
   parser.add_argument("--task")
   parser.add_argument("--split", default="validation")
@@ -111,6 +112,16 @@ def main(argv: Sequence[str]) -> int:
     from rest_jax import partitioning  # pylint: disable=g-import-not-at-top
 
     partitioning.initialize_multihost()
+  if args.command == "rest":
+    from rest_jax import rest  # pylint: disable=g-import-not-at-top
+
+    parse_gin(args.gin_file, bindings)
+    if args.dry_run:
+      print(gin.config_str())
+      return 0
+    _write_config(_macro("MODEL_DIR"))
+    gin.get_configurable(rest.rest)()
+    return 0
   if args.command == "train":
     from rest_jax import train  # pylint: disable=g-import-not-at-top
 

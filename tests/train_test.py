@@ -61,7 +61,7 @@ def test_restore_of_a_missing_or_corrupt_checkpoint_names_it(tmp_path):
 def test_cli_trains_the_demo_config_and_metrics_improve(tmp_path, capsys):
   gin.clear_config()
   code = main.main([
-      "train", "--gin_file=configs/demo.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+      "train", "--gin_file=configs/demo_bc.gin", f"--gin.MODEL_DIR='{tmp_path}'",
       "--gin.TRAIN_STEPS=80", "--gin.EVAL_PERIOD=80", "--gin.EVAL_BATCHES=1",
       "--gin.BATCH_SIZE=32", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}",
   ])

@@ -1,0 +1,165 @@
+"""Grow: sample N translations per source with the policy, score them, write the grown dataset.
+
+Sources are cut into shards of `shard_size` in split order; process `p` of `P`
+handles shards `p, p + P, ...` and writes each with `grown.write_shard` (atomic).
+Finished shards are skipped when the step is re-run, and the manifest is written
+once, by process 0, after every process has finished. Each row carries the
+behaviour policy's log-likelihood (`log_prob`) and its source's mean sample
+reward (`value`), which the offline-RL losses use.
+"""
+
+import os
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import tqdm
+
+from rest_jax import decoding, inference, partitioning, trainer as trainer_lib
+from rest_jax.data import grown
+from rest_jax.rewards import Reward
+
+
+def _reference_batch(batch_tokens, target_tokens, length):
+  """A teacher-forcing batch of the references, to score them under the policy."""
+  targets = np.zeros((len(batch_tokens), length), np.int32)
+  for i, t in enumerate(target_tokens):
+    targets[i, : min(len(t), length)] = t[:length]
+  inputs = np.concatenate([np.zeros((len(targets), 1), np.int32), targets[:, :-1]], axis=1)
+  batch = {"encoder_input_tokens": batch_tokens, "decoder_input_tokens": inputs,
+           "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.int32)}
+  return batch
+
+
+def grow(
+    *,
+    model,
+    params: Any,
+    partitioner: partitioning.Partitioner,
+    params_sharding: Any,
+    task_name: str,
+    split: str,
+    feature_lengths: Mapping[str, int],
+    output_dir: str,
+    reward: Reward,
+    num_samples: int = 4,
+    decoder_params: Optional[Mapping[str, Any]] = None,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    max_sources: Optional[int] = None,
+    include_references: bool = True,
+    seed: int = 0,
+    grow_step: int = 1,
+    metadata: Optional[Mapping[str, Any]] = None,
+    progress_bar: bool = True,
+) -> Dict[str, Any]:
+  """Writes the grown dataset of one Grow step into `output_dir` and returns timings.
+
+  Args:
+    model: the policy (t5x API); it samples with `decoding.temperature_sample`.
+    params: the policy's parameters, sharded by `params_sharding`.
+    partitioner: the mesh.
+    params_sharding: parameter shardings.
+    task_name: seqio task whose `split` provides the sources (and references).
+    split: e.g. "train".
+    feature_lengths: `{"inputs": Le, "targets": L}`; L is the sample length.
+    output_dir: the grown dataset's directory.
+    reward: scores every sample (and reference) against the reference.
+    num_samples: N samples per source.
+    decoder_params: temperature, topk, topp of the sampler.
+    batch_size: sources per sampling batch (a multiple of the data-parallel size).
+    shard_size: sources per shard (the unit of resumption).
+    max_sources: use only the first sources of the split.
+    include_references: also write each reference, scored, as `is_reference` rows.
+    seed: with `grow_step`, source id and sample index, sets every sample's key.
+    grow_step: this Grow step's number.
+    metadata: recorded in the manifest (policy checkpoint, reward config...).
+    progress_bar: a tqdm bar with sources/s and samples/s.
+  """
+  vocabulary = model.output_vocabulary
+  num_sources = inference.count_examples(task_name, split, max_sources)
+  if num_sources == 0:
+    raise ValueError(f"task {task_name} split {split} has no sources to grow from")
+  num_shards = -(-num_sources // shard_size)
+  done = set(grown.completed_shards(output_dir, num_shards))
+  mine = [s for s in range(num_shards)
+          if s % jax.process_count() == jax.process_index() and s not in done]
+  decoder_params = {"temperature": 1.0, **(decoder_params or {})}
+  sampler = inference.PolicyDecoder(model, partitioner, params_sharding, num_samples,
+                                    decoder_params, decode_fn=decoding.temperature_sample)
+  data = partitioner.data_sharding()
+  scorer = partitioner.partition(model.score_batch, in_shardings=(params_sharding, data),
+                                 out_shardings=data)
+  length = feature_lengths["targets"]
+  timings = {"sample_s": 0.0, "score_s": 0.0, "write_s": 0.0, "samples": 0, "sources": 0}
+  bar = tqdm.tqdm(total=num_sources, initial=len(done) * shard_size,
+                  disable=not (progress_bar and jax.process_index() == 0), unit="src",
+                  desc=f"grow {grow_step}", dynamic_ncols=True)
+  start_time = time.perf_counter()
+  for shard in mine:
+    start = shard * shard_size
+    count = min(shard_size, num_sources - start)
+    sources, hypotheses, references, meta = [], [], [], []
+    tick = time.perf_counter()
+    for batch in inference.source_batches(task_name, split, feature_lengths, batch_size,
+                                          start, count):
+      keys = inference.sample_keys(seed, grow_step, batch["source_id"], num_samples)
+      out = sampler(params, batch["encoder_input_tokens"], length, keys)
+      texts = inference.decode_texts(vocabulary, out["tokens"])
+      valid = int(batch["valid"].sum())
+      ref_lp = None
+      if include_references:
+        ref_batch = _reference_batch(batch["encoder_input_tokens"], batch["target_tokens"], length)
+        ref_lp = trainer_lib.to_host(scorer(params, partitioner.shard_batch(ref_batch)))
+      for i in range(valid):
+        for n in range(num_samples):
+          sources.append(batch["inputs"][i])
+          hypotheses.append(texts[i][n])
+          references.append(batch["targets"][i])
+          meta.append((int(batch["source_id"][i]), n, 0, float(out["scores"][i, n])))
+        if include_references:
+          sources.append(batch["inputs"][i])
+          hypotheses.append(batch["targets"][i])
+          references.append(batch["targets"][i])
+          meta.append((int(batch["source_id"][i]), num_samples, 1, float(ref_lp[i])))
+      bar.update(valid)
+    sampled = time.perf_counter()
+    rewards = reward(sources, hypotheses, references)
+    scored = time.perf_counter()
+    rows = _rows(sources, hypotheses, rewards, meta)
+    grown.write_shard(output_dir, shard, num_shards, rows)
+    timings["sample_s"] += sampled - tick
+    timings["score_s"] += scored - sampled
+    timings["write_s"] += time.perf_counter() - scored
+    timings["samples"] += sum(1 for m in meta if m[2] == 0)
+    timings["sources"] += count
+    elapsed = max(time.perf_counter() - start_time, 1e-9)
+    bar.set_postfix(samples_s=f"{timings['samples'] / elapsed:.0f}")
+  bar.close()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"grow {output_dir} shards written")
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(output_dir, grown.MANIFEST)):
+    grown.write_manifest(output_dir, num_shards, {
+        "grow_step": grow_step, "task": task_name, "split": split, "num_samples": num_samples,
+        "decoder_params": decoder_params, "reward": reward.name,
+        "reward_range": list(reward.range), "seed": seed, **dict(metadata or {})})
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"grow {output_dir} manifest written")
+  logging.info("grow %d: %s", grow_step, timings)
+  return timings
+
+
+def _rows(sources, hypotheses, rewards, meta):
+  """Rows with each source's mean sample reward as `value` (the behaviour baseline)."""
+  sums: Dict[int, list] = {}
+  for (source_id, _, is_ref, _), r in zip(meta, rewards):
+    if not is_ref:
+      sums.setdefault(source_id, []).append(float(r))
+  for src, hyp, r, (source_id, sample_id, is_ref, log_prob) in zip(sources, hypotheses, rewards,
+                                                                  meta):
+    yield {"inputs": src, "targets": hyp, "reward": float(r), "source_id": source_id,
+           "sample_id": sample_id, "is_reference": is_ref, "log_prob": log_prob,
+           "value": float(np.mean(sums.get(source_id, [r])))}

@@ -1,0 +1,134 @@
+"""Sharded sampling and decoding of a policy over a seqio task's sources.
+
+Shared by Grow (N samples per source), evaluation (greedy/beam and best-of-N)
+and `infer`. Each sample's randomness comes from its identity:
+`fold_in(seed, grow_step, source_id, sample_index)`, never from batch position,
+so the same config and seed give the same samples on any mesh or host count.
+"""
+
+import copy
+import itertools
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import seqio
+
+from rest_jax import partitioning, trainer as trainer_lib
+from rest_jax.evaluation import tokens_to_text
+
+PyTree = Any
+
+
+def with_decode_fn(model, decode_fn):
+  """A shallow copy of a t5x-API model that decodes with `decode_fn`."""
+  if getattr(model, "_decode_fn", None) is decode_fn:
+    return model
+  clone = copy.copy(model)
+  clone._decode_fn = decode_fn  # pylint: disable=protected-access (t5x models keep it here too)
+  return clone
+
+
+def sample_keys(seed: int, grow_step: int, source_ids: np.ndarray, num_samples: int) -> np.ndarray:
+  """Raw PRNG keys `[batch, num_samples, 2]` from (seed, grow step, source id, sample index)."""
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), grow_step)
+
+  def per_source(source_id):
+    key = jax.random.fold_in(base, source_id)
+    return jax.vmap(lambda n: jax.random.fold_in(key, n))(np.arange(num_samples))
+
+  return np.asarray(jax.vmap(per_source)(np.asarray(source_ids, np.uint32)))
+
+
+class PolicyDecoder:
+  """`predict_batch_with_aux` compiled once for a batch shape, mesh and decode settings.
+
+  Args:
+    model: a t5x-API model; `decode_fn` overrides the model's (e.g. sampling).
+    partitioner: the mesh.
+    params_sharding: the parameters' shardings.
+    num_decodes: samples (or beams) per input.
+    decoder_params: keyword arguments of the decode function.
+  """
+
+  def __init__(self, model, partitioner: partitioning.Partitioner, params_sharding: PyTree,
+               num_decodes: int = 1, decoder_params: Optional[Mapping[str, Any]] = None,
+               decode_fn=None):
+    self.model = with_decode_fn(model, decode_fn) if decode_fn is not None else model
+    self.partitioner = partitioner
+    self.num_decodes = num_decodes
+    params = dict(decoder_params or {})
+
+    def predict(p, batch, rng):
+      return self.model.predict_batch_with_aux(
+          p, batch, rng=rng, decoder_params=params, num_decodes=num_decodes,
+          return_all_decodes=True)
+
+    data = partitioner.data_sharding()
+    self._predict = partitioner.partition(
+        predict, in_shardings=(params_sharding, {"encoder_input_tokens": data,
+                                                 "decoder_input_tokens": data}, data),
+        out_shardings=data)
+
+  def __call__(self, params, encoder_tokens: np.ndarray, decode_length: int,
+               keys: np.ndarray) -> Dict[str, np.ndarray]:
+    """Decodes `[rows, Le]` inputs; `keys` are `[rows, num_decodes, 2]` raw keys."""
+    batch = {"encoder_input_tokens": encoder_tokens.astype(np.int32),
+             "decoder_input_tokens": np.zeros((len(encoder_tokens), decode_length), np.int32)}
+    batch = self.partitioner.shard_batch(batch)
+    decodes, aux = self._predict(params, batch, self.partitioner.shard_batch(keys))
+    decodes, aux = trainer_lib.to_host((decodes, aux))
+    return {"tokens": decodes, "scores": aux["scores"]}
+
+
+def source_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
+                   batch_size: int, start: int = 0, count: Optional[int] = None
+                   ) -> Iterator[Dict[str, Any]]:
+  """Batches of a task's examples in split order, with their global `source_id`.
+
+  The last batch is padded with empty rows (`valid` False) to `batch_size`.
+  """
+  task = seqio.get_mixture_or_task(task_name)
+  ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False,
+                        try_in_mem_cache=False)
+  examples = itertools.islice(ds.as_numpy_iterator(), start,
+                              None if count is None else start + count)
+  source_id = start
+  length = feature_lengths["inputs"]
+  while True:
+    chunk = list(itertools.islice(examples, batch_size))
+    if not chunk:
+      return
+    tokens = np.zeros((batch_size, length), np.int32)
+    for i, ex in enumerate(chunk):
+      ids = ex["inputs"][:length]
+      tokens[i, : len(ids)] = ids
+    yield {
+        "encoder_input_tokens": tokens,
+        "source_id": np.arange(source_id, source_id + batch_size),
+        "valid": np.arange(batch_size) < len(chunk),
+        "inputs": [ex["inputs_pretokenized"].decode("utf-8") for ex in chunk],
+        "targets": [ex["targets_pretokenized"].decode("utf-8") for ex in chunk],
+        "target_tokens": [ex["targets"] for ex in chunk],
+    }
+    source_id += len(chunk)
+
+
+def decode_texts(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> List[List[str]]:
+  """`[rows, n, length]` ids -> per row, its n texts."""
+  rows, n, length = tokens.shape
+  flat = tokens_to_text(vocabulary, tokens.reshape(rows * n, length))
+  return [flat[i * n:(i + 1) * n] for i in range(rows)]
+
+
+def count_examples(task_name: str, split: str, limit: Optional[int] = None) -> int:
+  """Examples of a split after the task's preprocessors (some drop examples)."""
+  task = seqio.get_mixture_or_task(task_name)
+  ds = task.get_dataset(None, split=split, shuffle=False, try_in_mem_cache=False)
+  return sum(1 for _ in itertools.islice(ds.as_numpy_iterator(), limit))
+
+
+def repeat_for(values: Sequence[Any], n: int) -> List[Any]:
+  return [v for v in values for _ in range(n)]
+
+
