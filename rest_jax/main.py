@@ -2,6 +2,7 @@ r"""Command line: `python -m rest_jax.main <command> --gin_file=... --gin.KEY=VA
 
 Commands:
   rest    the whole ReST loop (BC, Grow, Improve, evaluation, report): `rest_jax.rest.rest`.
+  grow | improve | eval | infer   one ReST step on a policy checkpoint (gin/runs/steps.gin).
   train   behaviour cloning (the BC policy): `rest_jax.train.train` from gin.
   vocab   train a SentencePiece vocabulary on a seqio task's text.
   ratings      build a ratings file by corrupting a task's references (gin/runs/ratings.gin).
@@ -18,6 +19,7 @@ Flags (t5x's):
 """
 
 import argparse
+import importlib
 import os
 import sys
 from typing import List, Sequence
@@ -66,7 +68,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
 def _split_args(argv: Sequence[str]):
   parser = argparse.ArgumentParser(prog="rest_jax.main", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("command", choices=["rest", "train", "vocab", "data", "ratings", "reward_model"])
+  parser.add_argument("command", choices=sorted(COMMANDS) + ["data"])
   parser.add_argument("action", nargs="?", choices=["show", "stats"])
   parser.add_argument("--task")
   parser.add_argument("--split", default="validation")
@@ -105,6 +107,35 @@ def _macro(name: str):
     return None
 
 
+# command -> (module, gin-configured function, writes MODEL_DIR/config.gin)
+COMMANDS = {
+    "rest": ("rest_jax.rest", "rest", True),
+    "grow": ("rest_jax.commands", "grow_command", False),
+    "improve": ("rest_jax.commands", "improve_command", False),
+    "eval": ("rest_jax.commands", "eval_command", False),
+    "infer": ("rest_jax.commands", "infer_command", False),
+    "train": ("rest_jax.train", "train", True),
+    "vocab": ("rest_jax.data.vocab_command", "build_vocabulary", False),
+    "ratings": ("rest_jax.rewards.ratings", "build_ratings_file", False),
+    "reward_model": ("rest_jax.rewards.learned", "train_reward_model", False),
+}
+
+
+def _data_command(args) -> None:
+  from rest_jax.data import inspect as data_inspect  # pylint: disable=g-import-not-at-top
+
+  if args.action == "show":
+    if not args.task:
+      raise SystemExit("data show needs --task")
+    data_inspect.show(args.task, args.split, args.n, sys.stdout)
+  elif args.action == "stats":
+    if not (args.task or args.grown_dir):
+      raise SystemExit("data stats needs --task and/or --grown_dir")
+    data_inspect.stats(args.task, args.split, sys.stdout, args.grown_dir, args.max_examples)
+  else:
+    raise SystemExit("data needs an action: show or stats")
+
+
 def main(argv: Sequence[str]) -> int:
   args, bindings = _split_args(argv)
   logging.set_verbosity(logging.WARNING)  # orbax and seqio are chatty at INFO
@@ -112,62 +143,22 @@ def main(argv: Sequence[str]) -> int:
     from rest_jax import partitioning  # pylint: disable=g-import-not-at-top
 
     partitioning.initialize_multihost()
-  if args.command == "rest":
-    from rest_jax import rest  # pylint: disable=g-import-not-at-top
-
-    parse_gin(args.gin_file, bindings)
-    if args.dry_run:
-      print(gin.config_str())
-      return 0
-    _write_config(_macro("MODEL_DIR"))
-    gin.get_configurable(rest.rest)()
-    return 0
-  if args.command == "train":
-    from rest_jax import train  # pylint: disable=g-import-not-at-top
-
-    parse_gin(args.gin_file, bindings)
-    if args.dry_run:
-      print(gin.config_str())
-      return 0
-    _write_config(_macro("MODEL_DIR"))
-    history = gin.get_configurable(train.train)()
-    _print_history(history)
-    return 0
+  parse_gin(args.gin_file, bindings)
   if args.command == "data":
-    from rest_jax.data import inspect as data_inspect  # pylint: disable=g-import-not-at-top
-
-    parse_gin(args.gin_file, bindings)
-    if args.action == "show":
-      if not args.task:
-        raise SystemExit("data show needs --task")
-      data_inspect.show(args.task, args.split, args.n, sys.stdout)
-    elif args.action == "stats":
-      if not (args.task or args.grown_dir):
-        raise SystemExit("data stats needs --task and/or --grown_dir")
-      data_inspect.stats(args.task, args.split, sys.stdout, args.grown_dir, args.max_examples)
-    else:
-      raise SystemExit("data needs an action: show or stats")
+    _data_command(args)
     return 0
-  if args.command in ("ratings", "reward_model"):
-    from rest_jax.rewards import learned, ratings  # pylint: disable=g-import-not-at-top
-
-    parse_gin(args.gin_file, bindings)
-    if args.dry_run:
-      print(gin.config_str())
-      return 0
-    fn = ratings.build_ratings_file if args.command == "ratings" else learned.train_reward_model
-    print(gin.get_configurable(fn)())
+  if args.dry_run:
+    print(gin.config_str())
     return 0
-  if args.command == "vocab":
-    from rest_jax.data import vocab_command  # pylint: disable=g-import-not-at-top
-
-    parse_gin(args.gin_file, bindings)
-    if args.dry_run:
-      print(gin.config_str())
-      return 0
-    print(gin.get_configurable(vocab_command.build_vocabulary)())
-    return 0
-  return 2
+  module_name, function, writes_config = COMMANDS[args.command]
+  if writes_config:
+    _write_config(_macro("MODEL_DIR"))
+  result = gin.get_configurable(getattr(importlib.import_module(module_name), function))()
+  if args.command == "train":
+    _print_history(result)
+  elif args.command != "rest":
+    print(result)
+  return 0
 
 
 def _print_history(history) -> None:

@@ -16,7 +16,7 @@ def spm(tmp_path):
       ["the house is small", "das Haus ist klein", "abcdefghij klmnop", "我们 学习"] * 40,
       str(tmp_path / "spm.model"), 60)
   gin.clear_config()
-  gin.bind_parameter("rest_jax.data.tasks.task_vocabulary.sentencepiece_model_file", path)
+  gin.bind_parameter("rest_jax.data.translation_tasks.task_vocabulary.sentencepiece_model_file", path)
   yield seqio.SentencePieceVocabulary(path)
   gin.clear_config()
 
@@ -59,21 +59,21 @@ def test_local_aligned_and_tsv_tasks(spm, tmp_path):
   for split in ("train", "valid", "test"):
     _write(tmp_path / f"{split}.de", b"das Haus\nist klein\n")
     _write(tmp_path / f"{split}.en", b"the house\nis small\n")
-  gin.bind_parameter("iwslt14/rest_jax.data.tasks.local_corpus.directory", str(tmp_path))
+  gin.bind_parameter("iwslt14/rest_jax.data.translation_tasks.local_corpus.directory", str(tmp_path))
   examples = _examples("iwslt14_de_en", split="validation")
   assert [e["inputs_pretokenized"] for e in examples] == [b"das Haus", b"ist klein"]
   reverse = _examples("iwslt14_en_de")
   assert reverse[0]["inputs_pretokenized"] == b"the house"
 
   _write(tmp_path / "train.tsv", "我们\twe\n学习\tlearn\n".encode())
-  gin.bind_parameter("wmt20_zh_en/rest_jax.data.tasks.local_corpus.directory", str(tmp_path))
-  gin.bind_parameter("wmt20_zh_en/rest_jax.data.tasks.local_corpus.file_format", "tsv")
+  gin.bind_parameter("wmt20_zh_en/rest_jax.data.translation_tasks.local_corpus.directory", str(tmp_path))
+  gin.bind_parameter("wmt20_zh_en/rest_jax.data.translation_tasks.local_corpus.file_format", "tsv")
   assert _examples("wmt20_zh_en")[1]["targets_pretokenized"] == b"learn"
   assert _examples("wmt20_en_zh")[1]["targets_pretokenized"] == "学习".encode()
 
 
 def test_unbound_local_corpus_is_a_clear_error(spm):
-  with pytest.raises(Exception, match="iwslt14/tasks.local_corpus.directory"):
+  with pytest.raises(Exception, match="iwslt14/translation_tasks.local_corpus.directory"):
     _examples("iwslt14_de_en")
 
 

@@ -7,7 +7,7 @@ Registered when `rest_jax.data.tasks` is imported, with t5x-style names
   `wmt19_en_de`, `ted_de_en`, `ted_en_de` (TED talks, `ted_multi_translate`).
 - Local files (TFDS has neither IWSLT 2014 nor WMT 2020): `iwslt14_de_en`,
   `iwslt14_en_de`, `wmt20_zh_en`, `wmt20_en_zh`, read from a directory bound in
-  gin, e.g. `iwslt14_de_en/tasks.local_corpus.directory = '/data/iwslt14.de-en'`.
+  gin, e.g. `iwslt14/translation_tasks.local_corpus.directory = '/data/iwslt14.de-en'`.
 - The paper's pairs: `wmt_en_de` (= WMT14 En-De), `iwslt14_de_en`, `wmt20_zh_en`.
 
 Their vocabulary is `task_vocabulary()`, resolved at first use so that gin (bind
@@ -25,14 +25,14 @@ import tensorflow as tf
 from rest_jax.data import metrics, parallel_text, preprocessors
 
 
-@gin.configurable(module="rest_jax.data.tasks")
+@gin.configurable(module="rest_jax.data.translation_tasks")
 def task_vocabulary(sentencepiece_model_file: str | None = None) -> seqio.Vocabulary:
   """The vocabulary of the translation tasks (a SentencePiece model with T5's ids)."""
   if not sentencepiece_model_file:
     raise ValueError(
         "translation tasks need a vocabulary: bind"
-        " rest_jax.data.tasks.task_vocabulary.sentencepiece_model_file (e.g."
-        " --gin.tasks.task_vocabulary.sentencepiece_model_file=\"'/path/spm.model'\"), or build"
+        " rest_jax.data.translation_tasks.task_vocabulary.sentencepiece_model_file (e.g."
+        " --gin.translation_tasks.task_vocabulary.sentencepiece_model_file=\"'/path/spm.model'\"), or build"
         " one with `python -m rest_jax.main vocab`")
   return seqio.SentencePieceVocabulary(sentencepiece_model_file)
 
@@ -120,7 +120,7 @@ def register_ted_task(name: str, source_lang: str, target_lang: str,
                                 target_lang=target_lang), vocabulary)
 
 
-@gin.configurable(module="rest_jax.data.tasks")
+@gin.configurable(module="rest_jax.data.translation_tasks")
 def local_corpus(directory: str | None = None, file_format: str = "aligned",
                  split_files: Dict[str, str] | None = None,
                  skip_bad_lines: bool = False) -> dict:
@@ -145,8 +145,8 @@ def _local_files(name: str, split: str, source_lang: str, target_lang: str,
     config = local_corpus()
   if not config["directory"]:
     raise ValueError(
-        f"task {name} reads local files: bind {corpus_scope}/tasks.local_corpus.directory"
-        f" (e.g. --gin.{corpus_scope}/tasks.local_corpus.directory=\"'/data/{corpus_scope}'\")")
+        f"task {name} reads local files: bind {corpus_scope}/translation_tasks.local_corpus.directory"
+        f" (e.g. --gin.{corpus_scope}/translation_tasks.local_corpus.directory=\"'/data/{corpus_scope}'\")")
   stem = os.path.join(config["directory"], config["split_files"].get(split, split))
   if config["file_format"] == "tsv":
     return f"{stem}.tsv", config["skip_bad_lines"]

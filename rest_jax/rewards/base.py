@@ -23,10 +23,13 @@ class Reward(abc.ABC):
   Attributes:
     name: registry name (e.g. "chrf").
     range: `(low, high)` of the scale; thresholds are given on it.
+    needs_reference: whether scores depend on the reference.
   """
 
   name: str = "reward"
   range: Tuple[float, float] = (0.0, 1.0)
+  # False for reference-free (quality-estimation) rewards, usable without references.
+  needs_reference: bool = True
 
   @abc.abstractmethod
   def score(self, sources: Sequence[str], hypotheses: Sequence[str],
@@ -84,6 +87,7 @@ class Ensemble(Reward):
     self.rewards = list(rewards)
     self.weights = [w / total for w in weights]
     self.name = name or "+".join(f"{w:.2g}*{r.name}" for r, w in zip(self.rewards, self.weights))
+    self.needs_reference = any(r.needs_reference for r in self.rewards)
     self.range = (sum(w * r.range[0] for r, w in zip(self.rewards, self.weights)),
                   sum(w * r.range[1] for r, w in zip(self.rewards, self.weights)))
 

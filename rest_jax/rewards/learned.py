@@ -303,6 +303,7 @@ class LearnedReward(Reward):
       saved = json.load(f)
     config = RewardModelConfig(**saved["config"])
     self.name = "learned" if config.use_reference else "learned-qe"
+    self.needs_reference = config.use_reference
     self.model = RewardModel(config, _vocabulary_from_spec(saved["vocabulary"]))
     partitioner = partitioner or partitioning.Partitioner()
     trainer = trainer_lib.Trainer(self.model, partitioner,
