@@ -21,9 +21,9 @@ def _cache_dir(tmp_path_factory):
   os.environ["REST_JAX_CACHE"] = str(tmp_path_factory.mktemp("rest_jax_cache"))
 
 
-def make_model(decode_fn=decoding.temperature_sample, **overrides):
+def make_model(decode_fn=decoding.temperature_sample, vocabulary=None, **overrides):
   cfg = network.T5Config(**{**TINY, **overrides})
-  vocab = seqio.PassThroughVocabulary(cfg.vocab_size, eos_id=1)
+  vocab = vocabulary or seqio.PassThroughVocabulary(cfg.vocab_size, eos_id=1)
   return models.EncoderDecoderModel(network.Transformer(cfg), vocab, vocab, decode_fn=decode_fn)
 
 
