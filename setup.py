@@ -38,6 +38,8 @@ setuptools.setup(
         "numpy",
         "tqdm",
         "tensorboard",
+        "matplotlib",
+        "scipy",
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "ruff"],
