@@ -15,9 +15,28 @@ import numpy as np
 import seqio
 
 from rest_jax import partitioning, trainer as trainer_lib
-from rest_jax.evaluation import tokens_to_text
 
 PyTree = Any
+
+
+def tokens_to_text(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> List[str]:
+  """Detokenizes `[batch, length]` ids, stopping at EOS."""
+  out = []
+  for row in np.asarray(tokens).tolist():
+    if vocabulary.eos_id in row:
+      row = row[: row.index(vocabulary.eos_id)]
+    out.append(vocabulary.decode([t for t in row if t > 0]))
+  return out
+
+
+def pad_rows(batch: Mapping[str, np.ndarray], multiple: int) -> Dict[str, np.ndarray]:
+  """Appends all-zero (padding) rows up to a multiple of `multiple` rows."""
+  rows = next(iter(batch.values())).shape[0]
+  target = -(-rows // multiple) * multiple
+  if target == rows:
+    return dict(batch)
+  return {k: np.concatenate([v, np.zeros((target - rows,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
 
 
 def with_decode_fn(model, decode_fn):
@@ -57,6 +76,7 @@ class PolicyDecoder:
     self.model = with_decode_fn(model, decode_fn) if decode_fn is not None else model
     self.partitioner = partitioner
     self.num_decodes = num_decodes
+    self._rows = None  # the first call's (padded) row count; later calls pad to it
     params = dict(decoder_params or {})
 
     def predict(p, batch, rng):
@@ -71,14 +91,32 @@ class PolicyDecoder:
         out_shardings=data)
 
   def __call__(self, params, encoder_tokens: np.ndarray, decode_length: int,
-               keys: np.ndarray) -> Dict[str, np.ndarray]:
-    """Decodes `[rows, Le]` inputs; `keys` are `[rows, num_decodes, 2]` raw keys."""
+               keys: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Decodes `[rows, Le]` inputs.
+
+    Args:
+      params: the policy's parameters.
+      encoder_tokens: inputs; rows are padded (to the mesh and to the first
+        call's row count, so nothing recompiles) and the padding trimmed again.
+      decode_length: length of the decodes.
+      keys: `[rows, num_decodes, 2]` raw PRNG keys (sampling only).
+
+    Returns:
+      `tokens [rows, num_decodes, length]` sorted by increasing score, `scores`.
+    """
+    rows = len(encoder_tokens)
+    if keys is None:
+      keys = np.zeros((rows, self.num_decodes, 2), np.uint32)
     batch = {"encoder_input_tokens": encoder_tokens.astype(np.int32),
-             "decoder_input_tokens": np.zeros((len(encoder_tokens), decode_length), np.int32)}
-    batch = self.partitioner.shard_batch(batch)
-    decodes, aux = self._predict(params, batch, self.partitioner.shard_batch(keys))
+             "decoder_input_tokens": np.zeros((rows, decode_length), np.int32),
+             "keys": np.asarray(keys, np.uint32)}
+    if self._rows is None:
+      self._rows = pad_rows(batch, self.partitioner.data_parallel_size)["keys"].shape[0]
+    batch = self.partitioner.shard_batch(pad_rows(batch, self._rows))
+    keys = batch.pop("keys")
+    decodes, aux = self._predict(params, batch, keys)
     decodes, aux = trainer_lib.to_host((decodes, aux))
-    return {"tokens": decodes, "scores": aux["scores"]}
+    return {"tokens": decodes[:rows], "scores": aux["scores"][:rows]}
 
 
 def source_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],

@@ -15,7 +15,7 @@ import jax
 import seqio
 import tqdm
 
-from rest_jax import checkpoints, evaluation, partitioning, trainer as trainer_lib
+from rest_jax import checkpoints, evaluation, inference, partitioning, trainer as trainer_lib
 from rest_jax.data import pipeline
 
 
@@ -84,10 +84,10 @@ def train(
       os.path.join(model_dir, "train"), just_logging=not is_chief)
   eval_writer = metric_writers.create_default_writer(
       os.path.join(model_dir, "eval"), just_logging=not is_chief)
-  predictor = None
+  decoder = None
   if eval_dataset_cfg is not None:
-    predictor = evaluation.Predictor(model, partitioner, trainer.params_sharding,
-                                     num_decodes=eval_beam_size)
+    decoder = inference.PolicyDecoder(model, partitioner, trainer.params_sharding,
+                                      num_decodes=eval_beam_size)
   history: List[Dict[str, Any]] = []
 
   def run_eval(step: int) -> None:
@@ -96,7 +96,7 @@ def train(
     batches = pipeline.batch_iterator(eval_dataset_cfg, _converter(model), num_epochs=1)
     if eval_batches:
       batches = (b for i, b in zip(range(eval_batches), batches))
-    results = evaluation.evaluate(trainer, state.params, batches, predictor)
+    results = evaluation.evaluate(trainer, state.params, batches, decoder)
     examples = results.pop("examples", [])
     eval_writer.write_scalars(step, results)
     for ref, hyp in examples[:2]:
