@@ -30,6 +30,7 @@ def grow_command(*, model, policy_dir: str, output_dir: str, task_name: str,
                  feature_lengths: Mapping[str, int], reward: Reward, split: str = "train",
                  num_samples: int = 4, decoder_params: Optional[Mapping[str, Any]] = None,
                  max_sources: Optional[int] = None, grow_step: int = 1, seed: int = 0,
+                 batch_size: int = 32, shard_size: int = 1024,
                  partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, Any]:
   """One Grow step from a policy checkpoint (resumable: finished shards are kept)."""
   partitioner = partitioner or partitioning.Partitioner()
@@ -39,7 +40,8 @@ def grow_command(*, model, policy_dir: str, output_dir: str, task_name: str,
       params_sharding=trainer.params_sharding, task_name=task_name, split=split,
       feature_lengths=feature_lengths, output_dir=output_dir, reward=reward,
       num_samples=num_samples, decoder_params=decoder_params, max_sources=max_sources,
-      seed=seed, grow_step=grow_step, metadata={"policy": os.path.abspath(policy_dir)})
+      batch_size=batch_size, shard_size=shard_size, seed=seed, grow_step=grow_step,
+      metadata={"policy": os.path.abspath(policy_dir)})
 
 
 def improve_command(*, model, policy_dir: str, grown_dir: str, threshold: float,

@@ -71,7 +71,8 @@ def grow(
     num_samples: N samples per source.
     decoder_params: temperature, topk, topp of the sampler.
     batch_size: sources per sampling batch (a multiple of the data-parallel size).
-    shard_size: sources per shard (the unit of resumption).
+    shard_size: sources per shard (the unit of resumption), rounded up to a
+      multiple of `batch_size`.
     max_sources: use only the first sources of the split.
     include_references: also write each reference, scored, as `is_reference` rows.
     seed: with `grow_step`, source id and sample index, sets every sample's key.
@@ -83,6 +84,7 @@ def grow(
   num_sources = inference.count_examples(task_name, split, max_sources)
   if num_sources == 0:
     raise ValueError(f"task {task_name} split {split} has no sources to grow from")
+  shard_size = -(-shard_size // batch_size) * batch_size  # whole batches per shard
   num_shards = -(-num_sources // shard_size)
   done = set(grown.completed_shards(output_dir, num_shards))
   mine = [s for s in range(num_shards)
@@ -99,45 +101,46 @@ def grow(
                   disable=not (progress_bar and jax.process_index() == 0), unit="src",
                   desc=f"grow {grow_step}", dynamic_ncols=True)
   start_time = time.perf_counter()
-  for shard in mine:
-    start = shard * shard_size
-    count = min(shard_size, num_sources - start)
-    sources, hypotheses, references, meta = [], [], [], []
-    tick = time.perf_counter()
-    for batch in inference.source_batches(task_name, split, feature_lengths, batch_size,
-                                          start, count):
-      keys = inference.sample_keys(seed, grow_step, batch["source_id"], num_samples)
-      out = sampler(params, batch["encoder_input_tokens"], length, keys)
-      texts = inference.decode_texts(vocabulary, out["tokens"])
-      valid = int(batch["valid"].sum())
-      ref_lp = None
+  pending = set(mine)
+  # One pass over the split in order: batches never straddle shards (shard_size is a
+  # multiple of batch_size), and sources of other hosts' or finished shards are
+  # read past, so the cost stays linear in the split however many shards there are.
+  batches = inference.source_batches(task_name, split, feature_lengths, batch_size, 0,
+                                     num_sources) if pending else iter(())
+  buffer = None
+  for batch in batches:
+    shard = int(batch["source_id"][0]) // shard_size
+    if shard not in pending:
+      continue
+    if buffer is None:
+      buffer = {"sources": [], "hypotheses": [], "references": [], "meta": [],
+                "tick": time.perf_counter()}
+    keys = inference.sample_keys(seed, grow_step, batch["source_id"], num_samples)
+    out = sampler(params, batch["encoder_input_tokens"], length, keys)
+    texts = inference.decode_texts(vocabulary, out["tokens"])
+    valid = int(batch["valid"].sum())
+    ref_lp = None
+    if include_references:
+      ref_batch = _reference_batch(batch["encoder_input_tokens"], batch["target_tokens"], length)
+      ref_lp = trainer_lib.to_host(scorer(params, partitioner.shard_batch(ref_batch)))
+    for i in range(valid):
+      source_id = int(batch["source_id"][i])
+      candidates = [(texts[i][n], n, 0, float(out["scores"][i, n])) for n in range(num_samples)]
       if include_references:
-        ref_batch = _reference_batch(batch["encoder_input_tokens"], batch["target_tokens"], length)
-        ref_lp = trainer_lib.to_host(scorer(params, partitioner.shard_batch(ref_batch)))
-      for i in range(valid):
-        for n in range(num_samples):
-          sources.append(batch["inputs"][i])
-          hypotheses.append(texts[i][n])
-          references.append(batch["targets"][i])
-          meta.append((int(batch["source_id"][i]), n, 0, float(out["scores"][i, n])))
-        if include_references:
-          sources.append(batch["inputs"][i])
-          hypotheses.append(batch["targets"][i])
-          references.append(batch["targets"][i])
-          meta.append((int(batch["source_id"][i]), num_samples, 1, float(ref_lp[i])))
-      bar.update(valid)
-    sampled = time.perf_counter()
-    rewards = reward(sources, hypotheses, references)
-    scored = time.perf_counter()
-    rows = _rows(sources, hypotheses, rewards, meta)
-    grown.write_shard(output_dir, shard, num_shards, rows)
-    timings["sample_s"] += sampled - tick
-    timings["score_s"] += scored - sampled
-    timings["write_s"] += time.perf_counter() - scored
-    timings["samples"] += sum(1 for m in meta if m[2] == 0)
-    timings["sources"] += count
-    elapsed = max(time.perf_counter() - start_time, 1e-9)
-    bar.set_postfix(samples_s=f"{timings['samples'] / elapsed:.0f}")
+        candidates.append((batch["targets"][i], num_samples, 1, float(ref_lp[i])))
+      for text, sample_id, is_ref, log_prob in candidates:
+        buffer["sources"].append(batch["inputs"][i])
+        buffer["hypotheses"].append(text)
+        buffer["references"].append(batch["targets"][i])
+        buffer["meta"].append((source_id, sample_id, is_ref, log_prob))
+    bar.update(valid)
+    last = int(batch["source_id"][valid - 1]) + 1
+    if last == min((shard + 1) * shard_size, num_sources):  # the shard is complete
+      _finish_shard(buffer, reward, output_dir, shard, num_shards, timings)
+      pending.discard(shard)
+      buffer = None
+      elapsed = max(time.perf_counter() - start_time, 1e-9)
+      bar.set_postfix(samples_s=f"{timings['samples'] / elapsed:.0f}")
   bar.close()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"grow {output_dir} shards written")
@@ -150,6 +153,20 @@ def grow(
     multihost_utils.sync_global_devices(f"grow {output_dir} manifest written")
   logging.info("grow %d: %s", grow_step, timings)
   return timings
+
+
+def _finish_shard(buffer, reward, output_dir, shard, num_shards, timings) -> None:
+  """Scores a shard's samples and writes it (nothing is written if scoring fails)."""
+  sampled = time.perf_counter()
+  rewards = reward(buffer["sources"], buffer["hypotheses"], buffer["references"])
+  scored = time.perf_counter()
+  grown.write_shard(output_dir, shard, num_shards,
+                    _rows(buffer["sources"], buffer["hypotheses"], rewards, buffer["meta"]))
+  timings["sample_s"] += sampled - buffer["tick"]
+  timings["score_s"] += scored - sampled
+  timings["write_s"] += time.perf_counter() - scored
+  timings["samples"] += sum(1 for m in buffer["meta"] if m[2] == 0)
+  timings["sources"] += len({m[0] for m in buffer["meta"]})
 
 
 def _rows(sources, hypotheses, rewards, meta):

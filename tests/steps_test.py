@@ -39,7 +39,8 @@ def _grow(model, policy_dir, out, mesh):
   return commands.grow_command(
       model=model, policy_dir=policy_dir, output_dir=str(out), task_name=tasks.DEMO_TASK,
       feature_lengths=LENGTHS, reward=rewards.get("chrf", processes=1), num_samples=3,
-      max_sources=20, seed=5, partitioner=partitioning.Partitioner(mesh_shape=mesh))
+      max_sources=20, seed=5, batch_size=8, shard_size=8,
+      partitioner=partitioning.Partitioner(mesh_shape=mesh))
 
 
 def test_grow_resumes_by_shard_and_is_the_same_on_any_mesh(policy, tmp_path):
@@ -54,15 +55,15 @@ def test_grow_resumes_by_shard_and_is_the_same_on_any_mesh(policy, tmp_path):
 
   # A killed Grow step: manifest and the last shard gone; re-running redoes only that shard.
   manifest = json.loads((out / grown.MANIFEST).read_text())
+  assert manifest["num_shards"] == 3
   kept = out / manifest["shards"][0]["file"]
-  lost = out / manifest["shards"][-1]["file"]
-  if kept != lost:
-    mtime = os.path.getmtime(kept)
-    os.remove(lost)
-    os.remove(str(lost)[: -len(".tfrecord")] + ".json")
-    os.remove(out / grown.MANIFEST)
-    _grow(model, policy_dir, out, (8, 1))
-    assert os.path.getmtime(kept) == mtime
+  lost = out / manifest["shards"][1]["file"]
+  mtime = os.path.getmtime(kept)
+  os.remove(lost)
+  os.remove(str(lost)[: -len(".tfrecord")] + ".json")
+  os.remove(out / grown.MANIFEST)
+  _grow(model, policy_dir, out, (8, 1))
+  assert os.path.getmtime(kept) == mtime and lost.exists()
   assert _rows(str(out)) == rows
 
 
