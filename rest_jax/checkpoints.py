@@ -12,6 +12,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from rest_jax import faults
 from rest_jax.trainer import TrainState
 
 
@@ -50,6 +51,7 @@ class Checkpointer:
     step = int(jax.device_get(state.step))
     saved = self._manager.save(step, args=ocp.args.StandardSave(state.as_dict()), force=force)
     if saved:
+      faults.point("checkpoint.save")  # orbax may still be writing it in the background
       logging.info("Saving checkpoint for step %d to %s", step, self.directory)
     return saved
 

@@ -109,7 +109,7 @@ def infer_command(*, model, policy_dir: str, input_file: str, output_file: str,
       ids = list(vocabulary.encode(text))[: feature_lengths["inputs"] - 1] + [vocabulary.eos_id]
       tokens[i, : len(ids)] = ids
     keys = inference.sample_keys(seed, 0, np.arange(start, start + batch_size), num_samples)
-    out = sampler(params, tokens, feature_lengths["targets"], keys)
+    out = sampler.decode_global(params, tokens, feature_lengths["targets"], keys)
     texts = inference.decode_texts(model.output_vocabulary, out["tokens"])[: len(chunk)]
     if reward is not None:
       scores = reward(inference.repeat_for(chunk, num_samples),

@@ -2,6 +2,8 @@
 
 from typing import Any, Dict, Iterable, Mapping
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from rest_jax import inference, trainer as trainer_lib
@@ -34,11 +36,22 @@ def evaluate(
     if decoder is not None:
       decodes = decoder(params, batch["encoder_input_tokens"],
                         batch["decoder_target_tokens"].shape[1])["tokens"][:, -1]
+      # Each process decoded its rows of the batch; the corpus metrics need all.
+      decodes, targets = _all_rows(decodes), _all_rows(batch["decoder_target_tokens"])
+      real = targets.any(axis=1)  # a short last batch is padded with empty rows
+      decodes, targets = decodes[real], targets[real]
       hypotheses += inference.tokens_to_text(vocabulary, decodes)
-      references += inference.tokens_to_text(vocabulary, batch["decoder_target_tokens"])
+      references += inference.tokens_to_text(vocabulary, targets)
   results = accumulator.compute() if accumulator else {}
   if decoder is not None and references:
     results.update(metrics_lib.bleu(references, hypotheses))
     results.update(metrics_lib.chrf(references, hypotheses))
     results["examples"] = list(zip(references[:3], hypotheses[:3]))
   return results
+
+
+def _all_rows(x: np.ndarray) -> np.ndarray:
+  """Every process's rows, in process order (the batch's row order)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))

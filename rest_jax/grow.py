@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
-from rest_jax import decoding, inference, partitioning, trainer as trainer_lib
+from rest_jax import decoding, faults, inference, partitioning
 from rest_jax.data import grown
 from rest_jax.rewards import Reward
 
@@ -84,11 +84,18 @@ def grow(
   num_sources = inference.count_examples(task_name, split, max_sources)
   if num_sources == 0:
     raise ValueError(f"task {task_name} split {split} has no sources to grow from")
-  shard_size = -(-shard_size // batch_size) * batch_size  # whole batches per shard
+  num_hosts = jax.process_count()
+  if partitioner.local_data_shards * num_hosts != partitioner.data_parallel_size:
+    raise ValueError(
+        f"grow needs every host to hold its own rows of a batch, but mesh"
+        f" {dict(partitioner.mesh.shape)} spreads the model axis over hosts; use a mesh whose"
+        " model axis fits in one host")
+  # `batch_size` sources per global batch: each host samples `local_size` of its own.
+  local_size = partitioner.local_batch_size(batch_size)
+  shard_size = -(-shard_size // batch_size) * batch_size  # whole batches, on any host count
   num_shards = -(-num_sources // shard_size)
   done = set(grown.completed_shards(output_dir, num_shards))
-  mine = [s for s in range(num_shards)
-          if s % jax.process_count() == jax.process_index() and s not in done]
+  mine = [s for s in range(num_shards) if s % num_hosts == jax.process_index() and s not in done]
   decoder_params = {"temperature": 1.0, **(decoder_params or {})}
   sampler = inference.PolicyDecoder(model, partitioner, params_sharding, num_samples,
                                     decoder_params, decode_fn=decoding.temperature_sample)
@@ -96,6 +103,23 @@ def grow(
   scorer = partitioner.partition(model.score_batch, in_shardings=(params_sharding, data),
                                  out_shardings=data)
   length = feature_lengths["targets"]
+
+  def sample_and_score(tokens, keys, targets):
+    out = sampler(params, tokens, length, keys)
+    ref_lp = None
+    if include_references:
+      ref_batch = partitioner.shard_batch(_reference_batch(tokens, targets, length))
+      ref_lp = partitioner.to_local(scorer(params, ref_batch))
+    return out, ref_lp
+
+  # Sampling is one program over all hosts, so every host runs as many batches as
+  # the busiest one (a resumed host may have fewer shards left): the others idle
+  # on empty batches.
+  my_batches = sum(-(-(min((s + 1) * shard_size, num_sources) - s * shard_size) // local_size)
+                   for s in mine)
+  all_batches = my_batches
+  if num_hosts > 1:
+    all_batches = int(np.max(multihost_utils.process_allgather(np.int64(my_batches))))
   timings = {"sample_s": 0.0, "score_s": 0.0, "write_s": 0.0, "samples": 0, "sources": 0}
   bar = tqdm.tqdm(total=num_sources, initial=len(done) * shard_size,
                   disable=not (progress_bar and jax.process_index() == 0), unit="src",
@@ -103,9 +127,9 @@ def grow(
   start_time = time.perf_counter()
   pending = set(mine)
   # One pass over the split in order: batches never straddle shards (shard_size is a
-  # multiple of batch_size), and sources of other hosts' or finished shards are
+  # multiple of the batch size), and sources of other hosts' or finished shards are
   # read past, so the cost stays linear in the split however many shards there are.
-  batches = inference.source_batches(task_name, split, feature_lengths, batch_size, 0,
+  batches = inference.source_batches(task_name, split, feature_lengths, local_size, 0,
                                      num_sources) if pending else iter(())
   buffer = None
   for batch in batches:
@@ -116,13 +140,10 @@ def grow(
       buffer = {"sources": [], "hypotheses": [], "references": [], "meta": [],
                 "tick": time.perf_counter()}
     keys = inference.sample_keys(seed, grow_step, batch["source_id"], num_samples)
-    out = sampler(params, batch["encoder_input_tokens"], length, keys)
+    faults.point("grow.sample")
+    out, ref_lp = sample_and_score(batch["encoder_input_tokens"], keys, batch["target_tokens"])
     texts = inference.decode_texts(vocabulary, out["tokens"])
     valid = int(batch["valid"].sum())
-    ref_lp = None
-    if include_references:
-      ref_batch = _reference_batch(batch["encoder_input_tokens"], batch["target_tokens"], length)
-      ref_lp = trainer_lib.to_host(scorer(params, partitioner.shard_batch(ref_batch)))
     for i in range(valid):
       source_id = int(batch["source_id"][i])
       candidates = [(texts[i][n], n, 0, float(out["scores"][i, n])) for n in range(num_samples)]
@@ -141,10 +162,15 @@ def grow(
       buffer = None
       elapsed = max(time.perf_counter() - start_time, 1e-9)
       bar.set_postfix(samples_s=f"{timings['samples'] / elapsed:.0f}")
+  empty_tokens = np.zeros((local_size, feature_lengths["inputs"]), np.int32)
+  empty_keys = np.zeros((local_size, num_samples, 2), np.uint32)
+  for _ in range(all_batches - my_batches):
+    sample_and_score(empty_tokens, empty_keys, [[]] * local_size)
   bar.close()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"grow {output_dir} shards written")
   if jax.process_index() == 0 and not os.path.exists(os.path.join(output_dir, grown.MANIFEST)):
+    faults.point("grow.manifest")
     grown.write_manifest(output_dir, num_shards, {
         "grow_step": grow_step, "task": task_name, "split": split, "num_samples": num_samples,
         "decoder_params": decoder_params, "reward": reward.name,

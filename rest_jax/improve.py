@@ -9,7 +9,7 @@ parallel data into every batch.
 import os
 import time
 import zlib
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from absl import logging
 import jax
@@ -18,8 +18,8 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-from rest_jax import checkpoints, losses, partitioning, trainer as trainer_lib
-from rest_jax.data import grown, grown_tasks
+from rest_jax import checkpoints, faults, losses, partitioning, trainer as trainer_lib
+from rest_jax.data import grown, grown_tasks, pipeline
 
 SCALARS = ("reward", "value", "log_prob")
 
@@ -47,14 +47,14 @@ def kept_rows(grown_dir: str, threshold: float, include_references: bool) -> int
 
 
 def _mixed_dataset(name: str, lengths: Mapping[str, int], batch_size: int, seed: int,
-                   mix_task: Optional[str], mix_ratio: float, reward_high: float):
+                   mix_task: Optional[str], mix_ratio: float, reward_high: float,
+                   rows: Tuple[int, int]):
   converter = grown_tasks.RewardEncDecFeatureConverter(scalar_features=SCALARS)
-  shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
   ds = seqio.get_dataset(name, dict(lengths), dataset_split="train", shuffle=True, num_epochs=None,
-                         feature_converter=converter, shard_info=shard, seed=seed)
+                         feature_converter=converter, seed=seed)
   if mix_task and mix_ratio > 0:
     original = seqio.get_dataset(mix_task, dict(lengths), dataset_split="train", shuffle=True,
-                                 num_epochs=None, shard_info=shard, seed=seed,
+                                 num_epochs=None, seed=seed,
                                  feature_converter=seqio.EncDecFeatureConverter(pack=False))
     # Reference translations count as top-reward rows with zero advantage.
     original = original.map(lambda ex: {**ex, "reward": tf.constant(reward_high, tf.float32),
@@ -62,7 +62,8 @@ def _mixed_dataset(name: str, lengths: Mapping[str, int], batch_size: int, seed:
                                         "log_prob": tf.constant(0.0, tf.float32)})
     ds = tf.data.Dataset.sample_from_datasets([ds, original], [1 - mix_ratio, mix_ratio],
                                               seed=seed)
-  return ds.batch(batch_size // jax.process_count(), drop_remainder=True)
+  # The same global batches on any number of hosts, each host keeping its rows.
+  return pipeline.host_rows(ds, batch_size, rows, drop_remainder=True)
 
 
 def improve(
@@ -129,7 +130,7 @@ def improve(
     state = trainer.state_from_params(init_params)
   start = int(jax.device_get(state.step))
   ds = _mixed_dataset(task.name, feature_lengths, batch_size, seed, mix_task, mix_ratio,
-                      reward_high).skip(start)
+                      reward_high, partitioner.process_rows(batch_size)).skip(start)
   batches = ds.as_numpy_iterator()
   accumulator = trainer_lib.MetricsAccumulator()
   dropout_rng = jax.random.PRNGKey(seed + 17)
@@ -139,6 +140,7 @@ def improve(
   for _ in range(start, train_steps):
     batch = next(batches)
     state, metrics = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
+    faults.point("improve.step")
     accumulator.add(metrics)
     tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
     ckpt.save(state, force=int(jax.device_get(state.step)) == train_steps)

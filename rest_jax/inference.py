@@ -76,7 +76,8 @@ class PolicyDecoder:
     self.model = with_decode_fn(model, decode_fn) if decode_fn is not None else model
     self.partitioner = partitioner
     self.num_decodes = num_decodes
-    self._rows = None  # the first call's (padded) row count; later calls pad to it
+    self._rows = None  # the first call's (padded) local row count; later calls pad to it
+    self._global_rows = None  # the same for `decode_global`
     params = dict(decoder_params or {})
 
     def predict(p, batch, rng):
@@ -92,7 +93,10 @@ class PolicyDecoder:
 
   def __call__(self, params, encoder_tokens: np.ndarray, decode_length: int,
                keys: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-    """Decodes `[rows, Le]` inputs.
+    """Decodes this process's `[rows, Le]` inputs; returns this process's decodes.
+
+    On several hosts every process calls this together (the decode is one
+    program on the global mesh), each with its own rows.
 
     Args:
       params: the policy's parameters.
@@ -105,18 +109,45 @@ class PolicyDecoder:
       `tokens [rows, num_decodes, length]` sorted by increasing score, `scores`.
     """
     rows = len(encoder_tokens)
+    out = self.partitioner.to_local(self._decode(params, encoder_tokens, decode_length, keys))
+    return {"tokens": out["tokens"][:rows], "scores": out["scores"][:rows]}
+
+  def decode_global(self, params, encoder_tokens: np.ndarray, decode_length: int,
+                    keys: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Every process passes the same rows and gets every row's decodes.
+
+    Each process decodes only its share of the rows (`Partitioner.process_rows`).
+    """
+    rows = len(encoder_tokens)
+    if keys is None:
+      keys = np.zeros((rows, self.num_decodes, 2), np.uint32)
+    if self._global_rows is None:
+      self._global_rows = -(-rows // self.partitioner.data_parallel_size) * \
+          self.partitioner.data_parallel_size
+    padded = pad_rows({"tokens": encoder_tokens, "keys": np.asarray(keys, np.uint32)},
+                      self._global_rows)
+    start, stop = self.partitioner.process_rows(self._global_rows)
+    out = self._decode(params, padded["tokens"][start:stop], decode_length,
+                       padded["keys"][start:stop])
+    out = trainer_lib.to_host(out)
+    return {"tokens": out["tokens"][:rows], "scores": out["scores"][:rows]}
+
+  def _decode(self, params, encoder_tokens, decode_length, keys):
+    """Global arrays of the decodes of this process's rows (padded)."""
+    rows = len(encoder_tokens)
     if keys is None:
       keys = np.zeros((rows, self.num_decodes, 2), np.uint32)
     batch = {"encoder_input_tokens": encoder_tokens.astype(np.int32),
              "decoder_input_tokens": np.zeros((rows, decode_length), np.int32),
              "keys": np.asarray(keys, np.uint32)}
     if self._rows is None:
-      self._rows = pad_rows(batch, self.partitioner.data_parallel_size)["keys"].shape[0]
+      self._rows = pad_rows(batch, self.partitioner.local_data_shards)["keys"].shape[0]
+    if rows > self._rows:
+      raise ValueError(f"{rows} rows, more than the first call's {self._rows}")
     batch = self.partitioner.shard_batch(pad_rows(batch, self._rows))
     keys = batch.pop("keys")
     decodes, aux = self._predict(params, batch, keys)
-    decodes, aux = trainer_lib.to_host((decodes, aux))
-    return {"tokens": decodes[:rows], "scores": aux["scores"][:rows]}
+    return {"tokens": decodes, "scores": aux["scores"]}
 
 
 def source_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],

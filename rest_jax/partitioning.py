@@ -205,22 +205,66 @@ class Partitioner:
     run.lower = jitted.lower  # for inspection (collectives, memory) by `plan`
     return run
 
-  def shard_batch(self, local_batch: PyTree) -> PyTree:
-    """Turns each process's slice of a batch into global arrays split over `data`."""
-    def place(x):
-      x = np.asarray(x)
-      return jax.make_array_from_process_local_data(self.data_sharding(x.ndim), x)
+  def process_rows(self, global_rows: int) -> Tuple[int, int]:
+    """The rows `[start, stop)` of a global batch that this process's devices hold.
 
-    return jax.tree_util.tree_map(place, local_batch)
+    Process `p` of `P` holds rows `[p * B / P, (p + 1) * B / P)` when the model
+    axis stays within hosts (the usual layout); if it spans hosts, the hosts
+    that share data shards hold the same rows.
+    """
+    if global_rows % self.data_parallel_size:
+      raise ValueError(
+          f"batch size {global_rows} is not divisible by the data-parallel mesh"
+          f" size {self.data_parallel_size}"
+      )
+    indices = self.data_sharding().devices_indices_map((global_rows,))
+    local = [indices[d][0] for d in self.mesh.local_devices]
+    return min(s.start or 0 for s in local), max(
+        global_rows if s.stop is None else s.stop for s in local)
 
   def local_batch_size(self, global_batch_size: int) -> int:
     """Rows this process loads for a global batch."""
-    if global_batch_size % self.data_parallel_size:
-      raise ValueError(
-          f"batch size {global_batch_size} is not divisible by the data-parallel mesh"
-          f" size {self.data_parallel_size}"
-      )
-    return global_batch_size // jax.process_count()
+    start, stop = self.process_rows(global_batch_size)
+    return stop - start
+
+  def shard_batch(self, local_batch: PyTree, global_rows: int | None = None) -> PyTree:
+    """Turns each process's rows of a batch into global arrays split over `data`.
+
+    `global_rows` defaults to the local rows times the number of row groups
+    (processes holding distinct rows).
+    """
+    def place(x):
+      x = np.asarray(x)
+      rows = global_rows or x.shape[0] * self.data_parallel_size // self.local_data_shards
+      return jax.make_array_from_process_local_data(
+          self.data_sharding(x.ndim), x, (rows,) + x.shape[1:])
+
+    return jax.tree_util.tree_map(place, local_batch)
+
+  @property
+  def local_data_shards(self) -> int:
+    """Distinct data shards held by this process's devices."""
+    mine = set(self.mesh.local_devices)
+    return sum(1 for row in self.mesh.devices if any(d in mine for d in row))
+
+  def to_local(self, tree: PyTree) -> PyTree:
+    """Host copies of this process's rows of batch-sharded global arrays."""
+    def local(x):
+      if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+      start, stop = self.process_rows(x.shape[0])
+      shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+      seen, parts = set(), []
+      for shard in shards:
+        begin = shard.index[0].start or 0
+        if begin not in seen:
+          seen.add(begin)
+          parts.append(np.asarray(shard.data))
+      out = np.concatenate(parts)
+      assert out.shape[0] == stop - start, (out.shape, start, stop)
+      return out
+
+    return jax.tree_util.tree_map(local, tree)
 
 
 def _path_names(path) -> Tuple[str, ...]:

@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from rest_jax import decoding, inference, partitioning
+from rest_jax import decoding, faults, inference, partitioning
 from rest_jax.data import metrics as metrics_lib
 from rest_jax.rewards import Reward
 
@@ -41,16 +41,17 @@ class PolicyEvaluator:
     for batch in inference.source_batches(task_name, split, feature_lengths, self.batch_size,
                                           0, max_examples):
       valid = int(batch["valid"].sum())
+      faults.point("eval.batch")
       dummy = np.zeros((len(batch["valid"]), self.beam.num_decodes, 2), np.uint32)
-      out = self.beam(params, batch["encoder_input_tokens"], length, dummy)
+      out = self.beam.decode_global(params, batch["encoder_input_tokens"], length, dummy)
       texts = inference.decode_texts(vocabulary, out["tokens"][:, -1:])  # the best beam
       hyps += [t[0] for t in texts[:valid]]
       sources += batch["inputs"]
       references += batch["targets"]
       if self.sampler is not None:
         keys = inference.sample_keys(self.seed, 10**6, batch["source_id"], self.best_of_n)
-        samples = inference.decode_texts(
-            vocabulary, self.sampler(params, batch["encoder_input_tokens"], length, keys)["tokens"])
+        out = self.sampler.decode_global(params, batch["encoder_input_tokens"], length, keys)
+        samples = inference.decode_texts(vocabulary, out["tokens"])
         flat = [s for row in samples[:valid] for s in row]
         scores = self.reward(inference.repeat_for(batch["inputs"], self.best_of_n), flat,
                              inference.repeat_for(batch["targets"], self.best_of_n))

@@ -24,8 +24,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from absl import logging
 from clu import metric_writers
 import jax
+from jax.experimental import multihost_utils
 
-from rest_jax import checkpoints, grow as grow_lib, improve as improve_lib, losses
+from rest_jax import checkpoints, faults, grow as grow_lib, improve as improve_lib, losses
 from rest_jax import partitioning, policy_eval, report, train as train_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import grown, pipeline
@@ -57,6 +58,7 @@ class _Progress:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-state-")
     with os.fdopen(fd, "w") as f:
       json.dump({"steps": self.steps}, f, indent=2)
+    faults.point("rest.state")
     os.replace(tmp, self.path)
 
   def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = ()) -> Any:
@@ -67,6 +69,8 @@ class _Progress:
     if self.upstream_changed and jax.process_index() == 0:
       for path in outputs:  # outputs of an older upstream: start this step afresh
         shutil.rmtree(path, ignore_errors=True)
+    if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
+      multihost_utils.sync_global_devices(f"rest: {name} starts")
     result = fn()
     self.steps[name] = result
     self.upstream_changed = True

@@ -15,7 +15,8 @@ import jax
 import seqio
 import tqdm
 
-from rest_jax import checkpoints, evaluation, inference, partitioning, trainer as trainer_lib
+from rest_jax import checkpoints, evaluation, faults, inference, partitioning
+from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
 
 
@@ -93,7 +94,8 @@ def train(
   def run_eval(step: int) -> None:
     if eval_dataset_cfg is None:
       return
-    batches = pipeline.batch_iterator(eval_dataset_cfg, _converter(model), num_epochs=1)
+    batches = pipeline.batch_iterator(eval_dataset_cfg, _converter(model), num_epochs=1,
+                                      rows=partitioner.process_rows(eval_dataset_cfg.batch_size))
     if eval_batches:
       batches = (b for i, b in zip(range(eval_batches), batches))
     results = evaluation.evaluate(trainer, state.params, batches, decoder)
@@ -106,7 +108,8 @@ def train(
                     " ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
 
   batches = pipeline.batch_iterator(train_dataset_cfg, _converter(model, train_dataset_cfg.pack),
-                                    start_step=start)
+                                    start_step=start,
+                                    rows=partitioner.process_rows(train_dataset_cfg.batch_size))
   bar = tqdm.tqdm(total=total_steps, initial=start, disable=not (progress_bar and is_chief),
                   unit="step", dynamic_ncols=True)
   accumulator = trainer_lib.MetricsAccumulator()
@@ -116,6 +119,7 @@ def train(
   for step in range(start, total_steps):
     batch = next(batches)
     state, metrics = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
+    faults.point("train.step")
     accumulator.add(metrics)
     tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
     done = step + 1

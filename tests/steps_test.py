@@ -115,7 +115,7 @@ def test_improve_mixing_draws_original_rows(policy, tmp_path):
 
   task = grown_tasks.register_grown_task(
       "rest_grown_mix", str(tmp_path / "grow"), model.output_vocabulary, threshold=0.0)
-  batch = next(improve._mixed_dataset(task.name, LENGTHS, 64, 0, tasks.DEMO_TASK, 0.5, 1.0)  # pylint: disable=protected-access
+  batch = next(improve._mixed_dataset(task.name, LENGTHS, 64, 0, tasks.DEMO_TASK, 0.5, 1.0, (0, 64))  # pylint: disable=protected-access
                .as_numpy_iterator())
   original = batch["log_prob"] == 0.0  # mixed-in rows; grown rows have log-likelihoods < 0
   assert 10 < original.sum() < 54 and np.all(batch["reward"][original] == 1.0)

@@ -28,6 +28,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from rest_jax import faults
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 TEXT_FIELDS = ("inputs", "targets")
@@ -46,13 +48,19 @@ def _sidecar(path: str) -> str:
   return path[: -len(".tfrecord")] + ".json"
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def _atomic_write_text(path: str, text: str, fault_site: str) -> None:
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    faults.point(fault_site)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def _example(row: Mapping[str, Any], index: int, shard: str) -> tf.train.Example:
@@ -97,14 +105,27 @@ def write_shard(directory: str, index: int, num_shards: int,
         count += 1
         reward_sum += float(row["reward"])
         sources.add(int(row["source_id"]))
+      writer.flush()
+    faults.point("grown.shard_write")
     os.replace(tmp, path)
+  except (OSError, tf.errors.OpError) as e:  # e.g. the disk is full
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise GrownDatasetError(
+        f"{directory}: could not write shard {name} ({e}); nothing of this shard was kept,"
+        " finished shards are intact and a re-run resumes from them") from e
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
   record = {"file": name, "count": count, "bytes": os.path.getsize(path),
             "reward_sum": reward_sum, "num_sources": len(sources)}
-  _atomic_write_text(_sidecar(path), json.dumps(record))
+  try:
+    _atomic_write_text(_sidecar(path), json.dumps(record), "grown.sidecar")
+  except OSError as e:
+    os.remove(path)  # a shard without its sidecar is not finished
+    raise GrownDatasetError(f"{directory}: could not write the sidecar of shard {name} ({e});"
+                            " the shard was removed and will be redone") from e
   return record
 
 
@@ -176,7 +197,8 @@ def write_manifest(directory: str, num_shards: int,
       "reward": reward_statistics(rewards),
       "metadata": dict(metadata or {}),
   }
-  _atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2))
+  _atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2),
+                     "grown.manifest")
   return manifest
 
 

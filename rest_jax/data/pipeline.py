@@ -1,11 +1,12 @@
 """From a seqio task name to batches of model features (t5x's `DatasetConfig`)."""
 
 import dataclasses
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Tuple
 
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,19 +51,49 @@ def _get_task(config: DatasetConfig):
     ) from e
 
 
+def process_rows(batch_size: int) -> Tuple[int, int]:
+  """This process's rows of a global batch in the usual layout (hosts hold equal slices).
+
+  `Partitioner.process_rows` gives them for any mesh; pass its answer as `rows`.
+  """
+  num_processes, index = jax.process_count(), jax.process_index()
+  if batch_size % num_processes:
+    raise ValueError(f"batch size {batch_size} is not divisible by {num_processes} processes")
+  local = batch_size // num_processes
+  return index * local, (index + 1) * local
+
+
+def host_rows(ds: tf.data.Dataset, batch_size: int, rows: Tuple[int, int],
+              drop_remainder: bool) -> tf.data.Dataset:
+  """Global batches of `ds`, each cut down to this process's `rows`.
+
+  Every process reads the same example stream, so a global batch holds the same
+  examples whatever the number of hosts, and a run's batches (hence its trained
+  parameters) do not depend on how many processes share it. A short last batch
+  is padded with all-zero rows (zero loss weight) so that every process gets rows.
+  """
+  start, stop = rows
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+  def cut(batch):
+    def one(x):
+      pad = batch_size - tf.shape(x)[0]
+      x = tf.pad(x, [[0, pad]] + [[0, 0]] * (len(x.shape) - 1))
+      return x[start:stop]
+    return tf.nest.map_structure(one, batch)
+
+  return ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter,
-                num_epochs: int | None = None):
+                num_epochs: int | None = None, rows: Tuple[int, int] | None = None):
   """This process's `tf.data.Dataset` of model-feature batches.
 
-  Each process reads its own shard of the examples and builds its share of the
-  global batch.
+  Each process builds its `rows` of every global batch (default: the usual
+  layout, `process_rows`); see `host_rows`.
   """
   task = _get_task(config)
-  num_processes, index = jax.process_count(), jax.process_index()
-  if config.batch_size % num_processes:
-    raise ValueError(
-        f"batch size {config.batch_size} is not divisible by {num_processes} processes"
-    )
+  rows = rows or process_rows(config.batch_size)
   ds = seqio.get_dataset(
       task.name,
       task_feature_lengths=dict(config.task_feature_lengths),
@@ -70,18 +101,17 @@ def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter
       shuffle=config.shuffle,
       num_epochs=num_epochs,
       feature_converter=feature_converter,
-      shard_info=seqio.ShardInfo(index=index, num_shards=num_processes),
       use_cached=config.use_cached,
       seed=config.seed,
   )
-  return ds.batch(config.batch_size // num_processes, drop_remainder=num_epochs is None)
+  return host_rows(ds, config.batch_size, rows, drop_remainder=num_epochs is None)
 
 
 def batch_iterator(config: DatasetConfig, feature_converter: seqio.FeatureConverter,
-                   start_step: int = 0, num_epochs: int | None = None
-                   ) -> Iterator[dict]:
+                   start_step: int = 0, num_epochs: int | None = None,
+                   rows: Tuple[int, int] | None = None) -> Iterator[dict]:
   """Numpy batches, skipping the first `start_step` (a resumed run's position)."""
-  ds = get_dataset(config, feature_converter, num_epochs)
+  ds = get_dataset(config, feature_converter, num_epochs, rows)
   if start_step:
     ds = ds.skip(start_step)
   for batch in ds.as_numpy_iterator():

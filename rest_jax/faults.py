@@ -1,0 +1,68 @@
+"""Named fault points, for the preemption tests (`tests/faults/`).
+
+The code calls `point("grow.sample")` and the like where a preemption would hurt
+most: while sampling, between writing a shard's temporary file and renaming it,
+during a train step, while orbax writes a checkpoint, before the manifest is
+renamed into place. Nothing happens unless the environment asks for a fault:
+
+    REST_JAX_FAULT=grow.sample:3     SIGKILL this process at the 3rd `grow.sample`
+    REST_JAX_FAULT=*:17              ... at the 17th fault point of any name
+    REST_JAX_FAULT_TRACE=/tmp/trace  append every point reached (name, count) to a file
+
+SIGKILL, not an exception: no `finally`, no atexit, no flushing, as when a TPU VM
+is preempted or a cluster's scheduler kills a job.
+"""
+
+import os
+import signal
+from typing import Dict, Optional, Tuple
+
+FAULT_ENV = "REST_JAX_FAULT"
+TRACE_ENV = "REST_JAX_FAULT_TRACE"
+
+SITES = (
+    "train.step",          # after a BC optimizer step
+    "checkpoint.save",     # orbax has started (possibly async) writing a checkpoint
+    "grow.sample",         # before sampling a batch of sources
+    "grown.shard_write",   # a shard's temporary file is written, not yet renamed
+    "grown.sidecar",       # a shard is in place, its sidecar not yet
+    "grown.manifest",      # the manifest's temporary file is written, not yet renamed
+    "improve.step",        # after an Improve optimizer step
+    "eval.batch",          # during an evaluation
+    "rest.state",          # rest_state.json's temporary file written, not yet renamed
+)
+
+_counts: Dict[str, int] = {}
+_spec: Optional[Tuple[str, int]] = None
+_spec_source: Optional[str] = None
+
+
+def _parse(value: str) -> Tuple[str, int]:
+  site, sep, count = value.rpartition(":")
+  if not sep or not count.isdigit() or int(count) < 1 or (site != "*" and site not in SITES):
+    raise ValueError(f"{FAULT_ENV}={value!r}: expected SITE:COUNT with COUNT >= 1 and SITE"
+                     f" '*' or one of {', '.join(SITES)}")
+  return site, int(count)
+
+
+def point(site: str) -> None:
+  """Marks fault point `site`; kills the process here if `REST_JAX_FAULT` says so."""
+  global _spec, _spec_source
+  value = os.environ.get(FAULT_ENV)
+  trace = os.environ.get(TRACE_ENV)
+  if not value and not trace:
+    return
+  _counts[site] = _counts.get(site, 0) + 1
+  _counts["*"] = _counts.get("*", 0) + 1
+  if trace:
+    with open(trace, "a") as f:
+      f.write(f"{site} {_counts[site]}\n")
+  if value:
+    if value != _spec_source:
+      _spec, _spec_source = _parse(value), value
+    want, count = _spec
+    if (want == "*" or want == site) and _counts[want] == count:
+      if trace:
+        with open(trace, "a") as f:
+          f.write(f"KILL {site} {_counts[site]}\n")
+      os.kill(os.getpid(), signal.SIGKILL)
