@@ -10,6 +10,7 @@ import os
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from rest_jax import faults
@@ -81,3 +82,34 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def read_arrays(checkpoint_dir: str, step: int | None = None):
+  """A saved train state as host numpy arrays, whatever mesh or host count saved it.
+
+  For inspection and comparisons (tests, `convert`); training restores through
+  `Checkpointer.restore` onto its own shardings.
+
+  Args:
+    checkpoint_dir: a `checkpoints/` directory of a run (or of one ReST step).
+    step: default: the latest.
+  """
+  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
+  step = manager.latest_step() if step is None else step
+  manager.close()
+  if step is None:
+    raise CheckpointError(f"no checkpoint in {checkpoint_dir}")
+  path = os.path.join(os.path.abspath(checkpoint_dir), str(step), "default")
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    metadata = checkpointer.metadata(path)
+    metadata = getattr(metadata, "item_metadata", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    tree = checkpointer.restore(path, target)
+  except Exception as e:  # orbax raises many types; name what was being read.
+    raise CheckpointError(f"cannot read checkpoint step {step} from {checkpoint_dir}: {e}") from e
+  finally:
+    checkpointer.close()
+  return jax.tree_util.tree_map(np.asarray, tree)

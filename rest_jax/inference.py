@@ -132,6 +132,16 @@ class PolicyDecoder:
     out = trainer_lib.to_host(out)
     return {"tokens": out["tokens"][:rows], "scores": out["scores"][:rows]}
 
+  def lower(self, params_shapes, rows: int, feature_lengths: Mapping[str, int]):
+    """The decode step lowered for `rows` global rows (abstract), for `plan`."""
+    data = self.partitioner.data_sharding()
+    batch = {"encoder_input_tokens": jax.ShapeDtypeStruct((rows, feature_lengths["inputs"]),
+                                                          np.int32, sharding=data),
+             "decoder_input_tokens": jax.ShapeDtypeStruct((rows, feature_lengths["targets"]),
+                                                          np.int32, sharding=data)}
+    keys = jax.ShapeDtypeStruct((rows, self.num_decodes, 2), np.uint32, sharding=data)
+    return self._predict.lower(params_shapes, batch, keys)
+
   def _decode(self, params, encoder_tokens, decode_length, keys):
     """Global arrays of the decodes of this process's rows (padded)."""
     rows = len(encoder_tokens)

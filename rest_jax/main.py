@@ -7,6 +7,12 @@ Commands:
   vocab   train a SentencePiece vocabulary on a seqio task's text.
   ratings      build a ratings file by corrupting a task's references (gin/runs/ratings.gin).
   reward_model train the learned reward model on a ratings file (gin/runs/reward_model.gin).
+  plan    `plan --mesh=4x2`: each parameter's sharding, bytes per device (params, optimizer
+          state, KV cache, temporaries) and the collectives of the compiled train and
+          sample steps (rest_jax/plan.py); the mesh is simulated on the CPU if needed.
+  convert `convert --t5x_checkpoint=DIR`: checks a t5x checkpoint's `target` tree against
+          the configured model (names, shapes) and, with --output_dir, writes it as a
+          rest_jax checkpoint (rest_jax/convert.py).
   data    `data show --task=T --split=S -n 5` prints examples; `data stats --task=T`
           (and/or `--grown_dir=D`) prints counts, length and reward percentiles.
 
@@ -68,7 +74,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
 def _split_args(argv: Sequence[str]):
   parser = argparse.ArgumentParser(prog="rest_jax.main", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("command", choices=sorted(COMMANDS) + ["data"])
+  parser.add_argument("command", choices=sorted(COMMANDS) + ["data", "convert"])
   parser.add_argument("action", nargs="?", choices=["show", "stats"])
   parser.add_argument("--task")
   parser.add_argument("--split", default="validation")
@@ -79,6 +85,9 @@ def _split_args(argv: Sequence[str]):
   parser.add_argument("--gin_bindings", action="append", default=[])
   parser.add_argument("--dry_run", action="store_true")
   parser.add_argument("--multihost", action="store_true")
+  parser.add_argument("--mesh", help="plan: DATAxMODEL, e.g. 4x2")
+  parser.add_argument("--t5x_checkpoint", help="convert: a t5x checkpoint_<step> directory")
+  parser.add_argument("--output_dir", help="convert: write the converted checkpoint here")
   args, rest = parser.parse_known_args(argv)
   bindings = list(args.gin_bindings)
   for arg in rest:
@@ -115,6 +124,7 @@ COMMANDS = {
     "eval": ("rest_jax.commands", "eval_command", False),
     "infer": ("rest_jax.commands", "infer_command", False),
     "train": ("rest_jax.train", "train", True),
+    "plan": ("rest_jax.plan", "plan", False),
     "vocab": ("rest_jax.data.vocab_command", "build_vocabulary", False),
     "ratings": ("rest_jax.rewards.ratings", "build_ratings_file", False),
     "reward_model": ("rest_jax.rewards.learned", "train_reward_model", False),
@@ -136,8 +146,25 @@ def _data_command(args) -> None:
     raise SystemExit("data needs an action: show or stats")
 
 
+def _mesh_binding(mesh: str) -> str:
+  """`--mesh=4x2` -> the MESH_SHAPE binding; simulates the devices on the CPU if jax is unused."""
+  try:
+    data, model = (int(x) for x in mesh.lower().split("x"))
+  except ValueError:
+    raise SystemExit(f"--mesh={mesh}: expected DATAxMODEL, e.g. 4x2") from None
+  if "jax" not in sys.modules and "JAX_PLATFORMS" not in os.environ:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={data * model}").strip()
+  return f"MESH_SHAPE = ({data}, {model})"
+
+
 def main(argv: Sequence[str]) -> int:
   args, bindings = _split_args(argv)
+  if args.mesh:
+    if args.command != "plan":
+      raise SystemExit("--mesh is for plan; other commands take --gin.MESH_SHAPE")
+    bindings.append(_mesh_binding(args.mesh))
   logging.set_verbosity(logging.WARNING)  # orbax and seqio are chatty at INFO
   if args.multihost:
     from rest_jax import partitioning  # pylint: disable=g-import-not-at-top
@@ -147,6 +174,15 @@ def main(argv: Sequence[str]) -> int:
   if args.command == "data":
     _data_command(args)
     return 0
+  if args.command == "convert":
+    from rest_jax import convert  # pylint: disable=g-import-not-at-top
+
+    if not args.t5x_checkpoint:
+      raise SystemExit("convert needs --t5x_checkpoint=DIR")
+    report = gin.get_configurable(convert.convert)(t5x_checkpoint=args.t5x_checkpoint,
+                                                   output_dir=args.output_dir)
+    print(report.format())
+    return 0 if report.ok else 1
   if args.dry_run:
     print(gin.config_str())
     return 0
@@ -156,7 +192,7 @@ def main(argv: Sequence[str]) -> int:
   result = gin.get_configurable(getattr(importlib.import_module(module_name), function))()
   if args.command == "train":
     _print_history(result)
-  elif args.command != "rest":
+  elif args.command not in ("rest", "plan"):
     print(result)
   return 0
 

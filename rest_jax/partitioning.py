@@ -202,7 +202,11 @@ class Partitioner:
       with self.mesh, nn_partitioning.axis_rules(self.logical_axis_rules):
         return jitted(*args, **kwargs)
 
-    run.lower = jitted.lower  # for inspection (collectives, memory) by `plan`
+    def lower(*args, **kwargs):  # for inspection (memory, collectives) by `plan`
+      with self.mesh, nn_partitioning.axis_rules(self.logical_axis_rules):
+        return jitted.lower(*args, **kwargs)
+
+    run.lower = lower
     return run
 
   def process_rows(self, global_rows: int) -> Tuple[int, int]:

@@ -139,8 +139,7 @@ class Trainer:
   def _batch_shardings(self, batch: Batch):
     return {k: self.partitioner.data_sharding(np.ndim(v)) for k, v in batch.items()}
 
-  def train_step(self, state: TrainState, batch: Batch, base_rng: jax.Array):
-    """One optimizer step; the old `state` is donated (do not reuse it)."""
+  def _compiled_train_step(self, batch: Batch):
     if self._train_step is None:
       self._train_step = self.partitioner.partition(
           self._train_step_fn,
@@ -149,7 +148,15 @@ class Trainer:
           out_shardings=(self.state_sharding, self.partitioner.replicated),
           donate_argnums=(0,),
       )
-    return self._train_step(state, batch, base_rng)
+    return self._train_step
+
+  def train_step(self, state: TrainState, batch: Batch, base_rng: jax.Array):
+    """One optimizer step; the old `state` is donated (do not reuse it)."""
+    return self._compiled_train_step(batch)(state, batch, base_rng)
+
+  def lower_train_step(self, batch: Batch, base_rng: jax.Array):
+    """The train step lowered for (abstract) inputs, to inspect its memory and collectives."""
+    return self._compiled_train_step(batch).lower(self.abstract_state, batch, base_rng)
 
   def eval_step(self, params: PyTree, batch: Batch):
     if self._eval_step is None:
