@@ -179,8 +179,11 @@ def main(argv: Sequence[str]) -> int:
 
     if not args.t5x_checkpoint:
       raise SystemExit("convert needs --t5x_checkpoint=DIR")
-    report = gin.get_configurable(convert.convert)(t5x_checkpoint=args.t5x_checkpoint,
-                                                   output_dir=args.output_dir)
+    try:
+      report = gin.get_configurable(convert.convert)(t5x_checkpoint=args.t5x_checkpoint,
+                                                     output_dir=args.output_dir)
+    except convert.ConversionError as e:
+      raise SystemExit(f"convert: {e}") from e
     print(report.format())
     return 0 if report.ok else 1
   if args.dry_run:
