@@ -7,6 +7,7 @@ so the same config and seed give the same samples on any mesh or host count.
 """
 
 import copy
+import importlib
 import itertools
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -39,8 +40,32 @@ def pad_rows(batch: Mapping[str, np.ndarray], multiple: int) -> Dict[str, np.nda
           for k, v in batch.items()}
 
 
+def per_sample_rngs(model) -> bool:
+  """Whether the model takes one PRNG key per sample (`[B, N, 2]`), as rest_jax's does.
+
+  A t5x model takes one key per batch: its samples then depend on how sources are
+  batched, so Grow's rows are reproducible for a fixed batch size and mesh only.
+  """
+  return bool(getattr(model, "PER_SAMPLE_RNGS", False))
+
+
+def native_decode_fn(model, decode_fn):
+  """`decode_fn` (rest_jax.decoding's) or, for another library's model, its own namesake.
+
+  A t5x model calls its decode function with t5x's signature, so it gets
+  `t5x.decoding.temperature_sample` / `beam_search`; that module is imported only
+  here, when the configured model already comes from that library.
+  """
+  if per_sample_rngs(model) or decode_fn is None:
+    return decode_fn
+  library = type(model).__module__.split(".")[0]
+  decoding_module = importlib.import_module(f"{library}.decoding")
+  return getattr(decoding_module, decode_fn.__name__)
+
+
 def with_decode_fn(model, decode_fn):
-  """A shallow copy of a t5x-API model that decodes with `decode_fn`."""
+  """A shallow copy of a t5x-API model that decodes with `decode_fn` (see `native_decode_fn`)."""
+  decode_fn = native_decode_fn(model, decode_fn)
   if getattr(model, "_decode_fn", None) is decode_fn:
     return model
   clone = copy.copy(model)
@@ -86,10 +111,14 @@ class PolicyDecoder:
           return_all_decodes=True)
 
     data = partitioner.data_sharding()
+    self._per_sample = per_sample_rngs(self.model)
     self._predict = partitioner.partition(
         predict, in_shardings=(params_sharding, {"encoder_input_tokens": data,
-                                                 "decoder_input_tokens": data}, data),
+                                                 "decoder_input_tokens": data},
+                               data if self._per_sample else partitioner.replicated),
         out_shardings=data)
+    self._first_key = partitioner.partition(lambda k: k[0, 0], in_shardings=(data,),
+                                            out_shardings=partitioner.replicated)
 
   def __call__(self, params, encoder_tokens: np.ndarray, decode_length: int,
                keys: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -140,6 +169,8 @@ class PolicyDecoder:
              "decoder_input_tokens": jax.ShapeDtypeStruct((rows, feature_lengths["targets"]),
                                                           np.int32, sharding=data)}
     keys = jax.ShapeDtypeStruct((rows, self.num_decodes, 2), np.uint32, sharding=data)
+    if not self._per_sample:
+      keys = jax.ShapeDtypeStruct((2,), np.uint32, sharding=self.partitioner.replicated)
     return self._predict.lower(params_shapes, batch, keys)
 
   def _decode(self, params, encoder_tokens, decode_length, keys):
@@ -156,6 +187,8 @@ class PolicyDecoder:
       raise ValueError(f"{rows} rows, more than the first call's {self._rows}")
     batch = self.partitioner.shard_batch(pad_rows(batch, self._rows))
     keys = batch.pop("keys")
+    if not self._per_sample:  # one key for the batch: the first row's first sample key
+      keys = self._first_key(keys)
     decodes, aux = self._predict(params, batch, keys)
     return {"tokens": decodes, "scores": aux["scores"]}
 

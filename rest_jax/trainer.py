@@ -8,6 +8,7 @@ model's `loss_fn` unless a custom one is given (Improve's offline-RL losses).
 
 from typing import Any, Callable, Mapping, Tuple
 
+from absl import logging
 from clu import metrics as clu_metrics
 import flax
 import jax
@@ -43,6 +44,23 @@ def default_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.Gra
   return optax.adafactor(learning_rate=learning_rate)
 
 
+def optax_optimizer(model) -> optax.GradientTransformation | None:
+  """The model's optimizer as optax: ours is optax; t5x's `OptaxWrapper` holds one.
+
+  A t5x `OptimizerDef` that is not optax-based (e.g. t5x's own Adafactor) is not used:
+  rest_jax trains with optax, by default Adafactor like t5x's.
+  """
+  optimizer = getattr(model, "optimizer_def", None)
+  optimizer = getattr(optimizer, "optax_optimizer", optimizer)
+  if optimizer is None:
+    return None
+  if isinstance(optimizer, optax.GradientTransformation):
+    return optimizer
+  logging.warning("model.optimizer_def %s is not an optax optimizer; using optax Adafactor"
+                  " (pass Trainer(optimizer=...) to choose another)", type(optimizer).__name__)
+  return None
+
+
 def model_loss(model, params, batch, dropout_rng):
   return model.loss_fn(params, batch, dropout_rng)
 
@@ -69,7 +87,7 @@ class Trainer:
     self.model = model
     self.partitioner = partitioner
     self.input_shapes = dict(input_shapes)
-    self.optimizer = optimizer or model.optimizer_def or default_optimizer()
+    self.optimizer = optimizer or optax_optimizer(model) or default_optimizer()
     self.loss_fn = loss_fn
 
     abstract = jax.eval_shape(

@@ -104,6 +104,9 @@ def _normalizer(weights: Array, loss_normalizing_factor) -> Array:
 class EncoderDecoderModel:
   """Encoder-decoder with the t5x model API.
 
+  Beyond t5x's API, `predict_batch_with_aux` accepts one PRNG key per sample
+  (`PER_SAMPLE_RNGS`), which makes Grow's samples independent of batching.
+
   Attributes:
     module: a Flax module with t5x's `Transformer` interface (`encode`, `decode`,
       `__call__`) and, for fast decoding, `cross_attention_kv`, `init_cache`
@@ -113,6 +116,8 @@ class EncoderDecoderModel:
   """
 
   FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+
+  PER_SAMPLE_RNGS = True
 
   def __init__(
       self,
