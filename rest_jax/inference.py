@@ -58,8 +58,8 @@ def native_decode_fn(model, decode_fn):
   """
   if per_sample_rngs(model) or decode_fn is None:
     return decode_fn
-  library = type(model).__module__.split(".")[0]
-  decoding_module = importlib.import_module(f"{library}.decoding")
+  package = type(model).__module__.rpartition(".")[0]  # "t5x" for t5x.models
+  decoding_module = importlib.import_module(f"{package}.decoding" if package else "decoding")
   return getattr(decoding_module, decode_fn.__name__)
 
 

@@ -20,6 +20,7 @@ Flags (t5x's):
   --gin_file=PATH         repeatable; looked up as given, then in gin/ and configs/.
   --gin.KEY=VALUE         a gin binding, e.g. --gin.MODEL_DIR="'/tmp/run'".
   --gin_bindings=BINDING  repeatable, a raw gin binding.
+  --gin_search_paths=DIR  repeatable; more folders for gin files (e.g. a t5x checkout).
   --dry_run               parse the config, print it, and exit.
   --multihost             start jax.distributed first (one process per host).
 """
@@ -36,6 +37,9 @@ import gin
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+_EXTRA_SEARCH_PATHS: List[str] = []
+
+
 def gin_search_paths() -> List[str]:
   """Folders that gin files and their includes are looked up in.
 
@@ -49,7 +53,7 @@ def gin_search_paths() -> List[str]:
     if os.path.isdir(os.path.join(root, "gin")):
       paths += [root, os.path.join(root, "gin"), os.path.join(root, "configs")]
   paths.append(os.getcwd())
-  return list(dict.fromkeys(paths))
+  return list(dict.fromkeys(paths + _EXTRA_SEARCH_PATHS))
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
@@ -83,6 +87,8 @@ def _split_args(argv: Sequence[str]):
   parser.add_argument("--max_examples", type=int)
   parser.add_argument("--gin_file", action="append", default=[])
   parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="more folders for gin files and includes (e.g. a t5x checkout)")
   parser.add_argument("--dry_run", action="store_true")
   parser.add_argument("--multihost", action="store_true")
   parser.add_argument("--mesh", help="plan: DATAxMODEL, e.g. 4x2")
@@ -161,6 +167,8 @@ def _mesh_binding(mesh: str) -> str:
 
 def main(argv: Sequence[str]) -> int:
   args, bindings = _split_args(argv)
+  for path in args.gin_search_paths:
+    _EXTRA_SEARCH_PATHS.extend(p for p in path.split(",") if p and p not in _EXTRA_SEARCH_PATHS)
   if args.mesh:
     if args.command != "plan":
       raise SystemExit("--mesh is for plan; other commands take --gin.MESH_SHAPE")
