@@ -34,6 +34,7 @@ class Checkpointer:
   def __init__(self, model_dir: str, save_every: int = 1000, keep: int = 3,
                subdir: str = "checkpoints"):
     self.directory = os.path.abspath(os.path.join(model_dir, subdir))
+    self.save_every = save_every
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -47,10 +48,21 @@ class Checkpointer:
   def all_steps(self):
     return list(self._manager.all_steps())
 
+  def due(self, step: int) -> bool:
+    """Whether `save` writes `step` (without `force`): every `save_every` steps, no other.
+
+    (orbax alone would also save the first step it sees; rest_jax keeps the schedule
+    exact so that whatever is saved beside a checkpoint, e.g. Improve's metrics so far,
+    exists for every checkpoint.)
+    """
+    return step % self.save_every == 0
+
   def save(self, state: TrainState, force: bool = False) -> bool:
     """Saves if the step is due (or `force`); returns whether it saved."""
     step = int(jax.device_get(state.step))
-    saved = self._manager.save(step, args=ocp.args.StandardSave(state.as_dict()), force=force)
+    if not (force or self.due(step)):
+      return False
+    saved = self._manager.save(step, args=ocp.args.StandardSave(state.as_dict()), force=True)
     if saved:
       faults.point("checkpoint.save")  # orbax may still be writing it in the background
       logging.info("Saving checkpoint for step %d to %s", step, self.directory)

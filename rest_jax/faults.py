@@ -26,6 +26,7 @@ SITES = (
     "grow.sample",         # before sampling a batch of sources
     "grown.shard_write",   # a shard's temporary file is written, not yet renamed
     "grown.sidecar",       # a shard is in place, its sidecar not yet
+    "grow.manifest",       # every shard is written, the manifest not yet begun
     "grown.manifest",      # the manifest's temporary file is written, not yet renamed
     "improve.step",        # after an Improve optimizer step
     "eval.batch",          # during an evaluation

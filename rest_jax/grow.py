@@ -34,6 +34,23 @@ def _reference_batch(batch_tokens, target_tokens, length):
   return batch
 
 
+class Decoders:
+  """Grow's compiled sampler and reference scorer, kept across Grow steps.
+
+  Compiling them once per run instead of once per Grow step saves the compile time
+  and keeps memory flat (each compilation holds on to memory of its own).
+  """
+
+  def __init__(self, model, partitioner: partitioning.Partitioner, params_sharding: Any,
+               num_samples: int, decoder_params: Mapping[str, Any]):
+    self.key = (num_samples, tuple(sorted(decoder_params.items())))
+    self.sampler = inference.PolicyDecoder(model, partitioner, params_sharding, num_samples,
+                                           decoder_params, decode_fn=decoding.temperature_sample)
+    data = partitioner.data_sharding()
+    self.scorer = partitioner.partition(model.score_batch, in_shardings=(params_sharding, data),
+                                        out_shardings=data)
+
+
 def grow(
     *,
     model,
@@ -53,8 +70,10 @@ def grow(
     include_references: bool = True,
     seed: int = 0,
     grow_step: int = 1,
+    overlength: str = "truncate",
     metadata: Optional[Mapping[str, Any]] = None,
     progress_bar: bool = True,
+    decoders: Optional[Decoders] = None,
 ) -> Dict[str, Any]:
   """Writes the grown dataset of one Grow step into `output_dir` and returns timings.
 
@@ -77,8 +96,12 @@ def grow(
     include_references: also write each reference, scored, as `is_reference` rows.
     seed: with `grow_step`, source id and sample index, sets every sample's key.
     grow_step: this Grow step's number.
+    overlength: a source or reference longer than its feature length is cut and
+      counted ("truncate"; `timings["overlength_sources"]`) or stops Grow ("error").
     metadata: recorded in the manifest (policy checkpoint, reward config...).
     progress_bar: a tqdm bar with sources/s and samples/s.
+    decoders: compiled decoders from an earlier Grow step of the same run (same
+      model, mesh, N and sampler settings); built here if None.
   """
   vocabulary = model.output_vocabulary
   num_sources = inference.count_examples(task_name, split, max_sources)
@@ -96,12 +119,17 @@ def grow(
   num_shards = -(-num_sources // shard_size)
   done = set(grown.completed_shards(output_dir, num_shards))
   mine = [s for s in range(num_shards) if s % num_hosts == jax.process_index() and s not in done]
+  stale = grown.remove_stale_temporaries(output_dir, mine, num_shards,
+                                         manifest=jax.process_index() == 0)
+  if stale:
+    logging.info("grow %d: removed %d temporary files of an interrupted run", grow_step, len(stale))
   decoder_params = {"temperature": 1.0, **(decoder_params or {})}
-  sampler = inference.PolicyDecoder(model, partitioner, params_sharding, num_samples,
-                                    decoder_params, decode_fn=decoding.temperature_sample)
-  data = partitioner.data_sharding()
-  scorer = partitioner.partition(model.score_batch, in_shardings=(params_sharding, data),
-                                 out_shardings=data)
+  if decoders is None:
+    decoders = Decoders(model, partitioner, params_sharding, num_samples, decoder_params)
+  elif decoders.key != (num_samples, tuple(sorted(decoder_params.items()))):
+    raise ValueError(f"decoders were compiled for {decoders.key}, not for {num_samples} samples"
+                     f" with {decoder_params}")
+  sampler, scorer = decoders.sampler, decoders.scorer
   length = feature_lengths["targets"]
 
   def sample_and_score(tokens, keys, targets):
@@ -120,7 +148,8 @@ def grow(
   all_batches = my_batches
   if num_hosts > 1:
     all_batches = int(np.max(multihost_utils.process_allgather(np.int64(my_batches))))
-  timings = {"sample_s": 0.0, "score_s": 0.0, "write_s": 0.0, "samples": 0, "sources": 0}
+  timings = {"sample_s": 0.0, "score_s": 0.0, "write_s": 0.0, "samples": 0, "sources": 0,
+             "overlength_sources": 0}
   bar = tqdm.tqdm(total=num_sources, initial=len(done) * shard_size,
                   disable=not (progress_bar and jax.process_index() == 0), unit="src",
                   desc=f"grow {grow_step}", dynamic_ncols=True)
@@ -130,7 +159,7 @@ def grow(
   # multiple of the batch size), and sources of other hosts' or finished shards are
   # read past, so the cost stays linear in the split however many shards there are.
   batches = inference.source_batches(task_name, split, feature_lengths, local_size, 0,
-                                     num_sources) if pending else iter(())
+                                     num_sources, overlength) if pending else iter(())
   buffer = None
   for batch in batches:
     shard = int(batch["source_id"][0]) // shard_size
@@ -144,6 +173,7 @@ def grow(
     out, ref_lp = sample_and_score(batch["encoder_input_tokens"], keys, batch["target_tokens"])
     texts = inference.decode_texts(vocabulary, out["tokens"])
     valid = int(batch["valid"].sum())
+    timings["overlength_sources"] += batch["overlength"]
     for i in range(valid):
       source_id = int(batch["source_id"][i])
       candidates = [(texts[i][n], n, 0, float(out["scores"][i, n])) for n in range(num_samples)]
@@ -177,6 +207,12 @@ def grow(
         "reward_range": list(reward.range), "seed": seed, **dict(metadata or {})})
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"grow {output_dir} manifest written")
+  if num_hosts > 1:
+    timings["overlength_sources"] = int(np.sum(multihost_utils.process_allgather(
+        np.int64(timings["overlength_sources"]))))
+  if timings["overlength_sources"]:
+    logging.warning("grow %d: %d sources or references were longer than %s and were cut",
+                    grow_step, timings["overlength_sources"], dict(feature_lengths))
   logging.info("grow %d: %s", grow_step, timings)
   return timings
 

@@ -6,6 +6,7 @@ same sharded `Trainer` and orbax checkpoints as BC, and can mix the original
 parallel data into every batch.
 """
 
+import json
 import os
 import time
 import zlib
@@ -66,6 +67,33 @@ def _mixed_dataset(name: str, lengths: Mapping[str, int], batch_size: int, seed:
   return pipeline.host_rows(ds, batch_size, rows, drop_remainder=True)
 
 
+def _metrics_path(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, "train_metrics", f"step_{step}.json")
+
+
+def _save_metrics(model_dir: str, step: int, accumulator) -> None:
+  if jax.process_index() != 0:
+    return
+  path = _metrics_path(model_dir, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(accumulator.state_dict(), f)
+  os.replace(tmp, path)
+
+
+def _load_metrics(model_dir: str, step: int):
+  if step == 0:
+    return trainer_lib.MetricsAccumulator()
+  path = _metrics_path(model_dir, step)
+  if not os.path.exists(path):
+    logging.warning("%s missing: the metrics of this Improve step cover only the steps"
+                    " after %d", path, step)
+    return trainer_lib.MetricsAccumulator()
+  with open(path) as f:
+    return trainer_lib.MetricsAccumulator.from_state_dict(json.load(f))
+
+
 def improve(
     *,
     model,
@@ -87,6 +115,7 @@ def improve(
     seed: int = 0,
     progress_bar: bool = True,
     name: str = "improve",
+    trainer: Optional[trainer_lib.Trainer] = None,
 ) -> Dict[str, Any]:
   """Runs one Improve step; returns its final params and training metrics.
 
@@ -110,6 +139,9 @@ def improve(
     seed: data order and dropout.
     progress_bar: tqdm bar with tokens/s.
     name: label for logs and the task name.
+    trainer: a `Trainer` with `loss` as its loss and `batch_size` batches from an
+      earlier Improve step of the run, reused so that nothing is compiled again;
+      built here if None.
 
   Raises:
     EmptyImproveStepError: the threshold keeps nothing (before any training).
@@ -120,9 +152,10 @@ def improve(
       f"rest_grown_{zlib.crc32(f'{grown_dir}@{threshold}'.encode())}", grown_dir,
       model.output_vocabulary, threshold=threshold, include_references=include_references,
       deduplicate=deduplicate, verify_counts=False)
-  trainer = trainer_lib.Trainer(
-      model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
-      loss_fn=loss)
+  if trainer is None:
+    trainer = trainer_lib.Trainer(
+        model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
+        loss_fn=loss)
   ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period, keep=1)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(trainer.abstract_state)
@@ -132,7 +165,7 @@ def improve(
   ds = _mixed_dataset(task.name, feature_lengths, batch_size, seed, mix_task, mix_ratio,
                       reward_high, partitioner.process_rows(batch_size)).skip(start)
   batches = ds.as_numpy_iterator()
-  accumulator = trainer_lib.MetricsAccumulator()
+  accumulator = _load_metrics(model_dir, start)
   dropout_rng = jax.random.PRNGKey(seed + 17)
   bar = tqdm.tqdm(total=train_steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
                   disable=not (progress_bar and jax.process_index() == 0))
@@ -143,7 +176,12 @@ def improve(
     faults.point("improve.step")
     accumulator.add(metrics)
     tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
-    ckpt.save(state, force=int(jax.device_get(state.step)) == train_steps)
+    done = int(jax.device_get(state.step))
+    if ckpt.due(done) or done == train_steps:
+      # The metrics so far, saved with (just before) the checkpoint of the same step, so
+      # that a resumed step reports what an uninterrupted one would.
+      _save_metrics(model_dir, done, accumulator)
+    ckpt.save(state, force=done == train_steps)
     bar.update(1)
     bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - tick, 1e-9):.0f}")
   bar.close()

@@ -193,16 +193,42 @@ class PolicyDecoder:
     return {"tokens": decodes, "scores": aux["scores"]}
 
 
+OVERLENGTH_POLICIES = ("truncate", "error")
+
+
+def fit_length(ids, length: int, eos_id: int, what: str, overlength: str = "truncate"):
+  """`ids` cut to `length` tokens, still ending in EOS; (ids, whether it was cut).
+
+  `overlength="error"` raises instead, naming `what` (task, split, example).
+  """
+  ids = list(ids)
+  if len(ids) <= length:
+    return ids, False
+  if overlength == "error":
+    raise ValueError(f"{what} has {len(ids)} tokens, more than the feature length {length}"
+                     " (raise TASK_FEATURE_LENGTHS, or set overlength='truncate' to cut and"
+                     " count such examples)")
+  if overlength != "truncate":
+    raise ValueError(f"overlength={overlength!r}: expected one of {OVERLENGTH_POLICIES}")
+  cut = ids[:length]
+  if ids[-1] == eos_id:
+    cut[-1] = eos_id
+  return cut, True
+
+
 def source_batches(task_name: str, split: str, feature_lengths: Mapping[str, int],
-                   batch_size: int, start: int = 0, count: Optional[int] = None
-                   ) -> Iterator[Dict[str, Any]]:
+                   batch_size: int, start: int = 0, count: Optional[int] = None,
+                   overlength: str = "truncate") -> Iterator[Dict[str, Any]]:
   """Batches of a task's examples in split order, with their global `source_id`.
 
-  The last batch is padded with empty rows (`valid` False) to `batch_size`.
+  The last batch is padded with empty rows (`valid` False) to `batch_size`. An
+  input or target longer than its feature length is cut (keeping EOS) and counted
+  in the batch's `overlength`, or is an error naming the example (`overlength`).
   """
   task = seqio.get_mixture_or_task(task_name)
-  ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False,
-                        try_in_mem_cache=False)
+  eos = task.output_features["targets"].vocabulary.eos_id
+  # Full-length examples (no sequence length): the cut is made, and counted, here.
+  ds = task.get_dataset(None, split=split, shuffle=False, try_in_mem_cache=False)
   examples = itertools.islice(ds.as_numpy_iterator(), start,
                               None if count is None else start + count)
   source_id = start
@@ -212,16 +238,23 @@ def source_batches(task_name: str, split: str, feature_lengths: Mapping[str, int
     if not chunk:
       return
     tokens = np.zeros((batch_size, length), np.int32)
+    targets, overlong = [], 0
     for i, ex in enumerate(chunk):
-      ids = ex["inputs"][:length]
+      what = f"{task_name}/{split} example {source_id + i}"
+      ids, cut_inputs = fit_length(ex["inputs"], length, eos, f"{what} (inputs)", overlength)
       tokens[i, : len(ids)] = ids
+      target, cut_target = fit_length(ex["targets"], feature_lengths["targets"], eos,
+                                      f"{what} (targets)", overlength)
+      targets.append(np.asarray(target, np.int32))
+      overlong += int(cut_inputs or cut_target)
     yield {
         "encoder_input_tokens": tokens,
         "source_id": np.arange(source_id, source_id + batch_size),
         "valid": np.arange(batch_size) < len(chunk),
         "inputs": [ex["inputs_pretokenized"].decode("utf-8") for ex in chunk],
         "targets": [ex["targets_pretokenized"].decode("utf-8") for ex in chunk],
-        "target_tokens": [ex["targets"] for ex in chunk],
+        "target_tokens": targets,
+        "overlength": overlong,
     }
     source_id += len(chunk)
 

@@ -165,8 +165,11 @@ def make_plan(*, model, feature_lengths: Mapping[str, int], batch_size: int,
       if memory is not None:
         per_device[f"{name}_temporaries"] = int(memory.temp_size_in_bytes)
       found[name] = collectives(compiled.as_text())
+    platform = partitioner.mesh.devices.flat[0].platform
     notes.append("temporaries: XLA's scratch for the compiled step on one device (activations"
-                 " kept for the backward pass, logits, decode loop state)")
+                 f" kept for the backward pass, logits, decode loop state), as the {platform}"
+                 " compiler schedules it; another backend assigns its own buffers, so on a"
+                 " simulated mesh take it as an estimate")
   return Plan(mesh=dict(partitioner.mesh.shape), params=rows, bytes_per_device=per_device,
               collectives=found, notes=notes)
 

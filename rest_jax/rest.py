@@ -16,6 +16,7 @@ been (re)done, every later step is redone from scratch on top of it.
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -35,6 +36,17 @@ from rest_jax.rewards import Reward, ThresholdSchedule
 STATE_FILE = "rest_state.json"
 
 
+def memory_mb() -> Dict[str, float]:
+  """This process's resident memory now and its peak so far, in MiB (Linux)."""
+  out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  try:
+    with open("/proc/self/statm") as f:
+      out["rss_mb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except OSError:
+    pass
+  return out
+
+
 @dataclasses.dataclass
 class _Progress:
   """The state file: finished steps with their results; written atomically."""
@@ -46,6 +58,10 @@ class _Progress:
   @classmethod
   def load(cls, model_dir: str) -> "_Progress":
     path = os.path.join(model_dir, STATE_FILE)
+    if jax.process_index() == 0:  # a state file a killed run did not rename into place
+      for name in os.listdir(model_dir):
+        if name.startswith(".tmp-state-"):
+          os.remove(os.path.join(model_dir, name))
     steps = {}
     if os.path.exists(path):
       with open(path) as f:
@@ -72,6 +88,8 @@ class _Progress:
     if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
       multihost_utils.sync_global_devices(f"rest: {name} starts")
     result = fn()
+    if isinstance(result, dict):  # memory after each step: a leak shows as a rising line
+      result = {**result, **memory_mb()}
     self.steps[name] = result
     self.upstream_changed = True
     self.save()
@@ -195,6 +213,9 @@ def rest(
 
   # --- Grow / Improve ---------------------------------------------------------
   loss = improve_loss or losses.OfflineRLLoss("bc")
+  # Compiled once for the run: every Grow step samples, every Improve step trains with them.
+  decoders = {}
+  improve_trainer = {}
   index = 0
   for g in range(1, num_grow_steps + 1):
     grow_dir = os.path.join(model_dir, f"grow_{g}")
@@ -202,6 +223,10 @@ def rest(
 
     def run_grow(grow_dir=grow_dir, grow_params=grow_params, g=g, policy_dir=policy_dir):
       tick = time.perf_counter()
+      if not decoders:
+        decoders["grow"] = grow_lib.Decoders(
+            model, partitioner, policy.params_sharding, num_samples,
+            {"temperature": 1.0, **(decoder_params or {})})
       timings = grow_lib.grow(
           model=model, params=grow_params, partitioner=partitioner,
           params_sharding=policy.params_sharding, task_name=task, split=grow_split,
@@ -209,7 +234,8 @@ def rest(
           num_samples=num_samples, decoder_params=decoder_params, batch_size=grow_batch_size,
           shard_size=shard_size, max_sources=grow_max_sources,
           include_references=include_references, seed=seed, grow_step=g,
-          metadata={"policy": os.path.abspath(policy_dir)}, progress_bar=progress_bar)
+          metadata={"policy": os.path.abspath(policy_dir)}, progress_bar=progress_bar,
+          decoders=decoders["grow"])
       return {**timings, "seconds": time.perf_counter() - tick}
 
     progress.run(f"grow_{g}", os.path.exists(os.path.join(grow_dir, grown.MANIFEST)), run_grow,
@@ -223,6 +249,10 @@ def rest(
       step_dir = os.path.join(model_dir, f"improve_{g}_{i}")
 
       def run_improve(step_dir=step_dir, tau=tau, start_params=params, g=g, i=i):
+        if not improve_trainer:
+          improve_trainer["trainer"] = trainer_lib.Trainer(
+              model, partitioner, trainer_lib.batch_input_shapes(improve_batch_size, lengths),
+              loss_fn=loss)
         result = improve_lib.improve(
             model=model, init_params=start_params, partitioner=partitioner,
             grown_dir=grow_dir, threshold=tau, model_dir=step_dir, feature_lengths=lengths,
@@ -230,7 +260,8 @@ def rest(
             include_references=include_references, mix_task=task if mix_ratio else None,
             mix_ratio=mix_ratio, reward_high=reward.range[1],
             checkpoint_period=checkpoint_period, seed=seed + 1000 * g + i,
-            progress_bar=progress_bar, name=f"improve {g}.{i}")
+            progress_bar=progress_bar, name=f"improve {g}.{i}",
+            trainer=improve_trainer["trainer"])
         return {"metrics": result["metrics"], "seconds": result["seconds"]}
 
       progress.run(f"improve_{g}_{i}", final_step(step_dir) == improve_steps, run_improve,

@@ -136,6 +136,10 @@ def train(
       run_eval(done)
   bar.close()
   ckpt.close()
+  cut = pipeline.overlength_count(train_dataset_cfg)
+  if cut:
+    logging.warning("train: %d examples of %s were longer than %s and were cut", cut,
+                    train_dataset_cfg.mixture_or_task_name, dict(lengths))
   train_writer.flush()
   eval_writer.flush()
   return history

@@ -6,6 +6,7 @@ train step is one `jax.jit` that donates the old state, and the loss is the
 model's `loss_fn` unless a custom one is given (Improve's offline-RL losses).
 """
 
+import dataclasses
 from typing import Any, Callable, Mapping, Tuple
 
 from absl import logging
@@ -111,6 +112,7 @@ class Trainer:
         self._init_fn, in_shardings=(partitioner.replicated,), out_shardings=self.state_sharding
     )
     self._batch_sharding = None
+    self._opt_init = None
     self._train_step = None
     self._eval_step = None
 
@@ -128,12 +130,13 @@ class Trainer:
   def state_from_params(self, params: PyTree) -> TrainState:
     """A step-0 state around existing parameters (e.g. a policy checkpoint)."""
     params = jax.device_put(params, self.params_sharding)
-    opt_init = self.partitioner.partition(
-        self.optimizer.init, in_shardings=(self.params_sharding,),
-        out_shardings=self.state_sharding.opt_state,
-    )
+    if self._opt_init is None:
+      self._opt_init = self.partitioner.partition(
+          self.optimizer.init, in_shardings=(self.params_sharding,),
+          out_shardings=self.state_sharding.opt_state,
+      )
     step = jax.device_put(jnp.array(0, jnp.int32), self.partitioner.replicated)
-    return TrainState(step=step, params=params, opt_state=opt_init(params))
+    return TrainState(step=step, params=params, opt_state=self._opt_init(params))
 
   # --- steps ---------------------------------------------------------------
 
@@ -202,6 +205,23 @@ class MetricsAccumulator:
 
   def compute(self) -> dict:
     return {name: float(np.asarray(m.compute())) for name, m in self._metrics.items()}
+
+  def state_dict(self) -> dict:
+    """The merged metrics as JSON-able data; `from_state_dict` restores them bit for bit."""
+    out = {}
+    for name, metric in self._metrics.items():
+      fields = {f.name: np.asarray(getattr(metric, f.name)) for f in dataclasses.fields(metric)}
+      out[name] = {"type": type(metric).__name__,
+                   "fields": {k: [str(v.dtype), v.tolist()] for k, v in fields.items()}}
+    return out
+
+  @classmethod
+  def from_state_dict(cls, state: Mapping[str, Any]) -> "MetricsAccumulator":
+    accumulator = cls()
+    for name, entry in state.items():
+      fields = {k: np.asarray(value, dtype) for k, (dtype, value) in entry["fields"].items()}
+      accumulator._metrics[name] = getattr(clu_metrics, entry["type"])(**fields)  # pylint: disable=protected-access
+    return accumulator
 
   def __bool__(self) -> bool:
     return bool(self._metrics)

@@ -49,7 +49,7 @@ def _sidecar(path: str) -> str:
 
 
 def _atomic_write_text(path: str, text: str, fault_site: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".tmp-{os.path.basename(path)}-")
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
@@ -127,6 +127,26 @@ def write_shard(directory: str, index: int, num_shards: int,
     raise GrownDatasetError(f"{directory}: could not write the sidecar of shard {name} ({e});"
                             " the shard was removed and will be redone") from e
   return record
+
+
+def remove_stale_temporaries(directory: str, shards: Iterable[int], num_shards: int,
+                             manifest: bool = False) -> List[str]:
+  """Deletes temporary files a killed run left for `shards` (and the manifest); returns them.
+
+  Readers never see them (only renamed files count), but they would pile up. Each
+  host cleans only its own shards', so no host removes a file another is writing.
+  """
+  if not os.path.isdir(directory):
+    return []
+  prefixes = [f".tmp-{shard_name(i, num_shards)[: -len('.tfrecord')]}" for i in shards]
+  if manifest:
+    prefixes.append(f".tmp-{MANIFEST}-")
+  removed = []
+  for name in os.listdir(directory):
+    if name.startswith(".tmp-") and any(name.startswith(p) for p in prefixes):
+      os.remove(os.path.join(directory, name))
+      removed.append(name)
+  return removed
 
 
 def completed_shards(directory: str, num_shards: int) -> List[int]:

@@ -109,7 +109,7 @@ def read_parallel_text(
 
   Raises:
     ParallelTextError: a bad line (naming file and line) when not skipping, a
-      missing file, or aligned files of different lengths.
+      missing file, aligned files of different lengths, or no pair at all.
   """
   counter = counter if counter is not None else SKIPPED
   paths = [files] if isinstance(files, str) else list(files)
@@ -117,7 +117,7 @@ def read_parallel_text(
     if not os.path.exists(path):
       raise ParallelTextError(f"parallel text file not found: {path}")
   pairs = _tsv_pairs(paths[0], columns) if len(paths) == 1 else _aligned_pairs(*paths)
-  skipped = 0
+  skipped = kept = 0
   for item in pairs:
     if isinstance(item, ParallelTextError):
       if not skip_bad_lines:
@@ -126,6 +126,11 @@ def read_parallel_text(
       counter.add(paths[0], str(item).split(": ", 1)[-1])
       logging.warning("skipping bad line: %s", item)
       continue
+    kept += 1
     yield item[0], item[1]
+  if not kept:
+    raise ParallelTextError(
+        f"{', '.join(paths)}: no sentence pairs"
+        + (f" (all {skipped} lines were bad)" if skipped else " (empty file)"))
   if skipped:
     logging.warning("%s: skipped %d bad lines", ", ".join(paths), skipped)

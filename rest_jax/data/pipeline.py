@@ -1,7 +1,7 @@
 """From a seqio task name to batches of model features (t5x's `DatasetConfig`)."""
 
 import dataclasses
-from typing import Iterator, Mapping, Tuple
+from typing import Dict, Iterator, Mapping, Tuple
 
 import jax
 import numpy as np
@@ -23,6 +23,9 @@ class DatasetConfig:
     use_cached: read seqio's offline cache.
     pack: pack several examples per row.
     module: a module to import first so that it registers the task.
+    overlength: an example longer than `task_feature_lengths` is cut by the feature
+      converter and counted ("truncate"; `overlength_count`), or stops the input
+      pipeline with an error naming the feature and lengths ("error").
   """
 
   mixture_or_task_name: str
@@ -34,6 +37,7 @@ class DatasetConfig:
   use_cached: bool = False
   pack: bool = False
   module: str | None = None
+  overlength: str = "truncate"
 
 
 def _get_task(config: DatasetConfig):
@@ -85,6 +89,58 @@ def host_rows(ds: tf.data.Dataset, batch_size: int, rows: Tuple[int, int],
   return ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+_OVERLENGTH: Dict[Tuple[str, str], tf.Variable] = {}
+
+
+def overlength_count(config: DatasetConfig) -> int:
+  """Examples of `config`'s task and split cut so far by this process's pipelines."""
+  counter = _OVERLENGTH.get((config.mixture_or_task_name, config.split))
+  return 0 if counter is None else int(counter.numpy())
+
+
+def _fit_lengths(ds: tf.data.Dataset, config: DatasetConfig,
+                 output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+  """Cuts examples to the feature lengths as seqio would (keeping EOS), counting them.
+
+  The task is read without a sequence length, so nothing was cut yet: an example
+  longer than a feature length is counted and cut ("truncate") or stops the input
+  pipeline with an error naming the task, split, feature and length ("error").
+  """
+  if config.overlength not in ("truncate", "error"):
+    raise ValueError(f"DatasetConfig.overlength={config.overlength!r}: expected 'truncate' or"
+                     " 'error'")
+  key = (config.mixture_or_task_name, config.split)
+  if key not in _OVERLENGTH:
+    _OVERLENGTH[key] = tf.Variable(0, dtype=tf.int64, trainable=False)
+  counter = _OVERLENGTH[key]
+  lengths = dict(config.task_feature_lengths)
+
+  def fit(ex):
+    ex = dict(ex)
+    over = tf.constant(False)
+    for name, length in lengths.items():
+      if name not in ex:
+        continue
+      x = ex[name]
+      if config.overlength == "error":
+        tf.debugging.assert_less_equal(
+            tf.shape(x)[0], length, message=f"{config.mixture_or_task_name}/{config.split}: an"
+            f" example has more {name} tokens than the feature length {length} (raise"
+            " TASK_FEATURE_LENGTHS, or set DatasetConfig.overlength to truncate)")
+      over = tf.logical_or(over, tf.shape(x)[0] > length)
+      feature = output_features.get(name)
+      if feature is not None and feature.add_eos:  # seqio's append_eos_after_trim
+        ex[name] = tf.cond(tf.shape(x)[0] > length,
+                           lambda x=x, length=length: tf.concat([x[: length - 1], x[-1:]], 0),
+                           lambda x=x: x)
+      else:
+        ex[name] = x[:length]
+    counter.assign_add(tf.cast(over, tf.int64))
+    return ex
+
+  return ds.map(fit)
+
+
 def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter,
                 num_epochs: int | None = None, rows: Tuple[int, int] | None = None):
   """This process's `tf.data.Dataset` of model-feature batches.
@@ -94,16 +150,13 @@ def get_dataset(config: DatasetConfig, feature_converter: seqio.FeatureConverter
   """
   task = _get_task(config)
   rows = rows or process_rows(config.batch_size)
-  ds = seqio.get_dataset(
-      task.name,
-      task_feature_lengths=dict(config.task_feature_lengths),
-      dataset_split=config.split,
-      shuffle=config.shuffle,
-      num_epochs=num_epochs,
-      feature_converter=feature_converter,
-      use_cached=config.use_cached,
-      seed=config.seed,
-  )
+  lengths = dict(config.task_feature_lengths)
+  # seqio.get_dataset's steps, with the length check between the task and the converter
+  # (the task is read whole, so the check sees the lengths before any cut).
+  ds = task.get_dataset(None, split=config.split, use_cached=config.use_cached,
+                        shuffle=config.shuffle, seed=config.seed, num_epochs=num_epochs,
+                        trim_output_features=False)
+  ds = feature_converter(_fit_lengths(ds, config, task.output_features), lengths)
   return host_rows(ds, config.batch_size, rows, drop_remainder=num_epochs is None)
 
 

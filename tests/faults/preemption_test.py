@@ -1,0 +1,139 @@
+"""Preemption: SIGKILL the ReST loop at seeded fault points, re-run it, and get the same end.
+
+A small `rest` run of configs/demo.gin (the tiny model) is run once uninterrupted, with
+every fault point it passes traced (`rest_jax/faults.py`). Kill points are then drawn
+from that trace with a seeded RNG, in run order, and spread over chains: in each chain
+the same command is started with `REST_JAX_FAULT=<site>:<k>` (the process SIGKILLs itself
+at the k-th time it reaches `<site>`), then again with the next kill point, and so on,
+and finally without a fault until it finishes. Each finished chain must equal the
+uninterrupted run bit for bit (the CPU computation is deterministic):
+
+  - the grown dataset: every source has exactly N samples and its reference, no row
+    twice, the same texts, rewards and log-likelihoods; no temporary file is left;
+  - every checkpoint of every step (BC, Improve): step, parameters, optimizer state;
+  - every evaluation and every Improve step's training metrics in rest_state.json.
+
+Replay a failure with REST_JAX_FAULT_SEED=<seed printed in the failure>; REST_JAX_FAULT_KILLS
+sets how many kills must happen (20 in CI).
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rest_jax import checkpoints
+from tests import multihost_test
+
+SEED = int(os.environ.get("REST_JAX_FAULT_SEED", "20261124"))
+KILLS = int(os.environ.get("REST_JAX_FAULT_KILLS", "20"))
+KILLS_PER_CHAIN = 10
+SMALL = [a if not a.startswith("--gin.rest.rest.checkpoint_period") else
+         "--gin.rest.rest.checkpoint_period=2" for a in multihost_test.SMALL_REST]
+
+
+class Runner:
+  """Runs `rest` on SMALL in a subprocess with 2 simulated devices and a compilation cache."""
+
+  def __init__(self, tmp_path, extra=()):
+    self.extra = list(extra)  # more gin bindings
+    self.env = multihost_test._env(  # pylint: disable=protected-access
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    self.log = []
+
+  def __call__(self, model_dir, fault=None, trace=None):
+    env = dict(self.env)
+    if fault:
+      env["REST_JAX_FAULT"] = fault
+    if trace:
+      env["REST_JAX_FAULT_TRACE"] = str(trace)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rest_jax.main", "rest", *SMALL, *self.extra,
+         f"--gin.MODEL_DIR='{model_dir}'"],
+        cwd=multihost_test.ROOT, env=env, capture_output=True, text=True, timeout=600)
+    self.log.append((str(model_dir), fault, proc.returncode))
+    if proc.returncode not in (0, -signal.SIGKILL):
+      raise AssertionError(f"seed {SEED}: run with fault {fault} failed ({proc.returncode}) in"
+                           f" {model_dir}\n{proc.stderr[-4000:]}\nruns so far: {self.log}")
+    return proc.returncode
+
+
+def _trace(path):
+  with open(path) as f:
+    return [line.split()[0] for line in f if not line.startswith("KILL")]
+
+
+def _kill_points(trace, rng, n):
+  """`n` fault specs drawn from the reference trace, in run order."""
+  positions = sorted(rng.sample(range(len(trace)), min(n, len(trace))))
+  return [f"{trace[p]}:{rng.randint(1, 2)}" for p in positions]
+
+
+def _end_state(model_dir):
+  state = {"rows": multihost_test.grown_rows(model_dir / "grow_1")}
+  for step in ("bc", "improve_1_1", "improve_1_2"):
+    state[step] = checkpoints.read_arrays(str(model_dir / step / "checkpoints"))
+  with open(model_dir / "rest_state.json") as f:
+    steps = json.load(f)["steps"]
+  state["evaluations"] = {k: v["metrics"] for k, v in steps.items() if k.startswith("eval_")}
+  state["improve_metrics"] = {k: v["metrics"] for k, v in steps.items()
+                              if k.startswith("improve_")}
+  state["thresholds"] = steps["thresholds"]
+  return state
+
+
+def _assert_same_end_state(reference, model_dir, log):
+  got = _end_state(model_dir)
+  where = f"seed {SEED}, {model_dir}, runs: {log}"
+  sources = {}
+  for source_id, sample_id in got["rows"]:
+    sources.setdefault(source_id, set()).add(sample_id)
+  assert all(samples == {0, 1, 2} for samples in sources.values()), where  # N=2 + reference
+  assert got["rows"] == reference["rows"], where
+  for step in ("bc", "improve_1_1", "improve_1_2"):
+    ref_leaves = jax.tree_util.tree_flatten_with_path(reference[step])[0]
+    got_leaves = dict(jax.tree_util.tree_flatten_with_path(got[step])[0])
+    for path, value in ref_leaves:
+      np.testing.assert_array_equal(got_leaves[path], value,
+                                    err_msg=f"{step}{jax.tree_util.keystr(path)}; {where}")
+  for key in ("evaluations", "improve_metrics", "thresholds"):
+    assert got[key] == reference[key], f"{key} differ; {where}"
+  leftovers = [os.path.join(d, n) for d, _, names in os.walk(model_dir) for n in names
+               if n.startswith(".tmp-")]
+  assert not leftovers, f"temporary files left: {leftovers}; {where}"
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_uninterrupted_end_state(tmp_path):
+  run = Runner(tmp_path)
+  assert run(tmp_path / "reference", trace=tmp_path / "trace") == 0
+  trace = _trace(tmp_path / "trace")
+  assert {"train.step", "checkpoint.save", "grow.sample", "grown.shard_write", "grown.sidecar",
+          "grown.manifest", "improve.step", "eval.batch", "rest.state"} <= set(trace)
+  reference = _end_state(tmp_path / "reference")
+
+  rng = random.Random(SEED)
+  kills, finished_chains, chain = [], 0, 0
+  while len(kills) < KILLS:
+    chain += 1
+    model_dir = tmp_path / f"chain_{chain}"
+    for fault in _kill_points(trace, rng, KILLS_PER_CHAIN):
+      if run(model_dir, fault=fault) == -signal.SIGKILL:
+        kills.append(fault)
+    assert run(model_dir) == 0  # the last resume, without a fault, finishes the run
+    _assert_same_end_state(reference, model_dir, run.log)
+    finished_chains += 1
+    assert chain < 2 * (KILLS // KILLS_PER_CHAIN + 1), f"too few kills fired: {run.log}"
+  sites = sorted({k.split(":")[0] for k in kills})
+  print(f"\nfault injection (seed {SEED}): {len(kills)} kills at {sites}; {finished_chains}"
+        f" chains resumed to the uninterrupted end state bit for bit")
+  assert {"grow.sample", "improve.step", "checkpoint.save"} <= set(sites) or len(kills) >= KILLS
