@@ -22,7 +22,11 @@ Flags (t5x's):
   --gin_bindings=BINDING  repeatable, a raw gin binding.
   --gin_search_paths=DIR  repeatable; more folders for gin files (e.g. a t5x checkout).
   --dry_run               parse the config, print it, and exit.
-  --multihost             start jax.distributed first (one process per host).
+  --multihost             start jax.distributed first (one process per host); the
+                          coordinator, process count and index come from
+                          --coordinator_address / --num_processes / --process_id, else
+                          REST_JAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID, else JAX's
+                          own detection (Cloud TPU, SLURM).
 """
 
 import argparse
@@ -91,6 +95,9 @@ def _split_args(argv: Sequence[str]):
                       help="more folders for gin files and includes (e.g. a t5x checkout)")
   parser.add_argument("--dry_run", action="store_true")
   parser.add_argument("--multihost", action="store_true")
+  parser.add_argument("--coordinator_address", help="multihost: host:port of process 0")
+  parser.add_argument("--num_processes", type=int, help="multihost: number of processes")
+  parser.add_argument("--process_id", type=int, help="multihost: this process's index")
   parser.add_argument("--mesh", help="plan: DATAxMODEL, e.g. 4x2")
   parser.add_argument("--t5x_checkpoint", help="convert: a t5x checkpoint_<step> directory")
   parser.add_argument("--output_dir", help="convert: write the converted checkpoint here")
@@ -177,7 +184,8 @@ def main(argv: Sequence[str]) -> int:
   if args.multihost:
     from rest_jax import partitioning  # pylint: disable=g-import-not-at-top
 
-    partitioning.initialize_multihost()
+    partitioning.initialize_multihost(args.coordinator_address, args.num_processes,
+                                      args.process_id)
   parse_gin(args.gin_file, bindings)
   if args.command == "data":
     _data_command(args)

@@ -124,6 +124,7 @@ def rest(
     checkpoint_period: int = 200,
     seed: int = 0,
     progress_bar: bool = True,
+    overlength: str = "truncate",
 ) -> List[Dict[str, Any]]:
   """Runs (or resumes) the whole ReST loop and writes the report.
 
@@ -154,6 +155,9 @@ def rest(
     checkpoint_period: steps between checkpoints.
     seed: every random choice of the run derives from it.
     progress_bar: tqdm bars.
+    overlength: a Grow source or reference longer than the feature lengths is cut
+      and counted ("truncate") or stops the run ("error"); BC data follows
+      `train_dataset_cfg.overlength`.
 
   Returns:
     The report's rows: one per policy (BC, then each Improve step).
@@ -233,7 +237,7 @@ def rest(
           feature_lengths=lengths, output_dir=grow_dir, reward=reward,
           num_samples=num_samples, decoder_params=decoder_params, batch_size=grow_batch_size,
           shard_size=shard_size, max_sources=grow_max_sources,
-          include_references=include_references, seed=seed, grow_step=g,
+          include_references=include_references, seed=seed, grow_step=g, overlength=overlength,
           metadata={"policy": os.path.abspath(policy_dir)}, progress_bar=progress_bar,
           decoders=decoders["grow"])
       return {**timings, "seconds": time.perf_counter() - tick}

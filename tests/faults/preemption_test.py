@@ -20,6 +20,7 @@ sets how many kills must happen (20 in CI).
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +51,7 @@ class Runner:
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     self.log = []
 
-  def __call__(self, model_dir, fault=None, trace=None):
+  def __call__(self, model_dir, fault=None, trace=None, expect_error=None):
     env = dict(self.env)
     if fault:
       env["REST_JAX_FAULT"] = fault
@@ -61,6 +62,9 @@ class Runner:
          f"--gin.MODEL_DIR='{model_dir}'"],
         cwd=multihost_test.ROOT, env=env, capture_output=True, text=True, timeout=600)
     self.log.append((str(model_dir), fault, proc.returncode))
+    if expect_error:
+      assert proc.returncode == 1 and expect_error in proc.stderr, proc.stderr[-3000:]
+      return proc.returncode
     if proc.returncode not in (0, -signal.SIGKILL):
       raise AssertionError(f"seed {SEED}: run with fault {fault} failed ({proc.returncode}) in"
                            f" {model_dir}\n{proc.stderr[-4000:]}\nruns so far: {self.log}")
@@ -112,6 +116,34 @@ def _assert_same_end_state(reference, model_dir, log):
   assert not leftovers, f"temporary files left: {leftovers}; {where}"
 
 
+def _snapshot(directory):
+  # config.gin is rewritten by every run (it names this MODEL_DIR, not the copied one's).
+  return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file() and p.name != "config.gin"}
+
+
+def _check_bad_state_is_named(run, tmp_path):
+  """A damaged finished run: re-running it names the damage and no file is changed or lost."""
+  broken = tmp_path / "broken"
+  shutil.copytree(tmp_path / "reference", broken)
+  # A checkpoint corrupted on disk: orbax's read fails, the error names step and directory.
+  for path in (broken / "bc" / "checkpoints" / "6").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0 and "d" in path.parent.name:
+      path.write_bytes(b"garbage")
+  before = _snapshot(broken)
+  run(broken, expect_error=f"cannot restore checkpoint step 6 from {broken}/bc/checkpoints")
+  after = _snapshot(broken)
+  assert all(after.get(p) == data for p, data in before.items())
+  shutil.rmtree(broken)
+  shutil.copytree(tmp_path / "reference", broken)
+  # A grown shard truncated by hand.
+  shard = broken / "grow_1" / "shard-00001-of-00003.tfrecord"
+  shard.write_bytes(shard.read_bytes()[:-10])
+  before = _snapshot(broken)
+  run(broken, expect_error="shard-00001-of-00003.tfrecord has")
+  after = _snapshot(broken)
+  assert all(after.get(p) == data for p, data in before.items())
+
+
 @pytest.mark.slow
 def test_killed_runs_resume_to_the_uninterrupted_end_state(tmp_path):
   run = Runner(tmp_path)
@@ -133,6 +165,7 @@ def test_killed_runs_resume_to_the_uninterrupted_end_state(tmp_path):
     _assert_same_end_state(reference, model_dir, run.log)
     finished_chains += 1
     assert chain < 2 * (KILLS // KILLS_PER_CHAIN + 1), f"too few kills fired: {run.log}"
+  _check_bad_state_is_named(run, tmp_path)
   sites = sorted({k.split(":")[0] for k in kills})
   print(f"\nfault injection (seed {SEED}): {len(kills)} kills at {sites}; {finished_chains}"
         f" chains resumed to the uninterrupted end state bit for bit")
