@@ -46,6 +46,13 @@ def _parse(value: str) -> Tuple[str, int]:
   return site, int(count)
 
 
+def check_environment() -> None:
+  """Rejects a malformed `REST_JAX_FAULT` at start-up rather than at the first fault point."""
+  value = os.environ.get(FAULT_ENV)
+  if value:
+    _parse(value)
+
+
 def point(site: str) -> None:
   """Marks fault point `site`; kills the process here if `REST_JAX_FAULT` says so."""
   global _spec, _spec_source

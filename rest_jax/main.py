@@ -174,6 +174,9 @@ def _mesh_binding(mesh: str) -> str:
 
 def main(argv: Sequence[str]) -> int:
   args, bindings = _split_args(argv)
+  from rest_jax import faults  # pylint: disable=g-import-not-at-top
+
+  faults.check_environment()
   for path in args.gin_search_paths:
     _EXTRA_SEARCH_PATHS.extend(p for p in path.split(",") if p and p not in _EXTRA_SEARCH_PATHS)
   if args.mesh:

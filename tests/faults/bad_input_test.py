@@ -108,3 +108,9 @@ def test_a_step_without_its_policy_checkpoint_says_which(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match=f"no checkpoint in {tmp_path}"):
     commands._policy(make_model(), str(tmp_path), {"inputs": 8, "targets": 8},  # pylint: disable=protected-access
                      partitioner, batch_size=8)
+
+
+def test_a_malformed_fault_spec_is_rejected_at_start(monkeypatch):
+  monkeypatch.setenv("REST_JAX_FAULT", "grow.sampel:1")
+  with pytest.raises(ValueError, match="REST_JAX_FAULT='grow.sampel:1': expected SITE:COUNT"):
+    main.main(["data", "show", "--task=rest_demo_en_de"])
