@@ -19,7 +19,7 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-from rest_jax import checkpoints, faults, losses, partitioning, trainer as trainer_lib
+from rest_jax import checkpoints, faults, files, losses, partitioning, trainer as trainer_lib
 from rest_jax.data import grown, grown_tasks, pipeline
 
 SCALARS = ("reward", "value", "log_prob")
@@ -76,10 +76,7 @@ def _save_metrics(model_dir: str, step: int, accumulator) -> None:
     return
   path = _metrics_path(model_dir, step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(accumulator.state_dict(), f)
-  os.replace(tmp, path)
+  files.atomic_write_text(path, json.dumps(accumulator.state_dict()))
 
 
 def _load_metrics(model_dir: str, step: int):

@@ -18,7 +18,6 @@ import json
 import os
 import resource
 import shutil
-import tempfile
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -27,7 +26,7 @@ from clu import metric_writers
 import jax
 from jax.experimental import multihost_utils
 
-from rest_jax import checkpoints, faults, grow as grow_lib, improve as improve_lib, losses
+from rest_jax import checkpoints, files, grow as grow_lib, improve as improve_lib, losses
 from rest_jax import partitioning, policy_eval, report, train as train_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import grown, pipeline
@@ -60,7 +59,7 @@ class _Progress:
     path = os.path.join(model_dir, STATE_FILE)
     if jax.process_index() == 0:  # a state file a killed run did not rename into place
       for name in os.listdir(model_dir):
-        if name.startswith(".tmp-state-"):
+        if name.startswith(files.temporary_prefix(STATE_FILE)):
           os.remove(os.path.join(model_dir, name))
     steps = {}
     if os.path.exists(path):
@@ -71,11 +70,7 @@ class _Progress:
   def save(self) -> None:
     if jax.process_index() != 0:
       return
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-state-")
-    with os.fdopen(fd, "w") as f:
-      json.dump({"steps": self.steps}, f, indent=2)
-    faults.point("rest.state")
-    os.replace(tmp, self.path)
+    files.atomic_write_text(self.path, json.dumps({"steps": self.steps}, indent=2), "rest.state")
 
   def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = ()) -> Any:
     """Runs step `name` unless it is finished and nothing before it was redone."""

@@ -220,7 +220,7 @@ class MetricsAccumulator:
     accumulator = cls()
     for name, entry in state.items():
       fields = {k: np.asarray(value, dtype) for k, (dtype, value) in entry["fields"].items()}
-      accumulator._metrics[name] = getattr(clu_metrics, entry["type"])(**fields)  # pylint: disable=protected-access
+      accumulator._metrics[name] = getattr(clu_metrics, entry["type"])(**fields)
     return accumulator
 
   def __bool__(self) -> bool:

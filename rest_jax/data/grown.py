@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from rest_jax import faults
+from rest_jax import faults, files
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -46,21 +46,6 @@ def shard_name(index: int, num_shards: int) -> str:
 
 def _sidecar(path: str) -> str:
   return path[: -len(".tfrecord")] + ".json"
-
-
-def _atomic_write_text(path: str, text: str, fault_site: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".tmp-{os.path.basename(path)}-")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    faults.point(fault_site)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _example(row: Mapping[str, Any], index: int, shard: str) -> tf.train.Example:
@@ -95,7 +80,7 @@ def write_shard(directory: str, index: int, num_shards: int,
   os.makedirs(directory, exist_ok=True)
   name = shard_name(index, num_shards)
   path = os.path.join(directory, name)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".tmp-{name}-")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=files.temporary_prefix(path))
   os.close(fd)
   count, reward_sum, sources = 0, 0.0, set()
   try:
@@ -121,7 +106,7 @@ def write_shard(directory: str, index: int, num_shards: int,
   record = {"file": name, "count": count, "bytes": os.path.getsize(path),
             "reward_sum": reward_sum, "num_sources": len(sources)}
   try:
-    _atomic_write_text(_sidecar(path), json.dumps(record), "grown.sidecar")
+    files.atomic_write_text(_sidecar(path), json.dumps(record), "grown.sidecar")
   except OSError as e:
     os.remove(path)  # a shard without its sidecar is not finished
     raise GrownDatasetError(f"{directory}: could not write the sidecar of shard {name} ({e});"
@@ -138,12 +123,15 @@ def remove_stale_temporaries(directory: str, shards: Iterable[int], num_shards: 
   """
   if not os.path.isdir(directory):
     return []
-  prefixes = [f".tmp-{shard_name(i, num_shards)[: -len('.tfrecord')]}" for i in shards]
+  prefixes = []
+  for i in shards:
+    path = os.path.join(directory, shard_name(i, num_shards))
+    prefixes += [files.temporary_prefix(path), files.temporary_prefix(_sidecar(path))]
   if manifest:
-    prefixes.append(f".tmp-{MANIFEST}-")
+    prefixes.append(files.temporary_prefix(MANIFEST))
   removed = []
   for name in os.listdir(directory):
-    if name.startswith(".tmp-") and any(name.startswith(p) for p in prefixes):
+    if any(name.startswith(p) for p in prefixes):
       os.remove(os.path.join(directory, name))
       removed.append(name)
   return removed
@@ -217,7 +205,7 @@ def write_manifest(directory: str, num_shards: int,
       "reward": reward_statistics(rewards),
       "metadata": dict(metadata or {}),
   }
-  _atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2),
+  files.atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2),
                      "grown.manifest")
   return manifest
 
