@@ -6,8 +6,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # A handful of simulated devices lets the sharding tests build real meshes on CPU.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 TF_CPP_MIN_LOG_LEVEL=3
+# t5x is not on the package index. Point T5X_WHEELS at a folder holding its wheels (t5x,
+# airio, jestimator; .ci/run uses ../shared/wheels) and the test environment installs them,
+# so that the `t5x` tests run against the real t5x; without it they are skipped.
+T5X_WHEELS ?=
+T5X_STAMP := $(VENV)/.t5x-installed
+# t5x's own dependencies that the index has (the wheels are installed without theirs).
+T5X_DEPS := cloudpickle portpicker grain fiddle cached-property jaxtyping chex
 
 .PHONY: demo test lint bench clean
+
+$(T5X_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps $(wildcard $(T5X_WHEELS)/t5x-*.whl) \
+	  $(wildcard $(T5X_WHEELS)/airio-*.whl) $(wildcard $(T5X_WHEELS)/jestimator-*.whl)
+	$(BIN)/pip install --quiet $(T5X_DEPS)
+	touch $@
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +35,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check rest_jax tests benchmarks
 
-test: lint
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 -q tests
+test: lint $(if $(T5X_WHEELS),$(T5X_STAMP))
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 -q -rs tests
 
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.decode

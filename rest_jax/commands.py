@@ -12,65 +12,89 @@ from typing import Any, Dict, Mapping, Optional
 import jax
 import numpy as np
 
-from rest_jax import checkpoints, decoding, grow as grow_lib, improve as improve_lib
-from rest_jax import inference, losses, partitioning, policy_eval, trainer as trainer_lib
+from rest_jax import checkpoints, grow as grow_lib, improve as improve_lib
+from rest_jax import inference, partitioning, policy_eval, trainer as trainer_lib
+from rest_jax import sampling as sampling_lib
 from rest_jax.rewards import Reward
 
 
-def _policy(model, policy_dir: str, feature_lengths, partitioner, batch_size: int = 64):
+def _policy_state(model, policy_dir: str, feature_lengths, partitioner, batch_size: int = 64):
   trainer = trainer_lib.Trainer(model, partitioner,
                                 trainer_lib.batch_input_shapes(batch_size, feature_lengths))
   ckpt = checkpoints.Checkpointer(policy_dir)
-  params = ckpt.restore(trainer.abstract_state).params
+  state = ckpt.restore(trainer.abstract_state)
   ckpt.close()
-  return trainer, params
+  return trainer, state
+
+
+def _policy(model, policy_dir: str, feature_lengths, partitioner, batch_size: int = 64):
+  trainer, state = _policy_state(model, policy_dir, feature_lengths, partitioner, batch_size)
+  return trainer, state.params
 
 
 def grow_command(*, model, policy_dir: str, output_dir: str, task_name: str,
-                 feature_lengths: Mapping[str, int], reward: Reward, split: str = "train",
-                 num_samples: int = 4, decoder_params: Optional[Mapping[str, Any]] = None,
-                 max_sources: Optional[int] = None, grow_step: int = 1, seed: int = 0,
-                 batch_size: int = 32, shard_size: int = 1024,
+                 feature_lengths: Mapping[str, int], reward: Reward,
+                 grow: grow_lib.GrowConfig = grow_lib.GrowConfig(), grow_step: int = 1,
+                 seed: int = 0,
                  partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, Any]:
   """One Grow step from a policy checkpoint (resumable: finished shards are kept)."""
   partitioner = partitioner or partitioning.Partitioner()
   trainer, params = _policy(model, policy_dir, feature_lengths, partitioner)
   return grow_lib.grow(
       model=model, params=params, partitioner=partitioner,
-      params_sharding=trainer.params_sharding, task_name=task_name, split=split,
+      params_sharding=trainer.params_sharding, task_name=task_name, split=grow.split,
       feature_lengths=feature_lengths, output_dir=output_dir, reward=reward,
-      num_samples=num_samples, decoder_params=decoder_params, max_sources=max_sources,
-      batch_size=batch_size, shard_size=shard_size, seed=seed, grow_step=grow_step,
-      metadata={"policy": os.path.abspath(policy_dir)})
+      num_samples=grow.num_samples, sampling=grow.sampling, max_sources=grow.max_sources,
+      batch_size=grow.batch_size, shard_size=grow.shard_size, seed=seed, grow_step=grow_step,
+      overlength=grow.overlength, metadata={"policy": os.path.abspath(policy_dir)})
 
 
 def improve_command(*, model, policy_dir: str, grown_dir: str, threshold: float,
                     output_dir: str, feature_lengths: Mapping[str, int],
-                    loss: Optional[losses.OfflineRLLoss] = None, train_steps: int = 300,
-                    batch_size: int = 64, seed: int = 0,
+                    improve: improve_lib.ImproveConfig = improve_lib.ImproveConfig(),
+                    bc_dir: Optional[str] = None, kl_weight: float = 1.0, seed: int = 0,
+                    mix_task: Optional[str] = None, reward_high: float = 1.0,
                     partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, Any]:
-  """One Improve step from a policy checkpoint on a grown dataset (resumable)."""
+  """One Improve step from a policy checkpoint on a grown dataset (resumable).
+
+  The policy's optimizer state is continued or started fresh as
+  `improve.optimizer_state` says; a loss with a KL term reads the frozen BC
+  policy from `bc_dir` (default: the policy itself) with weight `kl_weight`.
+  """
   partitioner = partitioner or partitioning.Partitioner()
-  _, params = _policy(model, policy_dir, feature_lengths, partitioner, batch_size)
+  loss = improve.loss
+  trainer = trainer_lib.Trainer(model, partitioner,
+                                trainer_lib.batch_input_shapes(improve.batch_size,
+                                                               feature_lengths),
+                                optimizer=improve.optimizer, loss_fn=loss)
+  policy_trainer, state = _policy_state(model, policy_dir, feature_lengths, partitioner)
+  reference = None
+  if loss.uses_reference_policy:
+    reference = _policy(model, bc_dir or policy_dir, feature_lengths, partitioner)[1]
   result = improve_lib.improve(
-      model=model, init_params=params, partitioner=partitioner, grown_dir=grown_dir,
+      model=model, init_params=state.params, partitioner=partitioner, grown_dir=grown_dir,
       threshold=threshold, model_dir=output_dir, feature_lengths=feature_lengths, loss=loss,
-      train_steps=train_steps, batch_size=batch_size, seed=seed)
+      train_steps=improve.steps, batch_size=improve.batch_size,
+      references=improve.references, mix_task=mix_task if improve.mix_ratio else None,
+      mix_ratio=improve.mix_ratio, reward_high=reward_high, seed=seed, trainer=trainer,
+      init_opt_state=state.opt_state if improve.optimizer_state == "continue" else None,
+      reference_params=reference, kl_weight=kl_weight)
+  del policy_trainer
   return result["metrics"]
 
 
 def eval_command(*, model, policy_dir: str, task_name: str, feature_lengths: Mapping[str, int],
-                 reward: Reward, splits=("validation", "test"), beam_size: int = 1,
-                 best_of_n: int = 4, max_examples: Optional[int] = None,
+                 reward: Reward, evaluation: policy_eval.EvalConfig = policy_eval.EvalConfig(),
                  partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, float]:
   """Reward, BLEU and chrF of a policy's greedy/beam and best-of-N output."""
   partitioner = partitioner or partitioning.Partitioner()
   trainer, params = _policy(model, policy_dir, feature_lengths, partitioner)
   evaluator = policy_eval.PolicyEvaluator(model, partitioner, trainer.params_sharding, reward,
-                                          beam_size=beam_size, best_of_n=best_of_n)
+                                          evaluation)
   out = {}
-  for split in splits:
-    for key, value in evaluator(params, task_name, split, feature_lengths, max_examples).items():
+  for split in evaluation.splits:
+    for key, value in evaluator(params, task_name, split, feature_lengths,
+                                evaluation.max_examples).items():
       out[f"{split}/{key}"] = value
   print(json.dumps(out, indent=2))
   return out
@@ -78,15 +102,16 @@ def eval_command(*, model, policy_dir: str, task_name: str, feature_lengths: Map
 
 def infer_command(*, model, policy_dir: str, input_file: str, output_file: str,
                   feature_lengths: Mapping[str, int], reward: Optional[Reward] = None,
-                  num_samples: int = 8, temperature: float = 1.0, batch_size: int = 32,
-                  seed: int = 0,
+                  num_samples: int = 8,
+                  sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig(),
+                  batch_size: int = 32, seed: int = 0,
                   partitioner: Optional[partitioning.Partitioner] = None) -> str:
   """Translates a text file (one source per line) with best-of-N reranking.
 
-  `num_samples` translations are sampled per line and the one the reward prefers
-  is written (references are not known, so the reward must be reference-free,
-  e.g. a learned model with `use_reference=False`); with no reward, the most
-  likely sample under the policy is kept.
+  `num_samples` translations are sampled per line (with `sampling`) and the one
+  the reward prefers is written (references are not known, so the reward must be
+  reference-free, e.g. a learned model with `use_reference=False`); with no
+  reward, the sample most likely under the policy (at T = 1) is kept.
   """
   if reward is not None and reward.needs_reference:
     raise ValueError(f"infer reranks without references, but reward '{reward.name}' needs"
@@ -95,8 +120,7 @@ def infer_command(*, model, policy_dir: str, input_file: str, output_file: str,
   partitioner = partitioner or partitioning.Partitioner()
   trainer, params = _policy(model, policy_dir, feature_lengths, partitioner)
   sampler = inference.PolicyDecoder(model, partitioner, trainer.params_sharding, num_samples,
-                                    {"temperature": temperature},
-                                    decode_fn=decoding.temperature_sample)
+                                    sampling, token_log_probs=reward is None)
   vocabulary = model.input_vocabulary
   with open(input_file, encoding="utf-8") as f:
     sources = [line.rstrip("\n") for line in f]
@@ -115,7 +139,7 @@ def infer_command(*, model, policy_dir: str, input_file: str, output_file: str,
       scores = reward(inference.repeat_for(chunk, num_samples),
                       [t for row in texts for t in row], None).reshape(len(chunk), num_samples)
     else:
-      scores = np.asarray(out["scores"])[: len(chunk)]
+      scores = np.asarray(out["policy_log_probs"]).sum(-1)[: len(chunk)]
     outputs += [row[int(np.argmax(s))] for row, s in zip(texts, scores)]
   if jax.process_index() == 0:
     with open(output_file, "w", encoding="utf-8") as f:

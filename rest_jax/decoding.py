@@ -117,7 +117,7 @@ def sample_logits(
     topk: int = 0,
     topp: float = 0.0,
     block_size: int = 128,
-) -> Tuple[Array, Array]:
+) -> Tuple[Array, Array, Array]:
   """Draws one token per row.
 
   Args:
@@ -130,35 +130,41 @@ def sample_logits(
     block_size: block width of the two-level inverse CDF.
 
   Returns:
-    Tokens `[rows]` and their log-probabilities `[rows]` under the model's
-    unscaled distribution (the behaviour policy's likelihood).
+    Tokens `[rows]`, their log-probabilities `[rows]` under the distribution
+    sampled from (temperature, top-k and top-p applied: the behaviour policy;
+    0 for greedy, which is deterministic), and under the model's own
+    distribution at temperature 1 (the policy).
   """
   logits = logits.astype(jnp.float32)
   if temperature == 0.0:
     tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return tokens, _log_prob_of(logits, tokens)
+    return tokens, jnp.zeros(tokens.shape, jnp.float32), _log_prob_of(logits, tokens)
   scaled = logits if temperature == 1.0 else logits / temperature
   if topk > 0 or topp > 0.0:
     k = topk if topk > 0 else logits.shape[-1]
     values, indices = lax.top_k(scaled, k)  # descending
     # The row maximum equals values[:, 0], but slicing top_k's output makes XLA's
     # CPU backend replace its fast top-k with a full sort (60x slower).
-    weights = jnp.exp(values - jnp.max(scaled, axis=-1, keepdims=True))
+    top = jnp.max(scaled, axis=-1, keepdims=True)
+    weights = jnp.exp(values - top)
     if topp > 0.0:
       probs = weights / jnp.sum(weights, axis=-1, keepdims=True)
       mass_before = jnp.cumsum(probs, axis=-1) - probs
       weights = jnp.where(mass_before < topp, weights, 0.0)
-    choice, _ = _inverse_cdf(weights, u, block_size)
+    choice, total = _inverse_cdf(weights, u, block_size)
     tokens = jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    return tokens, _log_prob_of(logits, tokens)
+    picked = jnp.take_along_axis(values, choice[:, None], axis=-1)[:, 0]
+    return tokens, picked - top[:, 0] - jnp.log(total), _log_prob_of(logits, tokens)
   top = jnp.max(scaled, axis=-1, keepdims=True)
   weights = jnp.exp(scaled - top)
   tokens, total = _inverse_cdf(weights, u, block_size)
+  # The exponentials (and their sum) computed for the draw give the behaviour
+  # log-probability; at temperature 1 it is the policy's too.
+  picked = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0]
+  behaviour = picked - top[:, 0] - jnp.log(total)
   if temperature == 1.0:
-    # Reuse the exponentials (and their sum) already computed for the draw.
-    picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
-    return tokens, picked - top[:, 0] - jnp.log(total)
-  return tokens, _log_prob_of(logits, tokens)
+    return tokens, behaviour, behaviour
+  return tokens, behaviour, _log_prob_of(logits, tokens)
 
 
 class _SampleState(NamedTuple):
@@ -166,7 +172,8 @@ class _SampleState(NamedTuple):
   tokens: Array        # [rows, length] decoded tokens so far (0 after EOS)
   current: Array       # [rows] token fed at `step`
   ended: Array         # [rows] bool
-  log_prob: Array      # [rows] summed log-probabilities of sampled tokens
+  log_prob: Array      # [rows] summed behaviour log-probabilities of sampled tokens
+  token_log_probs: Any   # None, or ([rows, length] behaviour, [rows, length] policy)
   cache: Cache
 
 
@@ -186,7 +193,8 @@ def temperature_sample(
     initial_token: int = 0,
     block_size: int = 128,
     phase_bounds: Sequence[int] | None = None,
-) -> Tuple[Array, Array]:
+    return_token_log_probs: bool = False,
+):
   """Samples `num_decodes` sequences per input with a cache, in one while loop.
 
   Args:
@@ -198,8 +206,8 @@ def temperature_sample(
     eos_id: a row ends after producing it; None disables early ending.
     num_decodes: samples per input.
     temperature: sampling temperature; 0 is greedy.
-    topk: see `sample_logits`.
-    topp: see `sample_logits`.
+    topk: see `sample_logits`; 0 = off.
+    topp: see `sample_logits`; 0 = off.
     prompt: optional `[batch * num_decodes, max_decode_length]` decoder input
       tokens; non-zero entries after position 0 force the token at the
       previous position (t5x's `prompt_with_targets`). Forced tokens add no
@@ -207,11 +215,17 @@ def temperature_sample(
     initial_token: token fed at position 0 (T5: 0, the padding id).
     block_size: see `sample_logits`.
     phase_bounds: see the module docstring; default one phase.
+    return_token_log_probs: also return every sampled token's log-probability
+      under the behaviour distribution and under the policy (0 for forced,
+      ended and padding positions).
 
   Returns:
     `(decodes [batch, num_decodes, length], log_probs [batch, num_decodes])`,
-    the samples of each input sorted by increasing log-probability (t5x's
-    order: the most likely is last).
+    the samples of each input sorted by increasing log-probability under the
+    distribution sampled from (t5x's order with `rescale_log_probs=True`: the
+    most likely is last); with `return_token_log_probs` a third element
+    `{"behaviour": [batch, num_decodes, length], "policy": [...]}` in the same
+    order.
   """
   rows = batch_size * num_decodes
   row_keys = _row_keys(rng, rows)
@@ -223,7 +237,7 @@ def temperature_sample(
   def body(state: _SampleState, phase: int) -> _SampleState:
     logits, cache = tokens_to_logits(state.current, state.step, state.cache, phase)
     u = _uniform_per_row(row_keys, state.step)
-    token, log_prob = sample_logits(
+    token, log_prob, policy_log_prob = sample_logits(
         logits, u, temperature=temperature, topk=topk, topp=topp, block_size=block_size
     )
     if prompt is not None:
@@ -233,11 +247,19 @@ def temperature_sample(
       forced = jnp.where(state.step + 1 < max_decode_length, forced, 0)
       token = jnp.where(forced > 0, forced, token)
       log_prob = jnp.where(forced > 0, 0.0, log_prob)
+      policy_log_prob = jnp.where(forced > 0, 0.0, policy_log_prob)
     token = jnp.where(state.ended, 0, token)
     log_prob = jnp.where(state.ended, 0.0, log_prob)
     ended = state.ended if never_ends else state.ended | (token == eos_id)
     tokens = lax.dynamic_update_slice(state.tokens, token[:, None], (0, state.step))
-    return _SampleState(state.step + 1, tokens, token, ended, state.log_prob + log_prob, cache)
+    token_log_probs = state.token_log_probs
+    if token_log_probs is not None:
+      policy_log_prob = jnp.where(state.ended, 0.0, policy_log_prob)
+      token_log_probs = tuple(
+          lax.dynamic_update_slice(table, value[:, None], (0, state.step))
+          for table, value in zip(token_log_probs, (log_prob, policy_log_prob)))
+    return _SampleState(state.step + 1, tokens, token, ended, state.log_prob + log_prob,
+                        token_log_probs, cache)
 
   init = _SampleState(
       step=jnp.array(0, jnp.int32),
@@ -245,14 +267,23 @@ def temperature_sample(
       current=jnp.full((rows,), initial_token, jnp.int32),
       ended=jnp.zeros((rows,), bool),
       log_prob=jnp.zeros((rows,), jnp.float32),
+      token_log_probs=((jnp.zeros((rows, max_decode_length), jnp.float32),) * 2
+                       if return_token_log_probs else None),
       cache=cache,
   )
   final = _phased_while_loop(cond, body, init, phase_bounds, max_decode_length)
-  decodes = final.tokens.reshape(batch_size, num_decodes, max_decode_length)
   log_probs = final.log_prob.reshape(batch_size, num_decodes)
   order = jnp.argsort(log_probs, axis=-1)
-  return (jnp.take_along_axis(decodes, order[:, :, None], axis=1),
-          jnp.take_along_axis(log_probs, order, axis=1))
+
+  def in_order(x):  # [rows, length] -> [batch, num_decodes, length], sorted
+    x = x.reshape(batch_size, num_decodes, max_decode_length)
+    return jnp.take_along_axis(x, order[:, :, None], axis=1)
+
+  out = (in_order(final.tokens), jnp.take_along_axis(log_probs, order, axis=1))
+  if not return_token_log_probs:
+    return out
+  behaviour, policy = final.token_log_probs
+  return out + ({"behaviour": in_order(behaviour), "policy": in_order(policy)},)
 
 
 def brevity_penalty(alpha: float, length: Array) -> Array:

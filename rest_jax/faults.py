@@ -31,6 +31,7 @@ SITES = (
     "improve.step",        # after an Improve optimizer step
     "eval.batch",          # during an evaluation
     "rest.state",          # rest_state.json's temporary file written, not yet renamed
+    "selection.write",     # selection.json's temporary file written, not yet renamed
 )
 
 _counts: Dict[str, int] = {}

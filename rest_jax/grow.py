@@ -3,11 +3,18 @@
 Sources are cut into shards of `shard_size` in split order; process `p` of `P`
 handles shards `p, p + P, ...` and writes each with `grown.write_shard` (atomic).
 Finished shards are skipped when the step is re-run, and the manifest is written
-once, by process 0, after every process has finished. Each row carries the
-behaviour policy's log-likelihood (`log_prob`) and its source's mean sample
-reward (`value`), which the offline-RL losses use.
+once, by process 0, after every process has finished.
+
+Each sample row keeps what the offline-RL losses need (see `rest_jax.data.grown`):
+the sampled token ids, their log-probabilities under the distribution sampled
+from and under the policy at T = 1, whether the sample ended with EOS, its
+reward, and its source's mean (and leave-one-out mean) sample reward. Each
+source's reference is written too: scored like a sample by a reference-free
+reward, and never scored by a reward that reads references (it would be scored
+against itself).
 """
 
+import dataclasses
 import os
 import time
 from typing import Any, Dict, Mapping, Optional
@@ -18,20 +25,51 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
-from rest_jax import decoding, faults, inference, partitioning
+from rest_jax import faults, inference, partitioning, sampling as sampling_lib
 from rest_jax.data import grown
 from rest_jax.rewards import Reward
 
+# The policy itself (T = 1, no filter): what a reference's per-token log-probabilities are under.
+POLICY = sampling_lib.SamplingConfig(temperature=1.0)
 
-def _reference_batch(batch_tokens, target_tokens, length):
-  """A teacher-forcing batch of the references, to score them under the policy."""
-  targets = np.zeros((len(batch_tokens), length), np.int32)
+
+def _reference_targets(target_tokens, length, rows):
+  """`[rows, length]` reference ids (rows past the batch's references stay padding)."""
+  targets = np.zeros((rows, length), np.int32)
   for i, t in enumerate(target_tokens):
     targets[i, : min(len(t), length)] = t[:length]
-  inputs = np.concatenate([np.zeros((len(targets), 1), np.int32), targets[:, :-1]], axis=1)
-  batch = {"encoder_input_tokens": batch_tokens, "decoder_input_tokens": inputs,
-           "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.int32)}
-  return batch
+  return targets
+
+
+@dataclasses.dataclass(frozen=True)
+class GrowConfig:
+  """Grow's settings, bound in gin (`grow.GrowConfig`) and passed whole.
+
+  Attributes:
+    steps: G, the number of Grow steps of a `rest` run.
+    split: the split whose sources are sampled.
+    max_sources: use only the first sources of the split (None: all).
+    num_samples: N samples per source (the paper's K).
+    sampling: the behaviour distribution (the paper's: T = 0.8, no top-k/top-p).
+    batch_size: sources per sampling batch.
+    shard_size: sources per grown shard (the unit of resumption).
+    overlength: a source or reference longer than the feature lengths is cut and
+      counted ("truncate") or stops the run ("error").
+  """
+
+  steps: int = 1
+  split: str = "train"
+  max_sources: Optional[int] = None
+  num_samples: int = 4
+  sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig()
+  batch_size: int = 32
+  shard_size: int = 1024
+  overlength: str = "truncate"
+
+  def __post_init__(self):
+    if self.steps < 0 or self.num_samples < 1:
+      raise ValueError(f"GrowConfig: steps={self.steps} must be >= 0 and num_samples="
+                       f"{self.num_samples} >= 1")
 
 
 class Decoders:
@@ -42,13 +80,16 @@ class Decoders:
   """
 
   def __init__(self, model, partitioner: partitioning.Partitioner, params_sharding: Any,
-               num_samples: int, decoder_params: Mapping[str, Any]):
-    self.key = (num_samples, tuple(sorted(decoder_params.items())))
+               num_samples: int, sampling: sampling_lib.SamplingConfig):
+    self.key = (num_samples, sampling)
     self.sampler = inference.PolicyDecoder(model, partitioner, params_sharding, num_samples,
-                                           decoder_params, decode_fn=decoding.temperature_sample)
+                                           sampling, token_log_probs=True)
+    eos_id = model.output_vocabulary.eos_id
     data = partitioner.data_sharding()
-    self.scorer = partitioner.partition(model.score_batch, in_shardings=(params_sharding, data),
-                                        out_shardings=data)
+    self.scorer = partitioner.partition(
+        lambda p, enc, targets: inference.teacher_forced_log_probs(
+            model, p, enc, targets, POLICY, eos_id)[1],
+        in_shardings=(params_sharding, data, data), out_shardings=data)
 
 
 def grow(
@@ -63,7 +104,7 @@ def grow(
     output_dir: str,
     reward: Reward,
     num_samples: int = 4,
-    decoder_params: Optional[Mapping[str, Any]] = None,
+    sampling: Optional[sampling_lib.SamplingConfig] = None,
     batch_size: int = 32,
     shard_size: int = 1024,
     max_sources: Optional[int] = None,
@@ -78,7 +119,7 @@ def grow(
   """Writes the grown dataset of one Grow step into `output_dir` and returns timings.
 
   Args:
-    model: the policy (t5x API); it samples with `decoding.temperature_sample`.
+    model: the policy (t5x API); it samples with its library's temperature sampler.
     params: the policy's parameters, sharded by `params_sharding`.
     partitioner: the mesh.
     params_sharding: parameter shardings.
@@ -86,14 +127,14 @@ def grow(
     split: e.g. "train".
     feature_lengths: `{"inputs": Le, "targets": L}`; L is the sample length.
     output_dir: the grown dataset's directory.
-    reward: scores every sample (and reference) against the reference.
+    reward: scores every sample (and, if it reads no reference, every reference).
     num_samples: N samples per source.
-    decoder_params: temperature, topk, topp of the sampler.
+    sampling: the behaviour distribution (default: the paper's, T = 0.8).
     batch_size: sources per sampling batch (a multiple of the data-parallel size).
     shard_size: sources per shard (the unit of resumption), rounded up to a
       multiple of `batch_size`.
     max_sources: use only the first sources of the split.
-    include_references: also write each reference, scored, as `is_reference` rows.
+    include_references: also write each reference as an `is_reference` row.
     seed: with `grow_step`, source id and sample index, sets every sample's key.
     grow_step: this Grow step's number.
     overlength: a source or reference longer than its feature length is cut and
@@ -123,12 +164,12 @@ def grow(
                                          manifest=jax.process_index() == 0)
   if stale:
     logging.info("grow %d: removed %d temporary files of an interrupted run", grow_step, len(stale))
-  decoder_params = {"temperature": 1.0, **(decoder_params or {})}
+  sampling = sampling or sampling_lib.SamplingConfig()
   if decoders is None:
-    decoders = Decoders(model, partitioner, params_sharding, num_samples, decoder_params)
-  elif decoders.key != (num_samples, tuple(sorted(decoder_params.items()))):
+    decoders = Decoders(model, partitioner, params_sharding, num_samples, sampling)
+  elif decoders.key != (num_samples, sampling):
     raise ValueError(f"decoders were compiled for {decoders.key}, not for {num_samples} samples"
-                     f" with {decoder_params}")
+                     f" with {sampling}")
   sampler, scorer = decoders.sampler, decoders.scorer
   length = feature_lengths["targets"]
 
@@ -136,8 +177,9 @@ def grow(
     out = sampler(params, tokens, length, keys)
     ref_lp = None
     if include_references:
-      ref_batch = partitioner.shard_batch(_reference_batch(tokens, targets, length))
-      ref_lp = partitioner.to_local(scorer(params, ref_batch))
+      sharded = partitioner.shard_batch(
+          {"enc": tokens, "targets": _reference_targets(targets, length, len(tokens))})
+      ref_lp = partitioner.to_local(scorer(params, sharded["enc"], sharded["targets"]))
     return out, ref_lp
 
   # Sampling is one program over all hosts, so every host runs as many batches as
@@ -149,7 +191,9 @@ def grow(
   if num_hosts > 1:
     all_batches = int(np.max(multihost_utils.process_allgather(np.int64(my_batches))))
   timings = {"sample_s": 0.0, "score_s": 0.0, "write_s": 0.0, "samples": 0, "sources": 0,
-             "overlength_sources": 0}
+             "overlength_sources": 0, "identical_sample_sources": 0, "cut_samples": 0,
+             "score_mismatch": 0.0}
+  eos_id = vocabulary.eos_id
   bar = tqdm.tqdm(total=num_sources, initial=len(done) * shard_size,
                   disable=not (progress_bar and jax.process_index() == 0), unit="src",
                   desc=f"grow {grow_step}", dynamic_ncols=True)
@@ -174,16 +218,38 @@ def grow(
     texts = inference.decode_texts(vocabulary, out["tokens"])
     valid = int(batch["valid"].sum())
     timings["overlength_sources"] += batch["overlength"]
+    # The sampler's scores are sequence log-probabilities under the distribution it drew
+    # from; the per-token values must add up to them (a check on both, whatever the sampler).
+    behaviour_sums = out["behaviour_log_probs"][:valid].sum(-1)
+    timings["score_mismatch"] = max(timings["score_mismatch"], float(np.max(
+        np.abs(behaviour_sums - out["scores"][:valid]), initial=0.0)))
     for i in range(valid):
       source_id = int(batch["source_id"][i])
-      candidates = [(texts[i][n], n, 0, float(out["scores"][i, n])) for n in range(num_samples)]
+      candidates = []
+      for n in range(num_samples):
+        ids = out["tokens"][i, n]
+        is_eos = ids == eos_id
+        keep = (np.cumsum(is_eos) - is_eos) == 0  # through the first EOS
+        ended = bool(np.any(ids[keep] == eos_id))
+        timings["cut_samples"] += int(not ended)
+        candidates.append((texts[i][n], n, 0, ids[keep], out["behaviour_log_probs"][i, n][keep],
+                           out["policy_log_probs"][i, n][keep], ended))
+      if num_samples > 1 and not sampling.greedy and len(
+          {tuple(c[3].tolist()) for c in candidates}) == 1:
+        timings["identical_sample_sources"] += 1
       if include_references:
-        candidates.append((batch["targets"][i], num_samples, 1, float(ref_lp[i])))
-      for text, sample_id, is_ref, log_prob in candidates:
+        ids = np.asarray(batch["target_tokens"][i])[:length]
+        lp = ref_lp[i][: len(ids)]
+        candidates.append((batch["targets"][i], num_samples, 1, ids, lp, lp,
+                           bool(ids[-1] == eos_id)))
+      for text, sample_id, is_ref, ids, behaviour, policy, ended in candidates:
         buffer["sources"].append(batch["inputs"][i])
         buffer["hypotheses"].append(text)
         buffer["references"].append(batch["targets"][i])
-        buffer["meta"].append((source_id, sample_id, is_ref, log_prob))
+        buffer["meta"].append({"source_id": source_id, "sample_id": sample_id,
+                               "is_reference": is_ref, "target_ids": ids,
+                               "behaviour_log_probs": behaviour, "policy_log_probs": policy,
+                               "ended_with_eos": int(ended)})
     bar.update(valid)
     last = int(batch["source_id"][valid - 1]) + 1
     if last == min((shard + 1) * shard_size, num_sources):  # the shard is complete
@@ -203,42 +269,68 @@ def grow(
     faults.point("grow.manifest")
     grown.write_manifest(output_dir, num_shards, {
         "grow_step": grow_step, "task": task_name, "split": split, "num_samples": num_samples,
-        "decoder_params": decoder_params, "reward": reward.name,
-        "reward_range": list(reward.range), "seed": seed, **dict(metadata or {})})
+        "sampling": dataclasses.asdict(sampling),
+        "sampler": f"{decoders.sampler.decode_fn.__module__}.{decoders.sampler.decode_fn.__name__}",
+        "reward": reward.name, "reward_range": list(reward.range),
+        "reward_reads_references": bool(reward.needs_reference),
+        "references_scored": bool(include_references and not reward.needs_reference),
+        "seed": seed, **dict(metadata or {})})
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"grow {output_dir} manifest written")
   if num_hosts > 1:
-    timings["overlength_sources"] = int(np.sum(multihost_utils.process_allgather(
-        np.int64(timings["overlength_sources"]))))
+    for key in ("overlength_sources", "identical_sample_sources", "cut_samples"):
+      timings[key] = int(np.sum(multihost_utils.process_allgather(np.int64(timings[key]))))
   if timings["overlength_sources"]:
     logging.warning("grow %d: %d sources or references were longer than %s and were cut",
                     grow_step, timings["overlength_sources"], dict(feature_lengths))
+  if timings["identical_sample_sources"]:
+    logging.warning(
+        "grow %d: for %d sources all %d samples were identical although %s samples: the"
+        " policy may be near-deterministic there, or the sampler greedy", grow_step,
+        timings["identical_sample_sources"], num_samples, sampling)
+  if timings["score_mismatch"] > 1e-2:
+    logging.warning("grow %d: the sampler's sequence scores differ from the sum of the"
+                    " per-token behaviour log-probabilities by up to %.3g", grow_step,
+                    timings["score_mismatch"])
   logging.info("grow %d: %s", grow_step, timings)
   return timings
 
 
 def _finish_shard(buffer, reward, output_dir, shard, num_shards, timings) -> None:
-  """Scores a shard's samples and writes it (nothing is written if scoring fails)."""
+  """Scores a shard's rows and writes it (nothing is written if scoring fails).
+
+  Samples are always scored; references only by a reward that reads no reference.
+  """
   sampled = time.perf_counter()
-  rewards = reward(buffer["sources"], buffer["hypotheses"], buffer["references"])
-  scored = time.perf_counter()
+  meta = buffer["meta"]
+  scored = [not (m["is_reference"] and reward.needs_reference) for m in meta]
+  rewards = np.full(len(meta), np.nan)
+  index = [i for i, s in enumerate(scored) if s]
+  if index:
+    rewards[index] = reward([buffer["sources"][i] for i in index],
+                            [buffer["hypotheses"][i] for i in index],
+                            [buffer["references"][i] for i in index])
+  scored_at = time.perf_counter()
   grown.write_shard(output_dir, shard, num_shards,
-                    _rows(buffer["sources"], buffer["hypotheses"], rewards, buffer["meta"]))
+                    _rows(buffer["sources"], buffer["hypotheses"], rewards, scored, meta))
   timings["sample_s"] += sampled - buffer["tick"]
-  timings["score_s"] += scored - sampled
-  timings["write_s"] += time.perf_counter() - scored
-  timings["samples"] += sum(1 for m in buffer["meta"] if m[2] == 0)
-  timings["sources"] += len({m[0] for m in buffer["meta"]})
+  timings["score_s"] += scored_at - sampled
+  timings["write_s"] += time.perf_counter() - scored_at
+  timings["samples"] += sum(1 for m in meta if not m["is_reference"])
+  timings["sources"] += len({m["source_id"] for m in meta})
 
 
-def _rows(sources, hypotheses, rewards, meta):
-  """Rows with each source's mean sample reward as `value` (the behaviour baseline)."""
-  sums: Dict[int, list] = {}
-  for (source_id, _, is_ref, _), r in zip(meta, rewards):
-    if not is_ref:
-      sums.setdefault(source_id, []).append(float(r))
-  for src, hyp, r, (source_id, sample_id, is_ref, log_prob) in zip(sources, hypotheses, rewards,
-                                                                  meta):
-    yield {"inputs": src, "targets": hyp, "reward": float(r), "source_id": source_id,
-           "sample_id": sample_id, "is_reference": is_ref, "log_prob": log_prob,
-           "value": float(np.mean(sums.get(source_id, [r])))}
+def _rows(sources, hypotheses, rewards, scored, meta):
+  """Rows with each source's mean sample reward (`value`) and leave-one-out mean (`value_loo`)."""
+  per_source: Dict[int, list] = {}
+  for m, r in zip(meta, rewards):
+    if not m["is_reference"]:
+      per_source.setdefault(m["source_id"], []).append(float(r))
+  for src, hyp, r, is_scored, m in zip(sources, hypotheses, rewards, scored, meta):
+    others = per_source[m["source_id"]]
+    value = float(np.mean(others))
+    value_loo = value
+    if not m["is_reference"] and len(others) > 1:
+      value_loo = (float(np.sum(others)) - float(r)) / (len(others) - 1)
+    yield {"inputs": src, "targets": hyp, "reward": float(r), "scored": int(is_scored),
+           "value": value, "value_loo": value_loo, **m}

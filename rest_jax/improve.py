@@ -1,66 +1,136 @@
 """Improve: fine-tune the policy on the grown dataset filtered at a reward threshold.
 
 Starts from the previous policy's parameters (or resumes from its own latest
-checkpoint), trains with an offline-RL loss (`losses.OfflineRLLoss`) through the
-same sharded `Trainer` and orbax checkpoints as BC, and can mix the original
-parallel data into every batch.
+checkpoint), trains with an offline-RL loss (`losses.OfflineRLLoss`) on the
+sampled token ids through the same sharded `Trainer` and orbax checkpoints as
+BC, and can mix the original parallel data into every batch. The optimizer is
+Improve's own (its learning rate is set apart from BC's); its state starts
+fresh or continues from the previous step's (`init_opt_state`).
 """
 
+import dataclasses
 import json
 import os
 import time
 import zlib
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from absl import logging
 import jax
 import numpy as np
+import optax
 import seqio
 import tensorflow as tf
 import tqdm
 
-from rest_jax import checkpoints, faults, files, losses, partitioning, trainer as trainer_lib
+from rest_jax import checkpoints, faults, files, losses, partitioning, selection as selection_lib
+from rest_jax import trainer as trainer_lib
 from rest_jax.data import grown, grown_tasks, pipeline
+from rest_jax.rewards import ThresholdSchedule
 
-SCALARS = ("reward", "value", "log_prob")
+REFERENCE_MODES = ("keep", "drop")
+OPTIMIZER_STATES = ("fresh", "continue")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImproveConfig:
+  """Improve's settings, bound in gin (`improve.ImproveConfig`) and passed whole.
+
+  Attributes:
+    thresholds: tau_1 < ... < tau_I (I Improve steps per Grow step).
+    loss: the offline-RL loss.
+    steps: optimizer steps per Improve step.
+    batch_size: global batch size.
+    references: "keep" the reference rows (scored ones filtered like samples,
+      unscored ones kept at every threshold) or "drop" them.
+    mix_ratio: share of each batch drawn from the original parallel data.
+    optimizer: Improve's optimizer (its learning rate below BC's); None: the
+      model's own.
+    optimizer_state: "fresh" (a new optimizer state every Improve step) or
+      "continue" (the previous step's, BC's for the first).
+    selection: how often each Improve step (and BC+) is evaluated on validation to
+      keep its best checkpoint.
+  """
+
+  thresholds: ThresholdSchedule = ThresholdSchedule((0.0,))
+  loss: losses.OfflineRLLoss = losses.OfflineRLLoss()
+  steps: int = 300
+  batch_size: int = 64
+  references: str = "keep"
+  mix_ratio: float = 0.0
+  optimizer: Optional[optax.GradientTransformation] = None
+  optimizer_state: str = "fresh"
+  selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(eval_period=100)
+
+  def __post_init__(self):
+    if self.references not in REFERENCE_MODES:
+      raise ValueError(f"ImproveConfig.references={self.references!r}: use one of"
+                       f" {REFERENCE_MODES}")
+    if self.optimizer_state not in OPTIMIZER_STATES:
+      raise ValueError(f"ImproveConfig.optimizer_state={self.optimizer_state!r}: use one of"
+                       f" {OPTIMIZER_STATES}")
+    if not 0.0 <= self.mix_ratio < 1.0:
+      raise ValueError(f"ImproveConfig.mix_ratio={self.mix_ratio} must be in [0, 1)")
 
 
 class EmptyImproveStepError(ValueError):
   """A threshold that keeps no rows of the grown dataset."""
 
 
-def kept_rows(grown_dir: str, threshold: float, include_references: bool) -> int:
-  """How many rows the threshold keeps; an error with the reward percentiles if none."""
+def kept_rows(grown_dir: str, threshold: float, include_references: bool) -> Dict[str, int]:
+  """Rows the threshold keeps: samples, references, and references without a reward.
+
+  Raises:
+    EmptyImproveStepError: nothing is kept (the message gives the reward percentiles).
+  """
   manifest = grown.load_manifest(grown_dir, verify_counts=False)
-  paths = grown.shard_paths(grown_dir, manifest)
-  spec = {"reward": tf.io.FixedLenFeature([], tf.float32),
-          "is_reference": tf.io.FixedLenFeature([], tf.int64)}
-  rows = [(float(x["reward"]), int(x["is_reference"])) for x in tf.data.TFRecordDataset(paths)
-          .map(lambda r: tf.io.parse_single_example(r, spec)).as_numpy_iterator()]
-  kept = sum(1 for r, ref in rows if r >= np.float32(threshold) and (include_references or not ref))
-  if kept == 0:
+  columns = grown.read_columns(grown.shard_paths(grown_dir, manifest))
+  passes = columns["scored"] & (columns["reward"] >= np.float32(threshold))
+  refs = columns["is_reference"]
+  kept = {"samples": int(np.sum(passes & ~refs)),
+          "references": int(np.sum(refs & (passes | ~columns["scored"]))) if include_references
+          else 0,
+          "unscored_references": int(np.sum(refs & ~columns["scored"])) if include_references
+          else 0}
+  if kept["samples"] + kept["references"] == 0:
     pct = manifest["reward"].get("percentiles", {})
     raise EmptyImproveStepError(
-        f"threshold {threshold} keeps no rows of {grown_dir} ({len(rows)} rows; reward"
-        f" percentiles {pct}, max {manifest['reward'].get('max')}): lower the threshold or"
-        " use quantile thresholds")
+        f"threshold {threshold} keeps no rows of {grown_dir} ({columns['reward'].size} rows;"
+        f" sample reward percentiles {pct}, max {manifest['reward'].get('max')}): lower the"
+        " threshold or use quantile thresholds")
   return kept
+
+
+def _as_unscored_references(ds: tf.data.Dataset, lengths: Mapping[str, int],
+                            reward_high: float) -> tf.data.Dataset:
+  """Original pairs as rows of the grown dataset's shape: unscored references.
+
+  They carry the reward scale's top, no baseline to speak of, and no behaviour
+  log-probabilities (only BC and GOLD accept them).
+  """
+  high = tf.constant(reward_high, tf.float32)
+  return ds.map(lambda ex: {
+      **ex, "reward": high, "value": high, "value_loo": high,
+      "is_reference": tf.constant(1.0), "scored": tf.constant(0.0),
+      **{k: tf.zeros([lengths["targets"]], tf.float32) for k in grown_tasks.TOKEN_FEATURES}})
+
+
+def _original_pairs(task: str, lengths: Mapping[str, int], seed: int, reward_high: float):
+  ds = seqio.get_dataset(task, dict(lengths), dataset_split="train", shuffle=True,
+                         num_epochs=None, seed=seed,
+                         feature_converter=seqio.EncDecFeatureConverter(pack=False))
+  return _as_unscored_references(ds, lengths, reward_high)
 
 
 def _mixed_dataset(name: str, lengths: Mapping[str, int], batch_size: int, seed: int,
                    mix_task: Optional[str], mix_ratio: float, reward_high: float,
                    rows: Tuple[int, int]):
-  converter = grown_tasks.RewardEncDecFeatureConverter(scalar_features=SCALARS)
+  converter = grown_tasks.RewardEncDecFeatureConverter(
+      scalar_features=grown_tasks.SCALAR_FEATURES, token_features=grown_tasks.TOKEN_FEATURES)
   ds = seqio.get_dataset(name, dict(lengths), dataset_split="train", shuffle=True, num_epochs=None,
                          feature_converter=converter, seed=seed)
   if mix_task and mix_ratio > 0:
-    original = seqio.get_dataset(mix_task, dict(lengths), dataset_split="train", shuffle=True,
-                                 num_epochs=None, seed=seed,
-                                 feature_converter=seqio.EncDecFeatureConverter(pack=False))
-    # Reference translations count as top-reward rows with zero advantage.
-    original = original.map(lambda ex: {**ex, "reward": tf.constant(reward_high, tf.float32),
-                                        "value": tf.constant(reward_high, tf.float32),
-                                        "log_prob": tf.constant(0.0, tf.float32)})
+    original = _original_pairs(mix_task, lengths, seed, reward_high)
     ds = tf.data.Dataset.sample_from_datasets([ds, original], [1 - mix_ratio, mix_ratio],
                                               seed=seed)
   # The same global batches on any number of hosts, each host keeping its rows.
@@ -103,7 +173,7 @@ def improve(
     loss: Optional[losses.OfflineRLLoss] = None,
     train_steps: int = 500,
     batch_size: int = 64,
-    include_references: bool = True,
+    references: str = "keep",
     deduplicate: bool = False,
     mix_task: Optional[str] = None,
     mix_ratio: float = 0.0,
@@ -113,55 +183,114 @@ def improve(
     progress_bar: bool = True,
     name: str = "improve",
     trainer: Optional[trainer_lib.Trainer] = None,
+    init_opt_state: Any = None,
+    reference_params: Any = None,
+    kl_weight: float = 0.0,
+    selection: Optional[selection_lib.Selection] = None,
+    validate: Optional[Callable[[Any], float]] = None,
 ) -> Dict[str, Any]:
-  """Runs one Improve step; returns its final params and training metrics.
+  """Runs one Improve step; returns its final state and training metrics.
 
   Args:
     model: the policy (t5x API).
     init_params: the previous policy's parameters (host or sharded arrays).
     partitioner: the mesh.
     grown_dir: the Grow step's dataset.
-    threshold: keep rows with `reward >= threshold`.
+    threshold: keep scored rows with `reward >= threshold`.
     model_dir: this step's directory (its checkpoints go in `checkpoints/`).
     feature_lengths: task feature lengths.
     loss: the offline-RL loss (default BC).
     train_steps: optimizer steps of this Improve step.
     batch_size: global batch size.
-    include_references: train on the scored references as well.
+    references: "keep" the reference rows (scored ones are filtered like
+      samples, unscored ones kept at every threshold) or "drop" them.
     deduplicate: drop repeated samples of one source.
     mix_task: a task of original parallel data to mix in.
     mix_ratio: share of each batch drawn from `mix_task`.
-    reward_high: the reward scale's top, given to mixed-in references.
+    reward_high: the reward scale's top, given to unscored references and
+      mixed-in pairs.
     checkpoint_period: steps between checkpoints.
     seed: data order and dropout.
     progress_bar: tqdm bar with tokens/s.
     name: label for logs and the task name.
-    trainer: a `Trainer` with `loss` as its loss and `batch_size` batches from an
-      earlier Improve step of the run, reused so that nothing is compiled again;
-      built here if None.
+    trainer: a `Trainer` with `loss` as its loss, Improve's optimizer and
+      `batch_size` batches, reused across Improve steps so that nothing is
+      compiled again; built here (with the model's optimizer) if None.
+    init_opt_state: the optimizer state to continue from (None: a fresh one).
+    reference_params: the frozen BC policy, for a loss with a KL term.
+    kl_weight: that term's weight in this step.
+    selection: keeps the step's best checkpoint by `validate(params)`; the step's
+      policy (the returned state) is that one.
+    validate: the validation score of parameters (higher is better).
 
   Raises:
     EmptyImproveStepError: the threshold keeps nothing (before any training).
+    ValueError: the loss cannot use the rows this step would train on.
   """
   loss = loss or losses.OfflineRLLoss("bc")
+  if references not in REFERENCE_MODES:
+    raise ValueError(f"references={references!r}: use one of {REFERENCE_MODES}")
+  include_references = references == "keep"
   kept = kept_rows(grown_dir, threshold, include_references)
+  loss.validate_rows(kept["unscored_references"], f"reference rows of {grown_dir}")
+  if mix_task and mix_ratio > 0:
+    loss.validate_rows(1, f"mixed-in original pairs of {mix_task} (MIX_RATIO {mix_ratio})")
   task = grown_tasks.register_grown_task(
-      f"rest_grown_{zlib.crc32(f'{grown_dir}@{threshold}'.encode())}", grown_dir,
+      f"rest_grown_{zlib.crc32(f'{grown_dir}@{threshold}@{references}'.encode())}", grown_dir,
       model.output_vocabulary, threshold=threshold, include_references=include_references,
-      deduplicate=deduplicate, verify_counts=False)
+      deduplicate=deduplicate, unscored_reward=reward_high, verify_counts=False)
   if trainer is None:
     trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
         loss_fn=loss)
+  loss_args = {}
+  if loss.uses_reference_policy:
+    if reference_params is None:
+      raise ValueError(f"Improve loss '{loss.name}' has a KL term to the BC policy: pass"
+                       " reference_params")
+    loss_args = {"reference_params": reference_params, "kl_weight": np.float32(kl_weight)}
+  state, accumulator, seconds = finetune(
+      trainer=trainer, init_params=init_params, init_opt_state=init_opt_state,
+      dataset=lambda: _mixed_dataset(task.name, feature_lengths, batch_size, seed, mix_task,
+                                     mix_ratio, reward_high,
+                                     partitioner.process_rows(batch_size)),
+      train_steps=train_steps, model_dir=model_dir, checkpoint_period=checkpoint_period,
+      seed=seed, progress_bar=progress_bar, name=name, loss_args=loss_args,
+      selection=selection, validate=validate)
+  results = accumulator.compute() if accumulator else {}
+  results.update({"kept_samples": kept["samples"], "kept_references": kept["references"],
+                  "threshold": float(threshold)})
+  if loss_args:
+    results["kl_weight"] = float(kl_weight)
+  if selection is not None:
+    results["selection"] = selection.summary()
+  logging.info("%s: %s", name, results)
+  return {"state": state, "params": state.params, "metrics": results,
+          "seconds": seconds, "model_dir": os.path.abspath(model_dir)}
+
+
+def finetune(*, trainer: trainer_lib.Trainer, init_params: Any, init_opt_state: Any,
+             dataset: Callable[[], tf.data.Dataset], train_steps: int, model_dir: str,
+             checkpoint_period: int, seed: int, progress_bar: bool, name: str,
+             loss_args: Mapping[str, Any], selection: Optional[selection_lib.Selection],
+             validate: Optional[Callable[[Any], float]]):
+  """The training loop of Improve and of the BC+ control: resumable, selected on validation.
+
+  Returns:
+    `(state, accumulated metrics, seconds)`; the state is the best one on
+    validation when `selection` is given, else the last.
+  """
   ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period, keep=1)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(trainer.abstract_state)
   else:
-    state = trainer.state_from_params(init_params)
+    state = trainer.state_from_params(init_params, init_opt_state)
   start = int(jax.device_get(state.step))
-  ds = _mixed_dataset(task.name, feature_lengths, batch_size, seed, mix_task, mix_ratio,
-                      reward_high, partitioner.process_rows(batch_size)).skip(start)
-  batches = ds.as_numpy_iterator()
+  if selection is not None:
+    if validate is None:
+      raise ValueError(f"{name}: a selection needs a validate function")
+    selection.resume_from(start)
+  batches = dataset().skip(start).as_numpy_iterator()
   accumulator = _load_metrics(model_dir, start)
   dropout_rng = jax.random.PRNGKey(seed + 17)
   bar = tqdm.tqdm(total=train_steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
@@ -169,7 +298,8 @@ def improve(
   tick, tokens = time.perf_counter(), 0
   for _ in range(start, train_steps):
     batch = next(batches)
-    state, metrics = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
+    state, metrics = trainer.train_step(state, trainer.partitioner.shard_batch(batch),
+                                        dropout_rng, loss_args)
     faults.point("improve.step")
     accumulator.add(metrics)
     tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
@@ -179,12 +309,70 @@ def improve(
       # that a resumed step reports what an uninterrupted one would.
       _save_metrics(model_dir, done, accumulator)
     ckpt.save(state, force=done == train_steps)
+    if selection is not None and selection.due(done, train_steps):
+      selection.record(done, validate(state.params), state)
     bar.update(1)
     bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - tick, 1e-9):.0f}")
   bar.close()
   ckpt.close()
+  if selection is not None:
+    if not selection.history:  # resumed a finished run whose selection file was lost
+      selection.record(train_steps, validate(state.params), state)
+    selection.finish()
+    state = selection.restore_best(trainer.abstract_state)
+    selection.close()
+  return state, accumulator, time.perf_counter() - tick
+
+
+def bc_plus(*, model, init_params: Any, partitioner: partitioning.Partitioner, task: str,
+            model_dir: str, feature_lengths: Mapping[str, int], train_steps: int,
+            batch_size: int, trainer: Optional[trainer_lib.Trainer] = None,
+            optimizer: Optional[optax.GradientTransformation] = None,
+            init_opt_state: Any = None, reward_high: float = 1.0,
+            checkpoint_period: int = 200, seed: int = 0, progress_bar: bool = True,
+            selection: Optional[selection_lib.Selection] = None,
+            validate: Optional[Callable[[Any], float]] = None) -> Dict[str, Any]:
+  """The equal-compute control: BC continued on the original data, selected on validation.
+
+  It starts from the BC policy and trains with Improve's optimizer for as many
+  optimizer steps, of as many examples each, as all the run's Improve steps
+  together, on the original pairs instead of the grown and filtered ones.
+
+  Args:
+    model: the policy (t5x API).
+    init_params: the BC policy.
+    partitioner: the mesh.
+    task: the original parallel data (its train split).
+    model_dir: the control's directory.
+    feature_lengths: task feature lengths.
+    train_steps: all Improve steps' optimizer steps together.
+    batch_size: Improve's batch size.
+    trainer: a `Trainer` with the BC loss and Improve's optimizer (the run's
+      Improve trainer when its loss is BC); built here if None.
+    optimizer: Improve's optimizer, for a trainer built here.
+    init_opt_state: an optimizer state to continue from (BC's, when Improve continues).
+    reward_high: the reward scale's top (carried by the rows; BC ignores it).
+    checkpoint_period: steps between checkpoints.
+    seed: data order and dropout.
+    progress_bar: tqdm bar.
+    selection: keeps the best checkpoint on validation.
+    validate: the validation score of parameters.
+  """
+  if trainer is None:
+    trainer = trainer_lib.Trainer(
+        model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
+        optimizer=optimizer, loss_fn=losses.OfflineRLLoss("bc"))
+  state, accumulator, seconds = finetune(
+      trainer=trainer, init_params=init_params, init_opt_state=init_opt_state,
+      dataset=lambda: pipeline.host_rows(
+          _original_pairs(task, feature_lengths, seed, reward_high), batch_size,
+          partitioner.process_rows(batch_size), drop_remainder=True),
+      train_steps=train_steps, model_dir=model_dir, checkpoint_period=checkpoint_period,
+      seed=seed, progress_bar=progress_bar, name="BC+", loss_args={}, selection=selection,
+      validate=validate)
   results = accumulator.compute() if accumulator else {}
-  results.update({"kept_rows": kept, "threshold": float(threshold)})
-  logging.info("%s: %s", name, results)
-  return {"params": state.params, "metrics": results,
-          "seconds": time.perf_counter() - tick, "model_dir": os.path.abspath(model_dir)}
+  results["train_steps"] = train_steps
+  if selection is not None:
+    results["selection"] = selection.summary()
+  return {"state": state, "params": state.params, "metrics": results, "seconds": seconds,
+          "model_dir": os.path.abspath(model_dir)}

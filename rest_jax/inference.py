@@ -7,15 +7,16 @@ so the same config and seed give the same samples on any mesh or host count.
 """
 
 import copy
-import importlib
+import inspect
 import itertools
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from rest_jax import partitioning, trainer as trainer_lib
+from rest_jax import partitioning, sampling as sampling_lib, trainer as trainer_lib
 
 PyTree = Any
 
@@ -49,23 +50,8 @@ def per_sample_rngs(model) -> bool:
   return bool(getattr(model, "PER_SAMPLE_RNGS", False))
 
 
-def native_decode_fn(model, decode_fn):
-  """`decode_fn` (rest_jax.decoding's) or, for another library's model, its own namesake.
-
-  A t5x model calls its decode function with t5x's signature, so it gets
-  `t5x.decoding.temperature_sample` / `beam_search`; that module is imported only
-  here, when the configured model already comes from that library.
-  """
-  if per_sample_rngs(model) or decode_fn is None:
-    return decode_fn
-  package = type(model).__module__.rpartition(".")[0]  # "t5x" for t5x.models
-  decoding_module = importlib.import_module(f"{package}.decoding" if package else "decoding")
-  return getattr(decoding_module, decode_fn.__name__)
-
-
 def with_decode_fn(model, decode_fn):
-  """A shallow copy of a t5x-API model that decodes with `decode_fn` (see `native_decode_fn`)."""
-  decode_fn = native_decode_fn(model, decode_fn)
+  """A shallow copy of a t5x-API model that decodes with `decode_fn`."""
   if getattr(model, "_decode_fn", None) is decode_fn:
     return model
   clone = copy.copy(model)
@@ -84,31 +70,96 @@ def sample_keys(seed: int, grow_step: int, source_ids: np.ndarray, num_samples: 
   return np.asarray(jax.vmap(per_source)(np.asarray(source_ids, np.uint32)))
 
 
+def through_first_eos(tokens: jax.Array, eos_id: int) -> jax.Array:
+  """Mask of the positions of `[..., length]` decodes up to and including the first EOS."""
+  is_eos = tokens == eos_id
+  return (jnp.cumsum(is_eos, axis=-1) - is_eos) == 0
+
+
+def teacher_forced_log_probs(model, params, encoder_tokens: jax.Array, targets: jax.Array,
+                             sampling: sampling_lib.SamplingConfig, eos_id: int):
+  """Per-token log-probabilities of `targets` `[rows, length]` by one teacher-forced pass.
+
+  Returns `(behaviour, policy)`, each `[rows, length]`: under the distribution
+  `sampling` draws from and under the model at temperature 1; 0 after the first EOS.
+  This is how the per-token values of a decode function that returns only
+  sequence sums (t5x's) are obtained, and how references are scored.
+  """
+  inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  mask = through_first_eos(targets, eos_id)
+  # The network masks attention by `decoder_target_tokens > 0`; a sampler attends to
+  # every position it filled, so a sampled padding id (0) must not read as padding.
+  batch = {"encoder_input_tokens": encoder_tokens, "decoder_input_tokens": inputs,
+           "decoder_target_tokens": jnp.where(mask, jnp.maximum(targets, 1), 0),
+           "decoder_loss_weights": mask.astype(jnp.int32)}
+  logits = model._compute_logits(params, batch).astype(jnp.float32)  # pylint: disable=protected-access
+
+  def picked(log_probs):
+    values = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.where(mask, values, 0.0)
+
+  policy = picked(jax.nn.log_softmax(logits, axis=-1))
+  behaviour = policy if sampling.is_policy else picked(sampling.log_probs(logits))
+  return behaviour, policy
+
+
 class PolicyDecoder:
   """`predict_batch_with_aux` compiled once for a batch shape, mesh and decode settings.
 
+  Decodes with the library the model decodes with: its beam search (`sampling`
+  None; `num_decodes` beams, 1 = greedy) or its temperature sampler with the
+  sampling configuration (`sampling`; `num_decodes` samples), see
+  `rest_jax.sampling`.
+
   Args:
-    model: a t5x-API model; `decode_fn` overrides the model's (e.g. sampling).
+    model: a t5x-API model.
     partitioner: the mesh.
     params_sharding: the parameters' shardings.
     num_decodes: samples (or beams) per input.
-    decoder_params: keyword arguments of the decode function.
+    sampling: how to sample; None decodes with beam search.
+    token_log_probs: also return each sampled token's log-probability under the
+      distribution sampled from (`behaviour_log_probs`) and under the policy at
+      temperature 1 (`policy_log_probs`), `[rows, num_decodes, length]`: from the
+      sampler itself when it can give them (rest_jax's), else by one
+      teacher-forced pass over the samples.
   """
 
   def __init__(self, model, partitioner: partitioning.Partitioner, params_sharding: PyTree,
-               num_decodes: int = 1, decoder_params: Optional[Mapping[str, Any]] = None,
-               decode_fn=None):
-    self.model = with_decode_fn(model, decode_fn) if decode_fn is not None else model
+               num_decodes: int = 1, sampling: Optional[sampling_lib.SamplingConfig] = None,
+               token_log_probs: bool = False):
+    decode_fn = (sampling_lib.beam_search_of(model) if sampling is None
+                 else sampling_lib.sampler_of(model))
+    self.model = with_decode_fn(model, decode_fn)
+    self.decode_fn = decode_fn
     self.partitioner = partitioner
     self.num_decodes = num_decodes
+    self.sampling = sampling
     self._rows = None  # the first call's (padded) local row count; later calls pad to it
     self._global_rows = None  # the same for `decode_global`
-    params = dict(decoder_params or {})
+    params = {} if sampling is None else sampling.decoder_params(decode_fn)
+    native = token_log_probs and "return_token_log_probs" in inspect.signature(
+        decode_fn).parameters
+    if native:
+      params["return_token_log_probs"] = True
+    eos_id = model.output_vocabulary.eos_id
 
     def predict(p, batch, rng):
-      return self.model.predict_batch_with_aux(
-          p, batch, rng=rng, decoder_params=params, num_decodes=num_decodes,
+      # A fresh dict per call: t5x's model adds `decode_rng` and `eos_id` to it.
+      decodes, aux = self.model.predict_batch_with_aux(
+          p, batch, rng=rng, decoder_params=dict(params), num_decodes=num_decodes,
           return_all_decodes=True)
+      out = {"tokens": decodes, "scores": aux["scores"]}
+      if token_log_probs and native:
+        out["behaviour_log_probs"] = aux["token_log_probs"]
+        out["policy_log_probs"] = aux["policy_token_log_probs"]
+      elif token_log_probs:
+        rows, n, length = decodes.shape
+        encoder = jnp.repeat(batch["encoder_input_tokens"], n, axis=0)
+        behaviour, policy = teacher_forced_log_probs(
+            self.model, p, encoder, decodes.reshape(rows * n, length), sampling, eos_id)
+        out["behaviour_log_probs"] = behaviour.reshape(rows, n, length)
+        out["policy_log_probs"] = policy.reshape(rows, n, length)
+      return out
 
     data = partitioner.data_sharding()
     self._per_sample = per_sample_rngs(self.model)
@@ -135,11 +186,12 @@ class PolicyDecoder:
       keys: `[rows, num_decodes, 2]` raw PRNG keys (sampling only).
 
     Returns:
-      `tokens [rows, num_decodes, length]` sorted by increasing score, `scores`.
+      `tokens [rows, num_decodes, length]` sorted by increasing score, `scores`,
+      and with `token_log_probs` the per-token log-probabilities.
     """
     rows = len(encoder_tokens)
     out = self.partitioner.to_local(self._decode(params, encoder_tokens, decode_length, keys))
-    return {"tokens": out["tokens"][:rows], "scores": out["scores"][:rows]}
+    return {k: v[:rows] for k, v in out.items()}
 
   def decode_global(self, params, encoder_tokens: np.ndarray, decode_length: int,
                     keys: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -159,7 +211,7 @@ class PolicyDecoder:
     out = self._decode(params, padded["tokens"][start:stop], decode_length,
                        padded["keys"][start:stop])
     out = trainer_lib.to_host(out)
-    return {"tokens": out["tokens"][:rows], "scores": out["scores"][:rows]}
+    return {k: v[:rows] for k, v in out.items()}
 
   def lower(self, params_shapes, rows: int, feature_lengths: Mapping[str, int]):
     """The decode step lowered for `rows` global rows (abstract), for `plan`."""
@@ -189,8 +241,7 @@ class PolicyDecoder:
     keys = batch.pop("keys")
     if not self._per_sample:  # one key for the batch: the first row's first sample key
       keys = self._first_key(keys)
-    decodes, aux = self._predict(params, batch, keys)
-    return {"tokens": decodes, "scores": aux["scores"]}
+    return self._predict(params, batch, keys)
 
 
 OVERLENGTH_POLICIES = ("truncate", "error")

@@ -6,6 +6,7 @@ Commands:
   train   behaviour cloning (the BC policy): `rest_jax.train.train` from gin.
   vocab   train a SentencePiece vocabulary on a seqio task's text.
   ratings      build a ratings file by corrupting a task's references (gin/runs/ratings.gin).
+  demo_ratings build the demo's ratings file from its generator (configs/demo_reward.gin).
   reward_model train the learned reward model on a ratings file (gin/runs/reward_model.gin).
   plan    `plan --mesh=4x2`: each parameter's sharding, bytes per device (params, optimizer
           state, KV cache, temporaries) and the collectives of the compiled train and
@@ -140,6 +141,7 @@ COMMANDS = {
     "plan": ("rest_jax.plan", "plan", False),
     "vocab": ("rest_jax.data.vocab_command", "build_vocabulary", False),
     "ratings": ("rest_jax.rewards.ratings", "build_ratings_file", False),
+    "demo_ratings": ("rest_jax.rewards.ratings", "build_demo_ratings_file", False),
     "reward_model": ("rest_jax.rewards.learned", "train_reward_model", False),
 }
 

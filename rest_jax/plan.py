@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rest_jax import decoding, inference, partitioning, trainer as trainer_lib
+from rest_jax import inference, partitioning, sampling as sampling_lib, trainer as trainer_lib
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
@@ -109,6 +109,7 @@ def _kv_cache_bytes(model, params_shapes, partitioner, rows: int, lengths, num_d
 def make_plan(*, model, feature_lengths: Mapping[str, int], batch_size: int,
               partitioner: Optional[partitioning.Partitioner] = None,
               decode_batch_size: int = 32, num_decodes: int = 4,
+              sampling: Optional[sampling_lib.SamplingConfig] = None,
               compile_steps: bool = True) -> Plan:
   """Shardings, bytes per device and collectives of a configuration on a mesh.
 
@@ -119,6 +120,7 @@ def make_plan(*, model, feature_lengths: Mapping[str, int], batch_size: int,
     partitioner: the mesh.
     decode_batch_size: sources per sampling batch (Grow's `grow_batch_size`).
     num_decodes: samples per source (N).
+    sampling: Grow's sampling configuration (default: the paper's).
     compile_steps: compile the train and sample steps (temporaries, collectives).
   """
   partitioner = partitioner or partitioning.Partitioner()
@@ -158,7 +160,8 @@ def make_plan(*, model, feature_lengths: Mapping[str, int], batch_size: int,
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
     train = trainer.lower_train_step(batch, rng).compile()
     sampler = inference.PolicyDecoder(model, partitioner, trainer.params_sharding, num_decodes,
-                                      {"temperature": 1.0}, decode_fn=decoding.temperature_sample)
+                                      sampling or sampling_lib.SamplingConfig(),
+                                      token_log_probs=True)
     sample = sampler.lower(params_shapes, decode_batch_size, lengths).compile()
     for name, compiled in (("train_step", train), ("sample_step", sample)):
       memory = compiled.memory_analysis()

@@ -1,72 +1,170 @@
-"""Evaluation of a policy with a reward: greedy/beam output and best-of-N reranking.
+"""Evaluation of a policy that a reward cannot flatter.
 
-For a split of a task: the mean reward, BLEU and chrF of the policy's greedy (or
-beam) translations, and of best-of-N: N samples per source, the one the reward
-prefers kept.
+For a split of a task, each evaluated policy reports:
+
+- `reward`: the training reward of its greedy (or beam) translations;
+- held-out metrics that are not the training reward: `bleu`, `chrf`, `ter` against
+  the references, and `held_out_reward` when a second reward is configured;
+- degeneracy rates (`data.metrics.degeneracy`): `length_ratio`, `repeated_ngram_rate`
+  (beside the references' own), `empty_rate`, `copy_rate`;
+- best-of-N: N samples per source (the run's sampling configuration), the one a
+  *reference-free* reward prefers kept (`best_of_N_*`; the training reward when it
+  reads no reference, else `EvalConfig.reranker`), and apart, labelled as such,
+  the reference-based oracle (`oracle_best_of_N_*`: reranked by a reward that reads
+  the test reference, which no deployed system can do);
+- with a held-out reward, how well the training reward agrees with it on the
+  policy's own samples (`agreement_spearman`, `agreement_pairwise`): a reward that
+  drifts from the held-out one as the policy changes is being hacked;
+- `examples` evaluated and `overlength` inputs or references cut to the lengths.
 """
 
-from typing import Any, Dict, Mapping, Optional
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import scipy.stats
 
-from rest_jax import decoding, faults, inference, partitioning
+from rest_jax import faults, inference, partitioning, sampling as sampling_lib
 from rest_jax.data import metrics as metrics_lib
 from rest_jax.rewards import Reward
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """How every policy of a `rest` run is evaluated (gin: `policy_eval.EvalConfig`).
+
+  Attributes:
+    splits: evaluated after BC and after every Improve step.
+    max_examples: cap per split (None: the whole split).
+    beam_size: beam of the main decode (1 = greedy).
+    best_of_n: N of best-of-N (samples drawn with `sampling`); 1 = off.
+    sampling: how best-of-N samples (the run's SAMPLING).
+    batch_size: sources per decoding batch.
+    held_out_reward: a second reward, not trained on, reported beside the training
+      reward (e.g. the demo's rater).
+    reranker: a reference-free reward that picks best-of-N when the training reward
+      reads references (None: only the oracle column then).
+  """
+
+  splits: Sequence[str] = ("validation", "test")
+  max_examples: Optional[int] = None
+  beam_size: int = 1
+  best_of_n: int = 4
+  sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig()
+  batch_size: int = 64
+  held_out_reward: Optional[Reward] = None
+  reranker: Optional[Reward] = None
 
 
 class PolicyEvaluator:
   """Compiled decoders for one model, mesh and batch size, reused across evaluations."""
 
   def __init__(self, model, partitioner: partitioning.Partitioner, params_sharding: Any,
-               reward: Reward, beam_size: int = 1, best_of_n: int = 4,
-               temperature: float = 1.0, batch_size: int = 64, seed: int = 0):
+               reward: Reward, config: EvalConfig = EvalConfig(), seed: int = 0):
     self.model = model
     self.reward = reward
-    self.batch_size = batch_size
-    self.best_of_n = best_of_n
+    self.config = config
     self.seed = seed
-    self.beam = inference.PolicyDecoder(
-        model, partitioner, params_sharding, beam_size, decode_fn=decoding.beam_search)
+    self.reranker = reward if not reward.needs_reference else config.reranker
+    if self.reranker is not None and self.reranker.needs_reference:
+      raise ValueError(f"EvalConfig.reranker '{self.reranker.name}' reads references; best-of-N"
+                       " must be picked without them (the oracle column does that)")
+    # The oracle reranks with a reward that reads the reference.
+    self.oracle = reward if reward.needs_reference else (
+        config.held_out_reward if config.held_out_reward is not None
+        and config.held_out_reward.needs_reference else None)
+    self.beam = inference.PolicyDecoder(model, partitioner, params_sharding, config.beam_size)
     self.sampler = None
-    if best_of_n > 1:
-      self.sampler = inference.PolicyDecoder(
-          model, partitioner, params_sharding, best_of_n, {"temperature": temperature},
-          decode_fn=decoding.temperature_sample)
+    if config.best_of_n > 1:
+      self.sampler = inference.PolicyDecoder(model, partitioner, params_sharding,
+                                             config.best_of_n, config.sampling)
+
+  def _decode(self, params, batch, length) -> List[str]:
+    dummy = np.zeros((len(batch["valid"]), self.beam.num_decodes, 2), np.uint32)
+    out = self.beam.decode_global(params, batch["encoder_input_tokens"], length, dummy)
+    texts = inference.decode_texts(self.model.output_vocabulary, out["tokens"][:, -1:])
+    return [t[0] for t in texts[: int(batch["valid"].sum())]]
+
+  def validation_reward(self, params, task_name: str, split: str,
+                        feature_lengths: Mapping[str, int],
+                        max_examples: Optional[int] = None) -> float:
+    """The mean training reward of the greedy (beam) output: what selection maximises."""
+    sources, hyps, refs = [], [], []
+    for batch in inference.source_batches(task_name, split, feature_lengths,
+                                          self.config.batch_size, 0, max_examples):
+      faults.point("eval.batch")
+      hyps += self._decode(params, batch, feature_lengths["targets"])
+      sources += batch["inputs"]
+      refs += batch["targets"]
+    return float(np.mean(self.reward(sources, hyps, refs)))
 
   def __call__(self, params, task_name: str, split: str, feature_lengths: Mapping[str, int],
                max_examples: Optional[int] = None) -> Dict[str, float]:
-    vocabulary = self.model.output_vocabulary
+    n = self.config.best_of_n
     length = feature_lengths["targets"]
-    sources, references, hyps, best = [], [], [], []
-    for batch in inference.source_batches(task_name, split, feature_lengths, self.batch_size,
-                                          0, max_examples):
-      valid = int(batch["valid"].sum())
+    sources, references, hyps, samples, overlength = [], [], [], [], 0
+    for batch in inference.source_batches(task_name, split, feature_lengths,
+                                          self.config.batch_size, 0, max_examples):
       faults.point("eval.batch")
-      dummy = np.zeros((len(batch["valid"]), self.beam.num_decodes, 2), np.uint32)
-      out = self.beam.decode_global(params, batch["encoder_input_tokens"], length, dummy)
-      texts = inference.decode_texts(vocabulary, out["tokens"][:, -1:])  # the best beam
-      hyps += [t[0] for t in texts[:valid]]
+      valid = int(batch["valid"].sum())
+      overlength += batch["overlength"]
+      hyps += self._decode(params, batch, length)
       sources += batch["inputs"]
       references += batch["targets"]
       if self.sampler is not None:
-        keys = inference.sample_keys(self.seed, 10**6, batch["source_id"], self.best_of_n)
+        keys = inference.sample_keys(self.seed, 10**6, batch["source_id"], n)
         out = self.sampler.decode_global(params, batch["encoder_input_tokens"], length, keys)
-        samples = inference.decode_texts(vocabulary, out["tokens"])
-        flat = [s for row in samples[:valid] for s in row]
-        scores = self.reward(inference.repeat_for(batch["inputs"], self.best_of_n), flat,
-                             inference.repeat_for(batch["targets"], self.best_of_n))
-        scores = scores.reshape(valid, self.best_of_n)
-        best += [samples[i][int(np.argmax(scores[i]))] for i in range(valid)]
-    results = _scores(self.reward, sources, hyps, references, "")
-    if best:
-      results.update(_scores(self.reward, sources, best, references, f"best_of_{self.best_of_n}_"))
+        samples += inference.decode_texts(self.model.output_vocabulary, out["tokens"])[:valid]
+    results = self._scores(sources, hyps, references, "")
+    results.update(metrics_lib.degeneracy(sources, references, hyps))
+    if samples:
+      flat = [s for row in samples for s in row]
+      flat_sources = inference.repeat_for(sources, n)
+      flat_refs = inference.repeat_for(references, n)
+      for prefix, ranker in ((f"best_of_{n}_", self.reranker),
+                             (f"oracle_best_of_{n}_", self.oracle)):
+        if ranker is None:
+          continue
+        scores = ranker(flat_sources, flat, flat_refs).reshape(len(sources), n)
+        best = [row[int(np.argmax(s))] for row, s in zip(samples, scores)]
+        results.update(self._scores(sources, best, references, prefix))
+      if self.config.held_out_reward is not None:
+        results.update(reward_agreement(
+            self.reward(flat_sources, flat, flat_refs),
+            self.config.held_out_reward(flat_sources, flat, flat_refs),
+            np.repeat(np.arange(len(sources)), n)))
     results["examples"] = float(len(references))
+    results["overlength"] = float(overlength)
     return results
 
+  def _scores(self, sources, hyps, refs, prefix: str) -> Dict[str, float]:
+    out = {f"{prefix}reward": float(np.mean(self.reward(sources, hyps, refs)))}
+    out.update({f"{prefix}{k}": v for k, v in metrics_lib.bleu(refs, hyps).items()})
+    out.update({f"{prefix}{k}": v for k, v in metrics_lib.chrf(refs, hyps).items()})
+    if not prefix:
+      out.update(metrics_lib.ter(refs, hyps))
+    if self.config.held_out_reward is not None:
+      out[f"{prefix}held_out_reward"] = float(np.mean(
+          self.config.held_out_reward(sources, hyps, refs)))
+    return out
 
-def _scores(reward: Reward, sources, hyps, refs, prefix: str) -> Dict[str, float]:
-  return {
-      f"{prefix}reward": float(np.mean(reward(sources, hyps, refs))),
-      f"{prefix}bleu": metrics_lib.bleu(refs, hyps)["bleu"],
-      f"{prefix}chrf": metrics_lib.chrf(refs, hyps)["chrf"],
-  }
+
+def reward_agreement(reward: np.ndarray, held_out: np.ndarray,
+                     groups: np.ndarray) -> Dict[str, float]:
+  """Spearman correlation of two rewards, and how often they order a source's samples alike.
+
+  `agreement_pairwise` is over pairs of samples of one source that the held-out
+  reward tells apart.
+  """
+  right = total = 0
+  for g in np.unique(groups):
+    idx = np.flatnonzero(groups == g)
+    for a in idx:
+      for b in idx:
+        if held_out[a] > held_out[b]:
+          total += 1
+          right += reward[a] > reward[b]
+  spearman = scipy.stats.spearmanr(reward, held_out).statistic if np.std(held_out) > 0 and \
+      np.std(reward) > 0 else float("nan")
+  return {"agreement_spearman": float(spearman),
+          "agreement_pairwise": float(right / total) if total else float("nan")}

@@ -1,37 +1,114 @@
-"""The ReST report: a metrics table (printed and `report.md`) and PNG plots."""
+"""The ReST report: what was run, every policy on validation, the selected ones on test.
+
+`report.md` (and the printed summary) says what was run, gives every policy's
+validation metrics with the selected ReST policy marked, the test metrics of the
+selected policies only (BC, the BC+ control and ReST: test never chooses), the
+degeneracy rates, the reward-hacking watch (steps where the training reward rose
+while a held-out metric fell; agreement of the training reward with a held-out
+reward on the policy's own samples) and where the time went, with PNG plots.
+"""
 
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from rest_jax.data import grown
 
+# Held-out metrics watched for a fall while the training reward rises (name, higher is better).
+HELD_OUT = (("bleu", True), ("chrf", True), ("ter", False), ("held_out_reward", True))
 
-def table(rows: List[Dict[str, Any]], splits: Sequence[str], best_of_n: int) -> str:
-  """A markdown table: one row per policy, reward/BLEU/chrF per split (+ best-of-N)."""
-  columns = []
-  for split in splits:
-    columns += [(f"{split}/reward", f"{split} reward"), (f"{split}/bleu", f"{split} BLEU"),
-                (f"{split}/chrf", f"{split} chrF")]
-    if best_of_n > 1:
-      prefix = f"{split}/best_of_{best_of_n}_"
-      columns += [(prefix + "reward", f"{split} best-of-{best_of_n} reward"),
-                  (prefix + "bleu", f"{split} best-of-{best_of_n} BLEU")]
-  lines = ["| policy | " + " | ".join(c[1] for c in columns) + " |",
-           "|---|" + "---|" * len(columns)]
+
+def _cell(value, digits=2) -> str:
+  if value is None or (isinstance(value, float) and np.isnan(value)):
+    return "-"
+  return f"{value:.{digits}f}"
+
+
+def _name(row) -> str:
+  return row["policy"] + (" **(selected)**" if row.get("selected") else "")
+
+
+def metrics_table(rows, split: str, best_of_n: int, columns=None) -> str:
+  """A markdown table of `split`'s metrics, one row per policy that has them."""
+  n = best_of_n
+  columns = columns or [
+      ("reward", "reward", 4), ("held_out_reward", "held-out reward", 4), ("bleu", "BLEU", 2),
+      ("chrf", "chrF", 2), ("ter", "TER", 2), (f"best_of_{n}_chrf", f"best-of-{n} chrF", 2),
+      (f"oracle_best_of_{n}_chrf", f"oracle best-of-{n} chrF", 2)]
+  present = [c for c in columns if any(f"{split}/{c[0]}" in r["metrics"] for r in rows)]
+  lines = ["| policy | optimizer steps | kept samples / references | "
+           + " | ".join(c[1] for c in present) + " |",
+           "|---|---|---|" + "---|" * len(present)]
   for row in rows:
-    values = [row["metrics"].get(key) for key, _ in columns]
-    cells = [("-" if v is None else (f"{v:.4f}" if k.endswith("reward") else f"{v:.2f}"))
-             for v, (k, _) in zip(values, columns)]
-    lines.append(f"| {row['policy']} | " + " | ".join(cells) + " |")
+    if f"{split}/reward" not in row["metrics"]:
+      continue
+    kept = (f"{row['kept_samples']} / {row['kept_references']}" if "kept_samples" in row
+            else "-")
+    cells = [_cell(row["metrics"].get(f"{split}/{key}"), digits) for key, _, digits in present]
+    lines.append(f"| {_name(row)} | {row.get('optimizer_steps', '-')} | {kept} | "
+                 + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
+def degeneracy_table(rows, split: str) -> str:
+  cols = [("length_ratio", "length ratio"), ("repeated_ngram_rate", "repeated 3-gram"),
+          ("empty_rate", "empty"), ("copy_rate", "copy of source")]
+  lines = ["| policy | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+  for row in rows:
+    if f"{split}/length_ratio" in row["metrics"]:
+      lines.append(f"| {row['policy']} | " + " | ".join(
+          _cell(row["metrics"].get(f"{split}/{k}"), 3) for k, _ in cols) + " |")
+  ref = next((r["metrics"].get(f"{split}/reference_repeated_ngram_rate") for r in rows
+              if f"{split}/reference_repeated_ngram_rate" in r["metrics"]), None)
+  if ref is not None:
+    lines.append(f"\nThe references' own repeated 3-gram rate: {ref:.3f}.")
+  return "\n".join(lines)
+
+
+def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation",
+                     tolerance: float = 0.0) -> List[Tuple[str, str, List[str]]]:
+  """Steps whose training reward rose while a held-out metric fell, against the policy before.
+
+  Each ReST row is compared with the row it was trained from (the previous ReST row,
+  or BC), and BC+ with BC.
+
+  Returns:
+    `(policy, previous policy, ["bleu 41.2 -> 40.1", ...])` for every flagged step.
+  """
+  flags = []
+  previous = None
+  base = None
+  for row in rows:
+    role = row.get("role", "ReST")
+    if role == "BC":
+      base = previous = row
+      continue
+    before = base if role == "BC+" else previous
+    if role != "BC+":
+      previous = row
+    if before is None:
+      continue
+    now, then = row["metrics"], before["metrics"]
+    key = f"{split}/reward"
+    if key not in now or key not in then or now[key] <= then[key] + tolerance:
+      continue
+    fell = []
+    for name, higher_better in HELD_OUT:
+      k = f"{split}/{name}"
+      if k in now and k in then:
+        worse = now[k] < then[k] - tolerance if higher_better else now[k] > then[k] + tolerance
+        if worse:
+          fell.append(f"{name} {then[k]:.4g} -> {now[k]:.4g}")
+    if fell:
+      flags.append((row["policy"], before["policy"], fell))
+  return flags
+
+
 def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
-  """Seconds spent sampling, scoring, writing, training (BC and Improve) and evaluating."""
+  """Seconds spent sampling, scoring, writing, training (BC, BC+, Improve) and evaluating."""
   shares = {"sampling": 0.0, "scoring": 0.0, "writing": 0.0, "bc_training": 0.0,
-            "improve_training": 0.0, "evaluation": 0.0}
+            "bc_plus_training": 0.0, "improve_training": 0.0, "evaluation": 0.0}
   for name, step in steps.items():
     if not isinstance(step, dict):
       continue
@@ -41,14 +118,16 @@ def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
       shares["writing"] += step.get("write_s", 0.0)
     elif name == "bc":
       shares["bc_training"] += step.get("seconds", 0.0)
+    elif name == "bc_plus":
+      shares["bc_plus_training"] += step.get("seconds", 0.0)
     elif name.startswith("improve_"):
       shares["improve_training"] += step.get("seconds", 0.0)
-    elif name.startswith("eval_"):
+    elif name.startswith(("eval_", "test_")):
       shares["evaluation"] += step.get("seconds", 0.0)
   return shares
 
 
-def _plots(model_dir: str, rows, steps, splits) -> List[str]:
+def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -58,32 +137,39 @@ def _plots(model_dir: str, rows, steps, splits) -> List[str]:
   g = 1
   while os.path.exists(os.path.join(model_dir, f"grow_{g}", grown.MANIFEST)):
     directory = os.path.join(model_dir, f"grow_{g}")
-    rewards = grown.read_rewards(grown.shard_paths(directory, grown.load_manifest(
+    rewards = grown.sample_rewards(grown.shard_paths(directory, grown.load_manifest(
         directory, verify_counts=False)))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(rewards, bins=40, color="tab:blue", alpha=0.8)
     for tau in steps.get("thresholds", {}).get(str(g), []):
       ax.axvline(tau, color="tab:red", linestyle="--")
-    ax.set_xlabel("reward")
-    ax.set_ylabel("rows")
-    ax.set_title(f"Grow step {g}: {rewards.size} rows, thresholds dashed")
+    ax.set_xlabel("reward of a sample")
+    ax.set_ylabel("samples")
+    ax.set_title(f"Grow step {g}: {rewards.size} samples; Improve thresholds dashed")
     path = os.path.join(model_dir, f"grow_{g}_rewards.png")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)
     g += 1
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-  x = np.arange(len(rows))
-  for split in splits:
-    axes[0].plot(x, [r["metrics"].get(f"{split}/reward", np.nan) for r in rows], "o-",
-                 label=split)
-    axes[1].plot(x, [r["metrics"].get(f"{split}/bleu", np.nan) for r in rows], "o-",
-                 label=split)
-  for ax, title in zip(axes, ("mean reward", "BLEU")):
-    ax.set_xticks(x, [r["policy"].split(" (")[0] for r in rows], rotation=30)
-    ax.set_title(title)
-    ax.legend()
+  chain = [r for r in rows if r.get("role") in ("BC", "ReST")]
+  if not chain:
+    return written
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  x = np.arange(len(chain))
+  for ax, (key, title) in zip(axes, (("reward", "training reward"), ("bleu", "BLEU"))):
+    values = [r["metrics"].get(f"{split}/{key}", np.nan) for r in chain]
+    ax.plot(x, values, "o-", label="BC then ReST")
+    ax.axhline(values[0], color="grey", linestyle=":", label="BC")
+    plus = next((r for r in rows if r.get("role") == "BC+"), None)
+    if plus is not None:
+      ax.axhline(plus["metrics"].get(f"{split}/{key}", np.nan), color="tab:orange",
+                 linestyle="--", label="BC+ (equal compute)")
+    ax.set_ylim(bottom=0)  # from zero: noise must not look like progress
+    ax.set_xticks(x, [r["policy"].split(" (")[0] for r in chain], rotation=30)
+    ax.set_xlabel("policy")
+    ax.set_ylabel(f"{title} on {split}")
+    ax.legend(fontsize=8)
   fig.tight_layout()
   path = os.path.join(model_dir, "metrics_per_step.png")
   fig.savefig(path, dpi=100)
@@ -92,18 +178,56 @@ def _plots(model_dir: str, rows, steps, splits) -> List[str]:
   return written
 
 
-def write_report(model_dir: str, rows, steps, splits, best_of_n: int) -> str:
-  """Writes `report.md` and the plots; prints and returns the table."""
-  text = table(rows, splits, best_of_n)
+def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] = (),
+                 selection_split: str = "validation") -> str:
+  """Writes `report.md` and the plots; prints and returns the summary."""
+  n = evaluation.best_of_n
+  other = [s for s in evaluation.splits if s != selection_split]
+  body = ["# ReST report", ""] + list(header)
+  body += [f"## Every policy on {selection_split} (the ReST policy is selected here)", "",
+           metrics_table(rows, selection_split, n), ""]
+  summary = []
+  for split in other:
+    table = metrics_table([r for r in rows if f"{split}/reward" in r["metrics"]], split, n)
+    body += [f"## The selected policies on {split} (never used to choose)", "", table, ""]
+    summary.append(f"{split}:\n{table}")
+    plus = next((r for r in rows if r.get("role") == "BC+"), None)
+    chosen = next((r for r in rows if r.get("selected")), None)
+    if plus is not None and chosen is not None:
+      deltas = ", ".join(f"{k} {chosen['metrics'].get(f'{split}/{k}', np.nan) - plus['metrics'].get(f'{split}/{k}', np.nan):+.2f}"  # noqa: E501
+                         for k in ("bleu", "chrf"))
+      line = (f"Selected ReST policy ({chosen['policy']}) minus BC+ on {split}: {deltas}"
+              " (one seed; see the README for the spread over seeds).")
+      body += [line, ""]
+      summary.append(line)
+  body += [f"## Degeneracy ({selection_split})", "", degeneracy_table(rows, selection_split), ""]
+  flags = divergence_flags(rows, selection_split)
+  body += ["## Reward-hacking watch", ""]
+  if flags:
+    body += [f"- **{p}** (from {q}): the training reward rose while " + "; ".join(f)
+             + " fell" for p, q, f in flags]
+  else:
+    body.append("- No step raised the training reward while a held-out metric fell.")
+  agreement = [(r["policy"], r["metrics"].get(f"{selection_split}/agreement_spearman"),
+                r["metrics"].get(f"{selection_split}/agreement_pairwise")) for r in rows
+               if f"{selection_split}/agreement_spearman" in r["metrics"]]
+  if agreement:
+    body += ["", "Agreement of the training reward with the held-out reward on each policy's"
+             f" best-of-{n} samples ({selection_split}):", "",
+             "| policy | Spearman | pairwise |", "|---|---|---|"]
+    body += [f"| {p} | {_cell(s, 3)} | {_cell(a, 3)} |" for p, s, a in agreement]
   shares = time_shares(steps)
   total = sum(shares.values()) or 1.0
-  timing = "\n".join(f"| {k} | {v:.1f} s | {100 * v / total:.1f}% |" for k, v in shares.items())
-  plots = _plots(model_dir, rows, steps, splits)
-  body = ["# ReST report", "", text, "", "## Where the time went", "",
-          "| part | time | share |", "|---|---|---|", timing, ""]
-  body += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+  body += ["", "## Where the time went", "", "| part | time | share |", "|---|---|---|"]
+  body += [f"| {k} | {v:.1f} s | {100 * v / total:.1f}% |" for k, v in shares.items()]
+  body.append("")
+  body += [f"![{os.path.basename(p)}]({os.path.basename(p)})"
+           for p in _plots(model_dir, rows, steps, selection_split)]
   with open(os.path.join(model_dir, "report.md"), "w") as f:
     f.write("\n".join(body) + "\n")
+  text = "\n".join([f"{selection_split}:\n" + metrics_table(rows, selection_split, n)] + summary)
   print("\n" + text + "\n")
   print("time: " + ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in shares.items()))
+  for p, q, f in flags:
+    print(f"WARNING: {p} (from {q}): training reward rose while " + "; ".join(f) + " fell")
   return text

@@ -1,16 +1,24 @@
 """The ReST loop: BC, then G Grow steps, each followed by I Improve steps at rising thresholds.
 
     MODEL_DIR/
-      bc/checkpoints/              the behaviour-cloning policy
+      bc/                          the behaviour-cloning policy: checkpoints/ to resume,
+                                   best/ (its best validation checkpoint), selection.json
+      bc_plus/                     the equal-compute control (BC continued), likewise
       grow_1/                      grown dataset of Grow step 1 (shards + manifest)
-      improve_1_1/checkpoints/     policy after Improve step 1 of Grow step 1 ...
+      improve_1_1/                 Improve step 1 of Grow step 1, likewise ...
       rest_state.json              what is done, with every evaluation and timing
       report.md, *.png             the final table and plots
 
+Every policy is chosen on validation: BC trains until its validation reward stops
+improving and keeps its best checkpoint; every Improve step keeps its best
+checkpoint, and the next step (and the next Grow step) starts from it; the run's
+ReST policy is the best on validation over BC and every Improve step. Test is
+evaluated only for the selected policies (BC, BC+, ReST) and never chooses.
+
 Every step's output is a file, so `rest` re-run after a crash continues where it
-stopped: a finished step (its final checkpoint or manifest exists) is skipped,
-an unfinished one resumes (checkpoints, finished shards), and once a step has
-been (re)done, every later step is redone from scratch on top of it.
+stopped: a finished step (its selection file says so, or its manifest exists) is
+skipped, an unfinished one resumes (checkpoints, finished shards), and once a step
+has been (re)done, every later step is redone from scratch on top of it.
 """
 
 import dataclasses
@@ -19,18 +27,20 @@ import os
 import resource
 import shutil
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 from clu import metric_writers
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
-from rest_jax import checkpoints, files, grow as grow_lib, improve as improve_lib, losses
-from rest_jax import partitioning, policy_eval, report, train as train_lib
+from rest_jax import files, grow as grow_lib, improve as improve_lib, losses
+from rest_jax import partitioning, policy_eval, report, selection as selection_lib
+from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import grown, pipeline
-from rest_jax.rewards import Reward, ThresholdSchedule
+from rest_jax.rewards import Reward
 
 STATE_FILE = "rest_state.json"
 
@@ -98,178 +108,283 @@ def rest(
     train_dataset_cfg: pipeline.DatasetConfig,
     bc_steps: int,
     reward: Reward,
-    thresholds: ThresholdSchedule,
-    num_grow_steps: int = 1,
-    grow_split: str = "train",
-    grow_max_sources: Optional[int] = None,
-    num_samples: int = 4,
-    decoder_params: Optional[Mapping[str, Any]] = None,
-    grow_batch_size: int = 32,
-    shard_size: int = 1024,
-    improve_loss: Optional[losses.OfflineRLLoss] = None,
-    improve_steps: int = 300,
-    improve_batch_size: int = 64,
-    include_references: bool = True,
-    mix_ratio: float = 0.0,
-    eval_splits: Sequence[str] = ("validation", "test"),
-    eval_max_examples: Optional[int] = None,
-    eval_beam_size: int = 1,
-    best_of_n: int = 4,
+    grow: grow_lib.GrowConfig = grow_lib.GrowConfig(),
+    improve: improve_lib.ImproveConfig = improve_lib.ImproveConfig(),
+    evaluation: policy_eval.EvalConfig = policy_eval.EvalConfig(),
+    bc_selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(
+        eval_period=100, patience=5),
+    bc_plus: bool = True,
     partitioner: Optional[partitioning.Partitioner] = None,
     checkpoint_period: int = 200,
     seed: int = 0,
     progress_bar: bool = True,
-    overlength: str = "truncate",
 ) -> List[Dict[str, Any]]:
-  """Runs (or resumes) the whole ReST loop and writes the report.
+  """Runs (or resumes) the whole ReST loop, its BC+ control, and writes the report.
 
   Args:
     model: the policy (t5x API).
     model_dir: everything of the run goes here.
     train_dataset_cfg: BC data (its task also provides Grow's sources and evaluation).
-    bc_steps: BC training steps.
-    reward: scores samples in Grow and evaluation.
-    thresholds: the Improve thresholds (I = their number), absolute or quantiles.
-    num_grow_steps: G.
-    grow_split: the split whose sources Grow samples from.
-    grow_max_sources: use only this many sources per Grow step.
-    num_samples: N samples per source.
-    decoder_params: the Grow sampler's temperature / topk / topp.
-    grow_batch_size: sources per sampling batch.
-    shard_size: sources per grown shard.
-    improve_loss: the offline-RL loss (default BC).
-    improve_steps: optimizer steps per Improve step.
-    improve_batch_size: Improve batch size.
-    include_references: train on scored references too.
-    mix_ratio: share of original parallel data in Improve batches.
-    eval_splits: evaluated after BC and after every Improve step.
-    eval_max_examples: cap per split.
-    eval_beam_size: 1 = greedy.
-    best_of_n: N of the best-of-N reranking in evaluation (1 = off).
+    bc_steps: BC's most training steps; it stops earlier once its validation reward
+      has not improved for `bc_selection.patience` evaluations, and keeps its best
+      checkpoint: the BC policy.
+    reward: scores samples in Grow, and is what selection maximises on validation.
+    grow: G, N, the sampling configuration and Grow's batching.
+    improve: thresholds (I = their number), loss, steps, optimizer and validation
+      period of Improve; each Improve step's policy is its best checkpoint.
+    evaluation: how every policy is evaluated (validation for all, the other splits
+      for the selected ones).
+    bc_selection: BC's validation period and patience.
+    bc_plus: also run the equal-compute control BC+ (BC continued on the original
+      data for as many steps and examples as all Improve steps, with Improve's
+      optimizer, selected on validation the same way).
     partitioner: the mesh.
     checkpoint_period: steps between checkpoints.
     seed: every random choice of the run derives from it.
     progress_bar: tqdm bars.
-    overlength: a Grow source or reference longer than the feature lengths is cut
-      and counted ("truncate") or stops the run ("error"); BC data follows
-      `train_dataset_cfg.overlength`.
 
   Returns:
-    The report's rows: one per policy (BC, then each Improve step).
+    The report's rows: BC, BC+ and one per Improve step, each with its validation
+    metrics; BC, BC+ and the selected ReST policy also with the other splits'.
   """
+  thresholds = improve.thresholds
   thresholds.validate(reward.range)
+  loss = improve.loss
+  if loss.name == "oac" and grow.num_samples < 2:
+    raise ValueError("OAC's baseline is the mean reward of a source's other samples: it needs"
+                     f" NUM_SAMPLES >= 2, not {grow.num_samples}")
+  if improve.mix_ratio > 0:
+    loss.validate_rows(1, f"mixed-in original pairs (MIX_RATIO {improve.mix_ratio})")
   partitioner = partitioner or partitioning.Partitioner()
   os.makedirs(model_dir, exist_ok=True)
   task, lengths = train_dataset_cfg.mixture_or_task_name, dict(train_dataset_cfg.task_feature_lengths)
+  select_split = SELECTION_SPLIT
   progress = _Progress.load(model_dir)
   policy = trainer_lib.Trainer(
       model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size, lengths))
   evaluator = policy_eval.PolicyEvaluator(
-      model, partitioner, policy.params_sharding, reward, beam_size=eval_beam_size,
-      best_of_n=best_of_n, seed=seed)
+      model, partitioner, policy.params_sharding, reward, evaluation, seed=seed)
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, "rest"), just_logging=jax.process_index() != 0)
+  # Compiled once for the run: every Grow step samples, every Improve step trains with them.
+  compiled: Dict[str, Any] = {}
 
-  def load_params(step_dir: str):
-    ckpt = checkpoints.Checkpointer(step_dir)
-    params = ckpt.restore(policy.abstract_state).params
-    ckpt.close()
-    return params
+  def improve_trainer() -> trainer_lib.Trainer:
+    if "improve" not in compiled:
+      compiled["improve"] = trainer_lib.Trainer(
+          model, partitioner, trainer_lib.batch_input_shapes(improve.batch_size, lengths),
+          optimizer=improve.optimizer, loss_fn=loss)
+    return compiled["improve"]
 
-  def final_step(step_dir: str) -> Optional[int]:
-    ckpt_dir = os.path.join(step_dir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-      return None
-    ckpt = checkpoints.Checkpointer(step_dir)
-    step = ckpt.latest_step()
-    ckpt.close()
-    return step
+  def bc_plus_trainer() -> trainer_lib.Trainer:
+    if loss.name == "bc":  # the same compiled step as Improve's
+      return improve_trainer()
+    if "bc_plus" not in compiled:
+      compiled["bc_plus"] = trainer_lib.Trainer(
+          model, partitioner, trainer_lib.batch_input_shapes(improve.batch_size, lengths),
+          optimizer=improve.optimizer, loss_fn=losses.OfflineRLLoss("bc"))
+    return compiled["bc_plus"]
 
-  def evaluate(label: str, index: int, params) -> Dict[str, Any]:
+  def validate(params) -> float:
+    return evaluator.validation_reward(params, task, select_split, lengths,
+                                       evaluation.max_examples)
+
+  def selected_state(step_dir: str, trainer: trainer_lib.Trainer):
+    sel = selection_lib.Selection(step_dir)
+    state = sel.restore_best(trainer.abstract_state)
+    sel.close()
+    return state, sel.summary()
+
+  def evaluate(label: str, index: int, params, splits=(select_split,)) -> Dict[str, Any]:
     tick = time.perf_counter()
     out = {}
-    for split in eval_splits:
-      for key, value in evaluator(params, task, split, lengths, eval_max_examples).items():
+    for split in splits:
+      for key, value in evaluator(params, task, split, lengths, evaluation.max_examples).items():
         out[f"{split}/{key}"] = value
-    writer.write_scalars(index, {k: v for k, v in out.items() if not k.endswith("examples")})
+    writer.write_scalars(index, {k: v for k, v in out.items()
+                                 if k.endswith(("reward", "bleu", "chrf"))})
     logging.info("rest eval %s: %s", label, out)
     return {"policy": label, "index": index, "metrics": out,
             "seconds": time.perf_counter() - tick}
 
-  # --- BC -------------------------------------------------------------------
+  # --- BC, to convergence on validation ---------------------------------------
   bc_dir = os.path.join(model_dir, "bc")
 
   def run_bc():
     tick = time.perf_counter()
+    sel = selection_lib.Selection(bc_dir, bc_selection)
     train_lib.train(model=model, train_dataset_cfg=train_dataset_cfg, model_dir=bc_dir,
                     total_steps=bc_steps, partitioner=partitioner,
-                    checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar)
-    return {"seconds": time.perf_counter() - tick}
+                    checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar,
+                    selection=sel, validate=validate)
+    summary = sel.summary()
+    sel.close()
+    return {"seconds": time.perf_counter() - tick, "selection": summary,
+            "overlength_examples": pipeline.overlength_count(train_dataset_cfg)}
 
-  progress.run("bc", final_step(bc_dir) == bc_steps, run_bc, [bc_dir])
-  params, policy_dir = load_params(bc_dir), bc_dir
-  rows = [progress.run("eval_bc", True, lambda: evaluate("BC", 0, params))]
+  progress.run("bc", selection_lib.Selection(bc_dir).finished, run_bc, [bc_dir])
+  bc_state, bc_summary = selected_state(bc_dir, policy)
+  bc_params, bc_opt_state = bc_state.params, bc_state.opt_state
+  bc_step = bc_summary["best_step"]
+  rows = [{**progress.run("eval_bc", True, lambda: evaluate("BC", 0, bc_params)),
+           "role": "BC", "optimizer_steps": bc_step, "dir": bc_dir}]
+
+  # --- BC+, the equal-compute control -----------------------------------------
+  improve_total = grow.steps * len(thresholds.values) * improve.steps
+  bc_plus_dir = os.path.join(model_dir, "bc_plus")
+  if bc_plus and improve_total:
+    def run_bc_plus():
+      result = improve_lib.bc_plus(
+          model=model, init_params=bc_params, partitioner=partitioner, task=task,
+          model_dir=bc_plus_dir, feature_lengths=lengths, train_steps=improve_total,
+          batch_size=improve.batch_size, trainer=bc_plus_trainer(),
+          init_opt_state=bc_opt_state if improve.optimizer_state == "continue" else None,
+          reward_high=reward.range[1], checkpoint_period=checkpoint_period, seed=seed + 999,
+          progress_bar=progress_bar,
+          selection=selection_lib.Selection(bc_plus_dir, improve.selection), validate=validate)
+      return {"metrics": result["metrics"], "seconds": result["seconds"]}
+
+    progress.run("bc_plus", selection_lib.Selection(bc_plus_dir).finished, run_bc_plus,
+                 [bc_plus_dir])
+    plus_state, plus_summary = selected_state(bc_plus_dir, bc_plus_trainer())
+    rows.append({**progress.run("eval_bc_plus", True,
+                                lambda: evaluate("BC+", -1, plus_state.params)),
+                 "role": "BC+", "optimizer_steps": bc_step + plus_summary["best_step"],
+                 "dir": bc_plus_dir})
 
   # --- Grow / Improve ---------------------------------------------------------
-  loss = improve_loss or losses.OfflineRLLoss("bc")
-  # Compiled once for the run: every Grow step samples, every Improve step trains with them.
-  decoders = {}
-  improve_trainer = {}
+  num_improve = grow.steps * len(thresholds.values)
+  params, opt_state, policy_dir, steps_behind = bc_params, bc_opt_state, bc_dir, bc_step
   index = 0
-  for g in range(1, num_grow_steps + 1):
+  for g in range(1, grow.steps + 1):
     grow_dir = os.path.join(model_dir, f"grow_{g}")
-    grow_params = params
 
-    def run_grow(grow_dir=grow_dir, grow_params=grow_params, g=g, policy_dir=policy_dir):
+    def run_grow(grow_dir=grow_dir, grow_params=params, g=g, policy_dir=policy_dir):
       tick = time.perf_counter()
-      if not decoders:
-        decoders["grow"] = grow_lib.Decoders(
-            model, partitioner, policy.params_sharding, num_samples,
-            {"temperature": 1.0, **(decoder_params or {})})
+      if "grow" not in compiled:
+        compiled["grow"] = grow_lib.Decoders(model, partitioner, policy.params_sharding,
+                                             grow.num_samples, grow.sampling)
       timings = grow_lib.grow(
           model=model, params=grow_params, partitioner=partitioner,
-          params_sharding=policy.params_sharding, task_name=task, split=grow_split,
+          params_sharding=policy.params_sharding, task_name=task, split=grow.split,
           feature_lengths=lengths, output_dir=grow_dir, reward=reward,
-          num_samples=num_samples, decoder_params=decoder_params, batch_size=grow_batch_size,
-          shard_size=shard_size, max_sources=grow_max_sources,
-          include_references=include_references, seed=seed, grow_step=g, overlength=overlength,
+          num_samples=grow.num_samples, sampling=grow.sampling, batch_size=grow.batch_size,
+          shard_size=grow.shard_size, max_sources=grow.max_sources, include_references=True,
+          seed=seed, grow_step=g, overlength=grow.overlength,
           metadata={"policy": os.path.abspath(policy_dir)}, progress_bar=progress_bar,
-          decoders=decoders["grow"])
+          decoders=compiled["grow"])
       return {**timings, "seconds": time.perf_counter() - tick}
 
     progress.run(f"grow_{g}", os.path.exists(os.path.join(grow_dir, grown.MANIFEST)), run_grow,
                  [grow_dir])
     manifest = grown.load_manifest(grow_dir, verify_counts=False)
-    rewards = grown.read_rewards(grown.shard_paths(grow_dir, manifest))
-    taus = thresholds.resolve(rewards)
+    # Quantile thresholds are taken over the policy's samples, never the references.
+    taus = thresholds.resolve(grown.sample_rewards(grown.shard_paths(grow_dir, manifest)))
     progress.steps.setdefault("thresholds", {})[str(g)] = taus
     for i, tau in enumerate(taus, start=1):
       index += 1
       step_dir = os.path.join(model_dir, f"improve_{g}_{i}")
+      kl_weight = loss.kl_weight(index - 1, num_improve)
 
-      def run_improve(step_dir=step_dir, tau=tau, start_params=params, g=g, i=i):
-        if not improve_trainer:
-          improve_trainer["trainer"] = trainer_lib.Trainer(
-              model, partitioner, trainer_lib.batch_input_shapes(improve_batch_size, lengths),
-              loss_fn=loss)
+      def run_improve(step_dir=step_dir, tau=tau, start_params=params, start_opt=opt_state,
+                      g=g, i=i, kl_weight=kl_weight):
         result = improve_lib.improve(
             model=model, init_params=start_params, partitioner=partitioner,
             grown_dir=grow_dir, threshold=tau, model_dir=step_dir, feature_lengths=lengths,
-            loss=loss, train_steps=improve_steps, batch_size=improve_batch_size,
-            include_references=include_references, mix_task=task if mix_ratio else None,
-            mix_ratio=mix_ratio, reward_high=reward.range[1],
+            loss=loss, train_steps=improve.steps, batch_size=improve.batch_size,
+            references=improve.references, mix_task=task if improve.mix_ratio else None,
+            mix_ratio=improve.mix_ratio, reward_high=reward.range[1],
             checkpoint_period=checkpoint_period, seed=seed + 1000 * g + i,
-            progress_bar=progress_bar, name=f"improve {g}.{i}",
-            trainer=improve_trainer["trainer"])
+            progress_bar=progress_bar, name=f"improve {g}.{i}", trainer=improve_trainer(),
+            init_opt_state=start_opt if improve.optimizer_state == "continue" else None,
+            reference_params=bc_params if loss.uses_reference_policy else None,
+            kl_weight=kl_weight,
+            selection=selection_lib.Selection(step_dir, improve.selection), validate=validate)
         return {"metrics": result["metrics"], "seconds": result["seconds"]}
 
-      progress.run(f"improve_{g}_{i}", final_step(step_dir) == improve_steps, run_improve,
-                   [step_dir])
-      params, policy_dir = load_params(step_dir), step_dir
-      rows.append(progress.run(f"eval_{g}_{i}", True, lambda g=g, i=i, tau=tau, p=params:
-                               {**evaluate(f"G{g} I{i} (tau={tau:.3f})", index, p)}))
+      step = progress.run(f"improve_{g}_{i}", selection_lib.Selection(step_dir).finished,
+                          run_improve, [step_dir])
+      state, summary = selected_state(step_dir, improve_trainer())
+      params, opt_state, policy_dir = state.params, state.opt_state, step_dir
+      steps_behind += summary["best_step"]
+      row = progress.run(f"eval_{g}_{i}", True, lambda g=g, i=i, tau=tau, p=params:
+                         evaluate(f"G{g} I{i} (tau={tau:.3f})", index, p))
+      rows.append({**row, "role": "ReST", "optimizer_steps": steps_behind, "dir": step_dir,
+                   "kept_samples": step["metrics"]["kept_samples"],
+                   "kept_references": step["metrics"]["kept_references"]})
+
+  # --- selection on validation, then the other splits for the selected policies ---
+  key = f"{select_split}/reward"
+  rest_rows = [r for r in rows if r["role"] in ("BC", "ReST")]
+  chosen = max(rest_rows, key=lambda r: r["metrics"][key])  # the first of the best
+  chosen["selected"] = True
+  others = [s for s in evaluation.splits if s != select_split]
+  for row in rows:
+    if row["role"] in ("BC", "BC+") or row.get("selected"):
+      name = "test_" + os.path.basename(row["dir"])
+      params = _load_selected(row, policy, improve_trainer, bc_plus_trainer)
+      extra = progress.run(name, True, lambda p=params, row=row: evaluate(
+          row["policy"], row["index"], p, others))
+      row["metrics"] = {**row["metrics"], **extra["metrics"]}
+  progress.steps["selected"] = chosen["policy"]
   progress.save()
   writer.flush()
   if jax.process_index() == 0:
-    report.write_report(model_dir, rows, progress.steps, eval_splits, best_of_n)
+    header = _header(model, policy, task, lengths, reward, grow, improve, evaluation, rows,
+                     progress.steps)
+    report.write_report(model_dir, rows, progress.steps, evaluation, header, select_split)
   return rows
+
+
+def _header(model, policy, task, lengths, reward, grow, improve, evaluation, rows, steps):
+  """'What was run': the lines a reader needs before the tables."""
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+      policy.abstract_state.params))
+  counts = {split: int(r["metrics"].get(f"{split}/examples", 0))
+            for r in rows for split in evaluation.splits if f"{split}/examples" in r["metrics"]}
+  cut = {split: int(r["metrics"].get(f"{split}/overlength", 0))
+         for r in rows for split in evaluation.splits if f"{split}/overlength" in r["metrics"]}
+  sampling = grow.sampling
+  bc = steps.get("bc", {})
+  bc_sel = bc.get("selection", {}) if isinstance(bc, dict) else {}
+  grow_cut = sum(s.get("overlength_sources", 0) for k, s in steps.items()
+                 if k.startswith("grow_") and isinstance(s, dict))
+  held_out = evaluation.held_out_reward
+  lines = [
+      "## What was run", "",
+      f"- Task `{task}`, feature lengths {dict(lengths)}; evaluated sentences per split:"
+      f" {counts}.",
+      f"- Model `{type(model).__module__}.{type(model).__name__}`, {n_params:,} parameters.",
+      f"- Metrics decode {'greedily' if evaluation.beam_size == 1 else f'with beam {evaluation.beam_size}'};"
+      f" best-of-{evaluation.best_of_n} samples at temperature {evaluation.sampling.temperature}.",
+      f"- Training reward `{reward.name}` on {list(reward.range)},"
+      f" {'reads references' if reward.needs_reference else 'reference-free'};"
+      f" held-out reward: {f'`{held_out.name}`' if held_out else 'none'}.",
+      f"- Grow: G = {grow.steps}, N = {grow.num_samples} samples per source at temperature"
+      f" {sampling.temperature}, top-k {sampling.topk or 'off'}, top-p {sampling.topp or 'off'}.",
+      f"- Improve: loss `{improve.loss.name}`, {improve.steps} steps of {improve.batch_size}"
+      f" per Improve step, optimizer state {improve.optimizer_state}, references"
+      f" {improve.references}; thresholds per Grow step {steps.get('thresholds', {})}.",
+      f"- Selection on validation reward: BC evaluated every few steps, best at step"
+      f" {bc_sel.get('best_step')} of {bc_sel.get('last_step')}"
+      f"{' (stopped early)' if bc_sel.get('stopped_early') else ''}; each Improve step and"
+      f" BC+ keep their best checkpoint; test is evaluated for the selected policies only.",
+      f"- Over-long examples cut to the feature lengths: BC training"
+      f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
+      f" references {grow_cut}, evaluation {cut}.", ""]
+  return lines
+
+
+SELECTION_SPLIT = "validation"
+
+
+def _load_selected(row, policy, improve_trainer, bc_plus_trainer):
+  trainer = {"BC": policy, "BC+": None, "ReST": None}[row["role"]]
+  if row["role"] == "BC+":
+    trainer = bc_plus_trainer()
+  elif row["role"] == "ReST":
+    trainer = improve_trainer()
+  sel = selection_lib.Selection(row["dir"])
+  state = sel.restore_best(trainer.abstract_state)
+  sel.close()
+  return state.params

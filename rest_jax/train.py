@@ -7,7 +7,7 @@
 
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -16,6 +16,7 @@ import seqio
 import tqdm
 
 from rest_jax import checkpoints, evaluation, faults, inference, partitioning
+from rest_jax import selection as selection_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
 
@@ -40,6 +41,8 @@ def train(
     log_period: int = 50,
     seed: int = 0,
     progress_bar: bool = True,
+    selection: Optional[selection_lib.Selection] = None,
+    validate: Optional[Callable[[Any], float]] = None,
 ) -> List[Dict[str, Any]]:
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps.
 
@@ -59,6 +62,10 @@ def train(
     log_period: steps between train-metric summaries.
     seed: parameter-init and dropout seed.
     progress_bar: show a tqdm bar with tokens/s.
+    selection: keeps the best checkpoint by `validate(params)` (evaluated every
+      `selection.config.eval_period` steps) and stops early after `patience`
+      evaluations without improvement (ReST's BC).
+    validate: the validation score of parameters (higher is better).
 
   Returns:
     The history of evaluations: one dict per evaluation with `step` and metrics.
@@ -79,7 +86,13 @@ def train(
   else:
     state = trainer.init_state(init_rng)
   start = int(jax.device_get(state.step))
-
+  if selection is not None:
+    if validate is None:
+      raise ValueError("train: a selection needs a validate function")
+    if selection.finished:  # reached its steps or stopped early: nothing left to do
+      ckpt.close()
+      return []
+    selection.resume_from(start)
   is_chief = jax.process_index() == 0
   train_writer = metric_writers.create_default_writer(
       os.path.join(model_dir, "train"), just_logging=not is_chief)
@@ -134,7 +147,19 @@ def train(
       accumulator, tokens, tick = trainer_lib.MetricsAccumulator(), 0, time.perf_counter()
     if done % eval_period == 0 or done == total_steps:
       run_eval(done)
+    if selection is not None and selection.due(done, total_steps):
+      selection.record(done, validate(state.params), state)
+      tqdm.tqdm.write(f"step {done:6d} validation score {selection.history[-1][1]:.4f}"
+                      f" (best {selection.best[1]:.4f} at step {selection.best[0]})")
+      if selection.should_stop and done < total_steps:
+        if ckpt.latest_step() != done:
+          ckpt.save(state, force=True)  # where a re-run finds the stopped run
+        logging.info("train: stopped early at step %d; best validation score %.4f at step %d",
+                     done, selection.best[1], selection.best[0])
+        break
   bar.close()
+  if selection is not None:
+    selection.finish()
   ckpt.close()
   cut = pipeline.overlength_count(train_dataset_cfg)
   if cut:

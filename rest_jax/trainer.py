@@ -22,8 +22,8 @@ from rest_jax import partitioning
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
-# (model, params, batch, dropout_rng) -> (loss, metrics)
-LossFn = Callable[[Any, PyTree, Batch, jax.Array | None], Tuple[jax.Array, Mapping[str, Any]]]
+# (model, params, batch, dropout_rng, **loss_args) -> (loss, metrics)
+LossFn = Callable[..., Tuple[jax.Array, Mapping[str, Any]]]
 
 
 @flax.struct.dataclass
@@ -43,6 +43,40 @@ class TrainState:
 def default_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.GradientTransformation:
   """Adafactor with factored second moments, as t5x trains T5."""
   return optax.adafactor(learning_rate=learning_rate)
+
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def learning_rate_schedule(base_learning_rate: float, schedule: str = "constant",
+                           warmup_steps: int = 0, decay_steps: int = 0,
+                           end_factor: float = 0.0) -> optax.Schedule:
+  """A learning rate per step: linear warmup, then constant or decaying.
+
+  Args:
+    base_learning_rate: the rate after warmup.
+    schedule: "constant", "linear" (to `end_factor * base` over `decay_steps`) or
+      "cosine" (likewise, cosine-shaped).
+    warmup_steps: steps of linear warmup from 0.
+    decay_steps: steps of decay after warmup ("linear", "cosine").
+    end_factor: the final rate as a share of `base_learning_rate`.
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(f"learning-rate schedule {schedule!r}: use one of {SCHEDULES}")
+  if schedule == "constant":
+    after = optax.constant_schedule(base_learning_rate)
+  else:
+    if decay_steps <= 0:
+      raise ValueError(f"a {schedule} learning-rate schedule needs decay_steps > 0")
+    if schedule == "linear":
+      after = optax.linear_schedule(base_learning_rate, end_factor * base_learning_rate,
+                                    decay_steps)
+    else:
+      after = optax.cosine_decay_schedule(base_learning_rate, decay_steps, alpha=end_factor)
+  if warmup_steps <= 0:
+    return after
+  warmup = optax.linear_schedule(0.0, base_learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, after], [warmup_steps])
 
 
 def optax_optimizer(model) -> optax.GradientTransformation | None:
@@ -127,23 +161,41 @@ class Trainer:
     """Fresh parameters and optimizer state, created already sharded."""
     return self._init(rng)
 
-  def state_from_params(self, params: PyTree) -> TrainState:
-    """A step-0 state around existing parameters (e.g. a policy checkpoint)."""
-    params = jax.device_put(params, self.params_sharding)
-    if self._opt_init is None:
-      self._opt_init = self.partitioner.partition(
-          self.optimizer.init, in_shardings=(self.params_sharding,),
-          out_shardings=self.state_sharding.opt_state,
-      )
+  def state_from_params(self, params: PyTree, opt_state: PyTree = None) -> TrainState:
+    """A step-0 state around existing parameters (e.g. a policy checkpoint).
+
+    Args:
+      params: the parameters.
+      opt_state: an optimizer state to continue from (e.g. the previous Improve
+        step's); None starts a fresh one.
+    """
+    # A copy: the train step donates its state, and the caller keeps its parameters
+    # (e.g. the BC policy that a KL term reads in every Improve step).
+    params = jax.tree_util.tree_map(jnp.copy, jax.device_put(params, self.params_sharding))
+    if opt_state is None:
+      if self._opt_init is None:
+        self._opt_init = self.partitioner.partition(
+            self.optimizer.init, in_shardings=(self.params_sharding,),
+            out_shardings=self.state_sharding.opt_state,
+        )
+      opt_state = self._opt_init(params)
+    else:
+      expected = jax.tree_util.tree_structure(self.state_sharding.opt_state)
+      if jax.tree_util.tree_structure(opt_state) != expected:
+        raise ValueError("the optimizer state to continue from does not fit this optimizer"
+                         f" ({type(self.optimizer).__name__}); start it fresh instead")
+      opt_state = jax.tree_util.tree_map(
+          jnp.copy, jax.device_put(opt_state, self.state_sharding.opt_state))
     step = jax.device_put(jnp.array(0, jnp.int32), self.partitioner.replicated)
-    return TrainState(step=step, params=params, opt_state=self._opt_init(params))
+    return TrainState(step=step, params=params, opt_state=opt_state)
 
   # --- steps ---------------------------------------------------------------
 
-  def _train_step_fn(self, state: TrainState, batch: Batch, base_rng: jax.Array):
+  def _train_step_fn(self, state: TrainState, batch: Batch, base_rng: jax.Array,
+                     loss_args: Mapping[str, Any]):
     dropout_rng = jax.random.fold_in(base_rng, state.step)
     grad_fn = jax.value_and_grad(
-        lambda p: self.loss_fn(self.model, p, batch, dropout_rng), has_aux=True
+        lambda p: self.loss_fn(self.model, p, batch, dropout_rng, **loss_args), has_aux=True
     )
     (_, metrics), grads = grad_fn(state.params)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -160,24 +212,37 @@ class Trainer:
   def _batch_shardings(self, batch: Batch):
     return {k: self.partitioner.data_sharding(np.ndim(v)) for k, v in batch.items()}
 
-  def _compiled_train_step(self, batch: Batch):
-    if self._train_step is None:
-      self._train_step = self.partitioner.partition(
+  def _loss_args_shardings(self, loss_args: Mapping[str, Any]):
+    """Parameter trees (e.g. the frozen BC policy) are sharded as the parameters; scalars replicated."""
+    return {k: self.params_sharding if k.endswith("params") else self.partitioner.replicated
+            for k in loss_args}
+
+  def _compiled_train_step(self, batch: Batch, loss_args: Mapping[str, Any]):
+    key = tuple(sorted(loss_args))
+    if self._train_step is None or self._train_step[0] != key:
+      self._train_step = (key, self.partitioner.partition(
           self._train_step_fn,
           in_shardings=(self.state_sharding, self._batch_shardings(batch),
-                        self.partitioner.replicated),
+                        self.partitioner.replicated, self._loss_args_shardings(loss_args)),
           out_shardings=(self.state_sharding, self.partitioner.replicated),
           donate_argnums=(0,),
-      )
-    return self._train_step
+      ))
+    return self._train_step[1]
 
-  def train_step(self, state: TrainState, batch: Batch, base_rng: jax.Array):
-    """One optimizer step; the old `state` is donated (do not reuse it)."""
-    return self._compiled_train_step(batch)(state, batch, base_rng)
+  def train_step(self, state: TrainState, batch: Batch, base_rng: jax.Array,
+                 loss_args: Mapping[str, Any] | None = None):
+    """One optimizer step; the old `state` is donated (do not reuse it).
+
+    `loss_args` are passed to the loss function as keyword arguments (traced, so
+    changing their values does not recompile): e.g. BVMPO's `reference_params`
+    (the frozen BC policy) and `kl_weight`.
+    """
+    loss_args = dict(loss_args or {})
+    return self._compiled_train_step(batch, loss_args)(state, batch, base_rng, loss_args)
 
   def lower_train_step(self, batch: Batch, base_rng: jax.Array):
     """The train step lowered for (abstract) inputs, to inspect its memory and collectives."""
-    return self._compiled_train_step(batch).lower(self.abstract_state, batch, base_rng)
+    return self._compiled_train_step(batch, {}).lower(self.abstract_state, batch, base_rng, {})
 
   def eval_step(self, params: PyTree, batch: Batch):
     if self._eval_step is None:

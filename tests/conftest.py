@@ -31,3 +31,14 @@ def init_params(model, batch=4, length=8, seed=0):
   shapes = {"encoder_input_tokens": (batch, length), "decoder_input_tokens": (batch, length),
             "decoder_target_tokens": (batch, length)}
   return model.get_initial_variables(jax.random.PRNGKey(seed), shapes)["params"]
+
+
+def grown_row(source_id, sample_id, targets="t", reward=0.5, is_reference=0, **overrides):
+  """A complete grown-dataset row (format 2) with plausible defaults."""
+  ids = [3] * max(1, len(targets)) + [1]
+  row = {"inputs": "a", "targets": targets, "target_ids": ids, "reward": reward,
+         "scored": 1, "source_id": source_id, "sample_id": sample_id,
+         "is_reference": is_reference, "ended_with_eos": 1, "value": 0.5, "value_loo": 0.5,
+         "behaviour_log_probs": [-1.0] * len(ids), "policy_log_probs": [-1.2] * len(ids)}
+  row.update(overrides)
+  return row

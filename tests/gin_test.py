@@ -48,3 +48,68 @@ def test_cli_rejects_unknown_flags_and_files():
     main.main(["train", "--bogus=1"])
   with pytest.raises(ValueError, match="not found"):
     main.parse_gin(["no_such_file.gin"], [])
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory):
+  """A learned reward model of two training steps (the paper configs' REWARD reads one)."""
+  from rest_jax.rewards import learned  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("paper")
+  spm = vocab.train_sentencepiece(
+      ["the dog sees the cat", "der Hund sieht die Katze", "狗看见猫"] * 50,
+      str(root / "t.model"), 40)
+  ratings = root / "ratings.tsv"
+  ratings.write_text("".join(f"der Hund {i}\tthe dog {i}\tthe dog\t{i / 60}\n"
+                             for i in range(60)))
+  model_dir = root / "reward"
+  learned.train_reward_model(
+      ratings_file=str(ratings), model_dir=str(model_dir),
+      vocabulary=vocab.seqio.SentencePieceVocabulary(spm),
+      config=learned.RewardModelConfig(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
+                                       mlp_dim=16, num_layers=1, max_length=24),
+      train_steps=2, batch_size=8, eval_fraction=0.3)
+  return spm, str(model_dir), root
+
+
+@pytest.mark.parametrize("config,task,samples,langs", [
+    ("configs/iwslt14_de_en.gin", "iwslt14_de_en", 100, ("de", "en")),
+    ("configs/wmt20_zh_en.gin", "wmt20_zh_en", 25, ("zh", "en")),
+])
+def test_paper_configs_build_with_a_tiny_stand_in(config, task, samples, langs,
+                                                  tiny_reward_model):
+  """Each paper config is built whole (model, task, reward, Grow/Improve/eval settings)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from rest_jax import inference, trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  spm, reward_dir, root = tiny_reward_model
+  data = root / task
+  data.mkdir(exist_ok=True)
+  for split, n in (("train", 6), ("valid", 3), ("test", 2)):
+    for lang in langs:
+      text = {"de": "der Hund sieht die Katze", "zh": "狗看见猫", "en": "the dog sees the cat"}
+      (data / f"{split}.{lang}").write_text("".join(f"{text[lang]} {i}\n" for i in range(n)))
+  gin.clear_config()
+  main.parse_gin([config], [
+      f"VOCAB_FILE = '{spm}'", f"REWARD_MODEL_DIR = '{reward_dir}'", f"DATA_DIR = '{data}'",
+      "MODEL_DIR = '/tmp/unused'", "NUM_EMBEDDINGS = 64",  # the tiny stand-in size:
+      "network.T5Config.emb_dim = 16", "network.T5Config.num_heads = 2",
+      "network.T5Config.head_dim = 8", "network.T5Config.mlp_dim = 32",
+      "network.T5Config.num_encoder_layers = 1", "network.T5Config.num_decoder_layers = 1"])
+  build = lambda name: gin.query_parameter(f"%{name}").scoped_configurable_fn()  # noqa: E731
+  grow, improve, evaluation = build("GROW"), build("IMPROVE"), build("EVALUATION")
+  assert (grow.sampling.temperature, grow.sampling.topk, grow.sampling.topp) == (0.8, 0, 0.0)
+  assert grow.num_samples == samples and grow.steps == 2
+  assert list(improve.thresholds.values) == [0.0, 0.7, 0.8, 0.9]
+  assert improve.loss.name == "bc" and evaluation.sampling == grow.sampling
+  reward = build("REWARD")
+  assert reward.name == "learned" and reward.range == (0.0, 1.0)
+  assert len(reward(["der Hund"], ["the dog"], ["the dog"])) == 1
+  model = build("MODEL")
+  assert model.module.config.emb_dim == 16
+  shapes = jax.eval_shape(lambda: model.get_initial_variables(
+      jax.random.PRNGKey(0), trainer_lib.batch_input_shapes(2, {"inputs": 8, "targets": 8})))
+  assert "params" in shapes
+  assert inference.count_examples(task, "validation") == 3
+  gin.clear_config()

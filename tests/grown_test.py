@@ -10,27 +10,43 @@ import seqio
 from rest_jax.data import grown, grown_tasks
 
 VOCAB = seqio.ByteVocabulary()
+EOS = VOCAB.eos_id
 
 
-def _rows(shard, sources=3, samples=4):
+def _ids(text, eos=True):
+  return list(VOCAB.encode(text)) + ([EOS] if eos else [])
+
+
+def _row(source_id, sample_id, text, reward, is_reference=0, scored=1, eos=True, value=0.0,
+         value_loo=0.0):
+  ids = _ids(text, eos)
+  return {"inputs": f"src {source_id}", "targets": text, "target_ids": ids,
+          "behaviour_log_probs": [-0.5] * len(ids), "policy_log_probs": [-0.7] * len(ids),
+          "ended_with_eos": int(eos), "reward": reward, "scored": scored,
+          "source_id": source_id, "sample_id": sample_id, "is_reference": is_reference,
+          "value": value, "value_loo": value_loo}
+
+
+def _rows(shard, sources=3, samples=4, references_scored=True):
   rows = []
   for s in range(sources):
     source_id = shard * sources + s
     for k in range(samples):
-      rows.append({"inputs": f"src {source_id}", "targets": f"hyp {source_id} {k % 3}",
-                   "reward": round(0.1 * k + 0.01 * source_id, 4), "source_id": source_id,
-                   "sample_id": k, "is_reference": 0, "log_prob": -1.5 * k})
-    rows.append({"inputs": f"src {source_id}", "targets": f"ref {source_id}", "reward": 1.0,
-                 "source_id": source_id, "sample_id": samples, "is_reference": 1,
-                 "log_prob": 0.0})
+      rows.append(_row(source_id, k, f"hyp {source_id} {k % 3}",
+                       round(0.1 * k + 0.01 * source_id, 4)))
+    if references_scored:
+      rows.append(_row(source_id, samples, f"ref {source_id}", 0.95, is_reference=1))
+    else:  # a reward that reads references never scores one against itself
+      rows.append(_row(source_id, samples, f"ref {source_id}", float("nan"), is_reference=1,
+                       scored=0))
   return rows
 
 
-def _write(directory, num_shards=2):
+def _write(directory, num_shards=2, references_scored=True):
   rows = []
   for i in range(num_shards):
-    rows += _rows(i)
-    grown.write_shard(str(directory), i, num_shards, _rows(i))
+    rows += _rows(i, references_scored=references_scored)
+    grown.write_shard(str(directory), i, num_shards, _rows(i, references_scored=references_scored))
   grown.write_manifest(str(directory), num_shards, {"policy": "ckpt/3", "reward": "chrf"})
   return rows
 
@@ -49,8 +65,11 @@ def test_round_trip_and_nested_thresholds(tmp_path):
   rows = _write(tmp_path)
   manifest = grown.load_manifest(str(tmp_path))
   assert manifest["num_rows"] == len(rows) == 30
+  assert manifest["num_samples"] == 24 and manifest["num_references"] == 6
   assert manifest["metadata"]["policy"] == "ckpt/3"
-  assert manifest["reward"]["max"] == pytest.approx(1.0)
+  # Reward statistics are over the samples; the references' apart.
+  assert manifest["reward"]["max"] == pytest.approx(0.35)
+  assert manifest["reference_reward"]["count"] == 6
   kept = {}
   for tau in (0.0, 0.2, 0.3):
     task = grown_tasks.register_grown_task("grown_test", str(tmp_path), VOCAB, threshold=tau)
@@ -64,8 +83,52 @@ def test_round_trip_and_nested_thresholds(tmp_path):
   assert kept[0.3] < kept[0.2] < kept[0.0]
 
 
+def test_improve_trains_on_the_stored_token_ids(tmp_path):
+  """A cut sample stays cut (no EOS appended) and no text is tokenized again."""
+  rows = [_row(0, 0, "ab", 0.9, eos=False), _row(0, 1, "abc", 0.8)]
+  rows[0]["target_ids"] = [7, 8, 9]  # ids no tokenization of "ab" gives
+  rows[0]["behaviour_log_probs"] = [-0.1, -0.2, -0.3]
+  rows[0]["policy_log_probs"] = [-0.4, -0.5, -0.6]
+  grown.write_shard(str(tmp_path), 0, 1, rows)
+  grown.write_manifest(str(tmp_path), 1)
+  task = grown_tasks.register_grown_task("grown_test", str(tmp_path), VOCAB, threshold=0.0)
+  converter = grown_tasks.RewardEncDecFeatureConverter(
+      scalar_features=grown_tasks.SCALAR_FEATURES, token_features=grown_tasks.TOKEN_FEATURES)
+  batches = _read(task, converter)
+  assert set(batches[0]) == {"encoder_input_tokens", "decoder_input_tokens",
+                             "decoder_target_tokens", "decoder_loss_weights",
+                             *grown_tasks.SCALAR_FEATURES, *grown_tasks.TOKEN_FEATURES}
+  np.testing.assert_array_equal(batches[0]["decoder_target_tokens"][:4], [7, 8, 9, 0])
+  np.testing.assert_array_equal(batches[0]["decoder_input_tokens"][:4], [0, 7, 8, 9])
+  np.testing.assert_allclose(batches[0]["behaviour_log_probs"][:4], [-0.1, -0.2, -0.3, 0.0])
+  np.testing.assert_allclose(batches[0]["policy_log_probs"][:4], [-0.4, -0.5, -0.6, 0.0])
+  np.testing.assert_array_equal(batches[1]["decoder_target_tokens"][:4], _ids("abc"))
+
+
+def test_unscored_references_and_sample_quantiles(tmp_path):
+  """With a reward that reads references, references carry no reward of their own."""
+  _write(tmp_path, references_scored=False)
+  manifest = grown.load_manifest(str(tmp_path))
+  assert manifest["reference_reward"]["count"] == 0
+  columns = grown.read_columns(grown.shard_paths(str(tmp_path), manifest))
+  assert np.all(np.isnan(columns["reward"][columns["is_reference"]]))
+  assert not np.any(columns["scored"][columns["is_reference"]])
+  for tau in (0.0, 0.3):  # kept at every threshold, with the reward the loss is given
+    examples = _read(grown_tasks.register_grown_task(
+        "grown_test", str(tmp_path), VOCAB, threshold=tau, unscored_reward=1.0))
+    refs = [e for e in examples if e["is_reference"]]
+    assert len(refs) == 6 and {float(e["reward"]) for e in refs} == {1.0}
+  dropped = _read(grown_tasks.register_grown_task(
+      "grown_test", str(tmp_path), VOCAB, threshold=0.0, include_references=False))
+  assert len(dropped) == 24
+  # The top 25% by quantile is a quarter of the samples: the references take no part.
+  top = _read(grown_tasks.register_grown_task(
+      "grown_test", str(tmp_path), VOCAB, top_quantile=0.25, include_references=False))
+  assert len(top) == 6
+
+
 def test_reference_and_duplicate_filters_and_quantiles(tmp_path):
-  rows = _write(tmp_path)
+  _write(tmp_path)
   no_refs = _read(grown_tasks.register_grown_task(
       "grown_test", str(tmp_path), VOCAB, include_references=False))
   assert all(e["is_reference"] == 0 for e in no_refs) and len(no_refs) == 24
@@ -73,19 +136,11 @@ def test_reference_and_duplicate_filters_and_quantiles(tmp_path):
       "grown_test", str(tmp_path), VOCAB, deduplicate=True))
   # Samples k=0 and k=3 of a source are the same text ("hyp <id> 0").
   assert len(unique) == 30 - 6
+  # The top 25% of the samples' rewards (>= 0.3) keep 6 samples; scored references
+  # (0.95) pass that threshold too.
   top = _read(grown_tasks.register_grown_task(
-      "grown_test", str(tmp_path), VOCAB, top_quantile=0.2))
-  assert len(top) == 6 and {e["is_reference"] for e in top} == {1}
-  del rows
-
-
-def test_rewards_reach_the_batch(tmp_path):
-  _write(tmp_path)
-  task = grown_tasks.register_grown_task("grown_test", str(tmp_path), VOCAB, threshold=0.25)
-  batches = _read(task, grown_tasks.RewardEncDecFeatureConverter())
-  assert set(batches[0]) == {"encoder_input_tokens", "decoder_input_tokens",
-                             "decoder_target_tokens", "decoder_loss_weights", "reward"}
-  assert all(b["reward"] >= 0.25 for b in batches)
+      "grown_test", str(tmp_path), VOCAB, top_quantile=0.25))
+  assert len(top) == 12 and sum(e["is_reference"] for e in top) == 6
 
 
 def test_missing_manifest_truncated_and_missing_shards_are_errors(tmp_path):
@@ -108,7 +163,18 @@ def test_missing_manifest_truncated_and_missing_shards_are_errors(tmp_path):
     grown.load_manifest(str(directory))
 
 
-def test_count_mismatch_and_bad_rewards(tmp_path):
+def test_an_older_format_is_refused_by_name(tmp_path):
+  _write(tmp_path)
+  manifest_path = tmp_path / grown.MANIFEST
+  manifest = json.loads(manifest_path.read_text())
+  manifest["format_version"] = 1
+  manifest_path.write_text(json.dumps(manifest))
+  with pytest.raises(grown.GrownDatasetError, match="format version 1; this rest_jax reads"
+                     " version 2"):
+    grown.load_manifest(str(tmp_path))
+
+
+def test_count_mismatch_and_bad_rows(tmp_path):
   _write(tmp_path)
   manifest_path = tmp_path / grown.MANIFEST
   manifest = json.loads(manifest_path.read_text())
@@ -117,7 +183,11 @@ def test_count_mismatch_and_bad_rewards(tmp_path):
   with pytest.raises(grown.GrownDatasetError, match="holds 15 rows, manifest.json says 16"):
     grown.load_manifest(str(tmp_path))
   bad = _rows(0)
-  bad[5]["reward"] = float("nan")
+  bad[5]["reward"] = float("nan")  # a scored row must have a finite reward
   with pytest.raises(grown.GrownDatasetError, match="row 5 .*non-finite reward"):
     grown.write_shard(str(tmp_path / "bad"), 0, 1, bad)
   assert not [f for f in os.listdir(tmp_path / "bad") if f.endswith(".tfrecord")]
+  bad = _rows(0)
+  bad[2]["behaviour_log_probs"] = bad[2]["behaviour_log_probs"][:-1]
+  with pytest.raises(grown.GrownDatasetError, match="row 2.*one per target token"):
+    grown.write_shard(str(tmp_path / "bad"), 0, 1, bad)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rest_jax import decoding
+from rest_jax import decoding, inference, sampling
 from tests.conftest import init_params, make_model
 
 ENC = np.array([[5, 6, 7, 9, 1, 0, 0, 0], [8, 9, 10, 11, 12, 13, 1, 0]], np.int32)
@@ -62,7 +62,7 @@ def _reference_sample(model, params, enc, num_decodes, length, rng, temperature)
              "decoder_target_tokens": np.ones_like(dec_in)}
     logits = model._compute_logits(params, batch)[:, step]
     u = decoding._uniform_per_row(keys, jnp.int32(step))
-    tok, lp = decoding.sample_logits(logits, u, temperature=temperature)
+    tok, lp, _ = decoding.sample_logits(logits, u, temperature=temperature)
     tok, lp = np.where(ended, 0, tok), np.where(ended, 0.0, lp)
     tokens[:, step] = tok
     log_prob += lp
@@ -87,18 +87,21 @@ def test_cached_sampling_equals_uncached_sampling():
   ref_decodes, ref_scores = _sorted(*_reference_sample(model, params, ENC, 3, 8, rng, 1.5))
   np.testing.assert_array_equal(decodes, ref_decodes)
   np.testing.assert_allclose(aux["scores"], ref_scores, rtol=1e-4, atol=1e-4)
-  # The returned scores are the model's log-likelihoods of the decodes (checked on
-  # rows without a sampled padding id, which teacher forcing would mask).
+  # The per-token log-probabilities the sampler returns equal a teacher-forced
+  # recomputation: under the tempered distribution (behaviour) and at T = 1 (policy).
+  _, aux_tokens = model.predict_batch_with_aux(
+      params, batch, rng=rng, num_decodes=3, return_all_decodes=True,
+      decoder_params={"temperature": 1.5, "return_token_log_probs": True})
   flat = np.asarray(decodes).reshape(6, 8)
-  before_end = (np.cumsum(flat == 1, axis=1) - (flat == 1)) == 0
-  clean = ~np.any((flat == 0) & before_end, axis=1)
-  assert clean.sum() >= 2
-  dec_in = np.concatenate([np.zeros((6, 1), np.int32), flat[:, :-1]], axis=1)
-  scored = model.score_batch(params, {
-      "encoder_input_tokens": np.repeat(ENC, 3, 0), "decoder_input_tokens": dec_in,
-      "decoder_target_tokens": flat, "decoder_loss_weights": before_end.astype(np.int32)})
-  np.testing.assert_allclose(np.asarray(scored)[clean],
-                             np.asarray(aux["scores"]).reshape(6)[clean], rtol=1e-4, atol=1e-4)
+  behaviour, policy = inference.teacher_forced_log_probs(
+      model, params, np.repeat(ENC, 3, 0), flat, sampling.SamplingConfig(temperature=1.5), 1)
+  np.testing.assert_allclose(np.asarray(aux_tokens["token_log_probs"]).reshape(6, 8),
+                             behaviour, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(aux_tokens["policy_token_log_probs"]).reshape(6, 8),
+                             policy, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(behaviour).sum(-1), np.asarray(aux["scores"]).reshape(6),
+                             atol=1e-4)
+  assert not np.allclose(behaviour, policy)
 
 
 def test_beam_of_one_equals_greedy():

@@ -49,8 +49,8 @@ SMALL_REST = [
     "--gin.IMPROVE_STEPS=4", "--gin.BATCH_SIZE=16", "--gin.EVAL_MAX_EXAMPLES=16",
     "--gin.BEST_OF_N=2", "--gin.tasks.demo_corpus_sizes.train_size=2000",
     "--gin.tasks.demo_corpus_sizes.validation_size=32",
-    "--gin.tasks.demo_corpus_sizes.test_size=32", "--gin.rest.rest.grow_batch_size=16",
-    "--gin.rest.rest.shard_size=16", "--gin.rest.rest.checkpoint_period=3",
+    "--gin.tasks.demo_corpus_sizes.test_size=32", "--gin.GROW_BATCH_SIZE=16",
+    "--gin.grow.GrowConfig.shard_size=16", "--gin.rest.rest.checkpoint_period=3",
     "--gin.rest.rest.progress_bar=False",
 ]
 
@@ -103,19 +103,17 @@ def run_rest(model_dir, processes: int, devices: int, extra=(), env=None):
 
 
 def grown_rows(grow_dir):
-  """{(source_id, sample_id): (target text, reward, log_prob)} of a grown dataset."""
+  """{(source_id, sample_id): (target text, reward, token ids, behaviour log-probs)}."""
   manifest = grown.load_manifest(str(grow_dir))
-  spec = {"targets": tf.io.FixedLenFeature([], tf.string),
-          "reward": tf.io.FixedLenFeature([], tf.float32),
-          "log_prob": tf.io.FixedLenFeature([], tf.float32),
-          "source_id": tf.io.FixedLenFeature([], tf.int64),
-          "sample_id": tf.io.FixedLenFeature([], tf.int64)}
   rows = {}
   ds = tf.data.TFRecordDataset(grown.shard_paths(str(grow_dir), manifest))
-  for r in ds.map(lambda x: tf.io.parse_single_example(x, spec)).as_numpy_iterator():
+  for r in ds.map(lambda x: tf.io.parse_single_example(x, grown.feature_spec())
+                  ).as_numpy_iterator():
     key = (int(r["source_id"]), int(r["sample_id"]))
     assert key not in rows, f"duplicate row {key} in {grow_dir}"
-    rows[key] = (r["targets"], float(r["reward"]), float(r["log_prob"]))
+    reward = None if np.isnan(r["reward"]) else float(r["reward"])  # unscored references
+    rows[key] = (r["targets"], reward, tuple(r["target_ids"].tolist()),
+                 r["behaviour_log_probs"])
   return rows
 
 
@@ -129,9 +127,9 @@ def assert_same_run(a, b, param_atol=1e-5, log_prob_atol=1e-3):
   rows_a, rows_b = grown_rows(a / "grow_1"), grown_rows(b / "grow_1")
   assert sorted(rows_a) == sorted(rows_b)
   assert len(rows_a) == 48 * 3  # 2 samples and the reference per source
-  for key, (text, reward, log_prob) in rows_a.items():
-    assert rows_b[key][:2] == (text, reward), key
-    assert abs(rows_b[key][2] - log_prob) <= log_prob_atol, key
+  for key, (text, reward, ids, log_probs) in rows_a.items():
+    assert rows_b[key][:3] == (text, reward, ids), key
+    np.testing.assert_allclose(rows_b[key][3], log_probs, atol=log_prob_atol, err_msg=str(key))
   params_a = checkpoints.read_arrays(str(a / "improve_1_2" / "checkpoints"))["params"]
   params_b = checkpoints.read_arrays(str(b / "improve_1_2" / "checkpoints"))["params"]
   flat_b = dict(jax.tree_util.tree_flatten_with_path(params_b)[0])

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from rest_jax import inference, partitioning, trainer as trainer_lib
+from rest_jax import inference, partitioning, sampling, trainer as trainer_lib
 from tests.conftest import make_model
 
 LENGTH = 8
@@ -34,7 +34,7 @@ def _run(partitioner):
                                         jax.random.PRNGKey(1))
     losses.append(float(metrics["loss"].compute()))
   sampler = inference.PolicyDecoder(model, partitioner, trainer.params_sharding, num_decodes=3,
-                                    decoder_params={"temperature": 1.0})
+                                    sampling=sampling.SamplingConfig(temperature=1.0))
   keys = inference.sample_keys(5, 1, np.arange(BATCH), 3)
   out = sampler(state.params, batch["encoder_input_tokens"], LENGTH, keys)
   return losses, trainer_lib.to_host(state.params), out["tokens"], out["scores"]

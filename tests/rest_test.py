@@ -7,7 +7,8 @@ import shutil
 import jax
 import pytest
 
-from rest_jax import decoding, losses, partitioning, rest, rewards
+from rest_jax import checkpoints, decoding, grow, improve, losses, partitioning, policy_eval
+from rest_jax import rest, rewards, selection
 from rest_jax.data import pipeline, tasks, vocab
 from tests.conftest import make_model
 
@@ -20,10 +21,15 @@ def _run(model_dir, **overrides):
       model_dir=str(model_dir),
       train_dataset_cfg=pipeline.DatasetConfig(tasks.DEMO_TASK, LENGTHS, "train", 16, seed=1),
       bc_steps=6, reward=rewards.get("chrf", processes=1),
-      thresholds=rewards.ThresholdSchedule([0.0, 0.5], quantiles=True), num_grow_steps=1,
-      grow_max_sources=24, num_samples=2, grow_batch_size=8, shard_size=16,
-      improve_loss=losses.OfflineRLLoss("bc"), improve_steps=3, improve_batch_size=16,
-      eval_max_examples=16, best_of_n=2, checkpoint_period=3, progress_bar=False,
+      grow=grow.GrowConfig(steps=1, max_sources=24, num_samples=2, batch_size=8,
+                           shard_size=16),
+      improve=improve.ImproveConfig(
+          thresholds=rewards.ThresholdSchedule([0.0, 0.5], quantiles=True),
+          loss=losses.OfflineRLLoss("bc"), steps=3, batch_size=16,
+          selection=selection.SelectionConfig(eval_period=2)),
+      evaluation=policy_eval.EvalConfig(max_examples=16, best_of_n=2),
+      bc_selection=selection.SelectionConfig(eval_period=3),
+      checkpoint_period=3, progress_bar=False,
       partitioner=partitioning.Partitioner(mesh_shape=(4, 2)))
   kwargs.update(overrides)
   return rest.rest(**kwargs)
@@ -42,10 +48,23 @@ def _steps(model_dir):
 def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys):
   assert jax.device_count() == 8
   rows = _run(tmp_path)
-  assert [r["policy"].split(" (")[0] for r in rows] == ["BC", "G1 I1", "G1 I2"]
-  assert all("test/best_of_2_reward" in r["metrics"] for r in rows)
+  assert [r["policy"].split(" (")[0] for r in rows] == ["BC", "BC+", "G1 I1", "G1 I2"]
+  # Every policy is evaluated on validation; test only for BC, BC+ and the selected one.
+  assert all("validation/oracle_best_of_2_reward" in r["metrics"] for r in rows)
+  chosen = [r for r in rows if r.get("selected")]
+  assert len(chosen) == 1 and chosen[0]["role"] in ("BC", "ReST")
+  best = max((r for r in rows if r["role"] != "BC+"), key=lambda r: r["metrics"]["validation/reward"])
+  assert chosen[0] is best
+  assert {r["policy"] for r in rows if "test/reward" in r["metrics"]} == {
+      "BC", "BC+", chosen[0]["policy"]}
+  # BC+ trains exactly as many optimizer steps as all Improve steps together (1 x 2 x 3).
+  assert checkpoints.Checkpointer(str(tmp_path / "bc_plus")).latest_step() == 6
+  assert rows[1]["optimizer_steps"] == rows[0]["optimizer_steps"] + selection.Selection(
+      str(tmp_path / "bc_plus")).best[0]
+  assert [r.get("kept_samples", 0) > 0 for r in rows] == [False, False, True, True]
   report = (tmp_path / "report.md").read_text()
-  assert "| BC |" in report and (tmp_path / "grow_1_rewards.png").exists()
+  assert "| BC" in report and "(selected)" in report and "## What was run" in report
+  assert (tmp_path / "grow_1_rewards.png").exists()
   manifest = json.loads((tmp_path / "grow_1" / "manifest.json").read_text())
   assert manifest["num_rows"] == 24 * 3 and manifest["num_shards"] == 2
   before = _steps(tmp_path)

@@ -131,12 +131,12 @@ def test_learned_reward_model_ranks_clean_above_corrupted(tmp_path):
 
 def test_a_failing_reward_leaves_no_shard_behind(tmp_path):
   from rest_jax.data import grown
+  from tests.conftest import grown_row
 
   def rows():
     for i, hyp in enumerate(["ok", "boom"]):
       reward = _Bad("raise")(["s"], [hyp], ["r"])[0]
-      yield {"inputs": "s", "targets": hyp, "reward": reward, "source_id": i, "sample_id": 0,
-             "is_reference": 0}
+      yield grown_row(i, 0, hyp, reward)
 
   with pytest.raises(rewards.RewardError, match="failed on example 0"):
     grown.write_shard(str(tmp_path), 0, 1, rows())

@@ -107,8 +107,14 @@ class NounPhrase:
   plural: bool
 
 
-def _noun_phrase(rng: random.Random, case: str, lexicon) -> NounPhrase:
+def _noun_phrase(rng: random.Random, case: str, lexicon, flawed: bool = False) -> NounPhrase:
+  """A noun phrase in `case`; `flawed` renders a dative one in the accusative (the flaw).
+
+  The random draws do not depend on `flawed`, so a flawed rendering of a sentence has the
+  same words as its correct one.
+  """
   en_sg, en_pl, de_sg, de_pl, gender = rng.choice(lexicon)
+  case = "acc" if flawed and case == "dat" else case
   plural = rng.random() < 0.3
   article = rng.choice(["def", "def", "none"] if plural else ["def", "indef"])
   adjective = rng.choice(ADJECTIVES) if rng.random() < 0.4 else None
@@ -156,17 +162,17 @@ class Clause:
     return " ".join([self.subject.german, *self.objects_de, self.verb_de])
 
 
-def _clause(rng: random.Random, subject=None) -> Clause:
+def _clause(rng: random.Random, subject=None, flawed: bool = False) -> Clause:
   subject = subject or _noun_phrase(rng, "nom", NOUNS)
   i = 1 if subject.plural else 0
   kind = rng.random()
   if kind < 0.45:
     verb = rng.choice(TRANSITIVE)
-    obj = _noun_phrase(rng, verb[4], NOUNS + THINGS if verb[4] == "acc" else NOUNS)
+    obj = _noun_phrase(rng, verb[4], NOUNS + THINGS if verb[4] == "acc" else NOUNS, flawed)
     return Clause(subject, verb[i], verb[2 + i], [obj.german], [obj.english], [subject, obj])
   if kind < 0.75:
     verb = rng.choice(GIVING)
-    receiver = _noun_phrase(rng, "dat", NOUNS)
+    receiver = _noun_phrase(rng, "dat", NOUNS, flawed)
     thing = _noun_phrase(rng, "acc", THINGS)
     return Clause(subject, verb[i], verb[2 + i], [receiver.german, thing.german],
                   [receiver.english, thing.english], [subject, receiver, thing])
@@ -178,22 +184,38 @@ def _capitalize(text: str) -> str:
   return text[0].upper() + text[1:]
 
 
-def generate_pair(rng: random.Random) -> Tuple[str, str, List[NounPhrase]]:
-  """One (english, german, noun phrases) triple."""
+FORMS = ("full", "simple")
+
+
+def generate_pair(rng: random.Random, flawed: bool = False,
+                  forms: str = "full") -> Tuple[str, str, List[NounPhrase]]:
+  """One (english, german, noun phrases) triple.
+
+  Args:
+    rng: the generator's random state.
+    flawed: render every dative noun phrase in the accusative (`den Mann` for `dem
+      Mann`): the systematic flaw of the demo's noisy training split.
+    forms: "full" (main, fronted-adverb, subordinate and relative clauses) or
+      "simple" (main and fronted-adverb clauses only: shorter sentences).
+  """
+  if forms not in FORMS:
+    raise ValueError(f"forms={forms!r}: use one of {FORMS}")
   form = rng.random()
+  if forms == "simple":
+    form *= 0.55  # the main and fronted-adverb forms, in their usual proportion
   if form < 0.35:
-    clause = _clause(rng)
+    clause = _clause(rng, flawed=flawed)
     en, de, phrases = clause.english(), clause.german_main(), clause.phrases
   elif form < 0.55:
     # A fronted adverb puts the German verb second, before the subject.
     adverb = rng.choice(ADVERBS)
-    clause = _clause(rng)
+    clause = _clause(rng, flawed=flawed)
     en = f"{adverb[0]} {clause.english()}"
     de = " ".join([adverb[1], clause.verb_de, clause.subject.german, *clause.objects_de])
     phrases = clause.phrases
   elif form < 0.8:
     # Subordinate clause: the German verb goes to the end, after a comma.
-    main, sub = _clause(rng), _clause(rng)
+    main, sub = _clause(rng, flawed=flawed), _clause(rng, flawed=flawed)
     conj = rng.choice(CONJUNCTIONS)
     en = f"{main.english()} {conj[0]} {sub.english()}"
     de = f"{main.german_main()}, {conj[1]} {sub.german_final()}"
@@ -201,8 +223,8 @@ def generate_pair(rng: random.Random) -> Tuple[str, str, List[NounPhrase]]:
   else:
     # Subject relative clause: the pronoun agrees with the antecedent, verb-final.
     subject = _noun_phrase(rng, "nom", NOUNS)
-    relative = _clause(rng, subject=dataclasses.replace(subject))
-    main = _clause(rng, subject=subject)
+    relative = _clause(rng, subject=dataclasses.replace(subject), flawed=flawed)
+    main = _clause(rng, subject=subject, flawed=flawed)
     pronoun_en = "who"
     pronoun_de = DEFINITE["nom"][subject.gender]
     rel_de = " ".join([pronoun_de, *relative.objects_de, relative.verb_de])
@@ -225,26 +247,77 @@ def _split_of(english: str, held_out_percent: int) -> str:
   return "train"
 
 
-def generate_splits(
+NOISE_KINDS = ("copy", "misaligned", "truncated", "repeated")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPair:
+  """A pair of the demo corpus, with its correct target and what was done to it.
+
+  Attributes:
+    source: English.
+    target: what the split holds (for training pairs maybe flawed or noisy).
+    correct: the correct German (what the generator, as a rater, knows).
+    kind: "clean", "flawed" (dative noun phrases in the accusative) or a noise kind.
+  """
+
+  source: str
+  target: str
+  correct: str
+  kind: str = "clean"
+
+
+def _noisy(pair: DemoPair, kind: str, rng: random.Random, other: str) -> DemoPair:
+  words = pair.target.split()
+  if kind == "copy":  # untranslated
+    target = pair.source
+  elif kind == "misaligned":  # another sentence's translation
+    target = other
+  elif kind == "truncated":
+    target = " ".join(words[: max(1, len(words) // 2)])
+  else:  # a phrase of two or three words said twice
+    n = min(len(words), rng.choice((2, 3)))
+    start = rng.randrange(len(words) - n + 1)
+    target = " ".join(words[: start + n] + words[start:start + n] + words[start + n:])
+  return dataclasses.replace(pair, target=target, kind=kind)
+
+
+def generate_corpus(
     train_size: int = 20000,
     validation_size: int = 500,
     test_size: int = 500,
     seed: int = 0,
-) -> Dict[str, List[Tuple[str, str]]]:
-  """Disjoint train/validation/test lists of (english, german) pairs.
+    forms: str = "full",
+    flaw_rate: float = 0.0,
+    noise_rate: float = 0.0,
+) -> Dict[str, List[DemoPair]]:
+  """Disjoint train/validation/test lists of pairs; the training split may be flawed.
+
+  The sentences do not depend on `flaw_rate` or `noise_rate` (their choices use a
+  random stream of their own), and validation and test are always clean.
 
   Args:
     train_size: pairs in the train split.
     validation_size: pairs in the validation split.
     test_size: pairs in the test split.
     seed: the same seed gives the same text.
+    forms: sentence forms, see `generate_pair`.
+    flaw_rate: share of training pairs with a dative noun phrase whose target puts
+      every dative noun phrase in the accusative (a consistent wrong rule: with 0.5,
+      the data's distribution for datives is bimodal).
+    noise_rate: share of training pairs replaced by web-like noise: an untranslated
+      copy of the source, another sentence's translation, a target cut in half, or
+      a phrase repeated (`NOISE_KINDS`, in equal parts).
 
   Returns:
-    A dict from split name to its list of pairs.
+    A dict from split name to its list of `DemoPair`s.
   """
+  if not (0.0 <= flaw_rate <= 1.0 and 0.0 <= noise_rate <= 1.0):
+    raise ValueError(f"flaw_rate={flaw_rate} and noise_rate={noise_rate} must be in [0, 1]")
   wanted = {"train": train_size, "validation": validation_size, "test": test_size}
   held_out = 10  # percent of distinct sentences routed to each held-out split
   rng = random.Random(seed)
+  flaws = random.Random(f"{seed}/flaws")
   out = {name: [] for name in SPLITS}
   seen = set()
   attempts = 0
@@ -252,11 +325,48 @@ def generate_splits(
     attempts += 1
     if attempts > 50 * sum(wanted.values()) + 10000:
       raise RuntimeError(f"demo grammar cannot produce {wanted} distinct sentences")
-    en, de, _ = generate_pair(rng)
+    state = rng.getstate()
+    en, de, phrases = generate_pair(rng, forms=forms)
     if en in seen:
       continue
     seen.add(en)
     split = _split_of(en, held_out)
-    if len(out[split]) < wanted[split]:
-      out[split].append((en, de))
+    if len(out[split]) >= wanted[split]:
+      continue
+    pair = DemoPair(en, de, de)
+    if split == "train" and any(p.case == "dat" for p in phrases) and flaws.random() < flaw_rate:
+      replay = random.Random()
+      replay.setstate(state)
+      pair = dataclasses.replace(pair, target=generate_pair(replay, True, forms)[1],
+                                 kind="flawed")
+    out[split].append(pair)
+  noise = random.Random(f"{seed}/noise")
+  train = out["train"]
+  for i, pair in enumerate(train):
+    if noise.random() < noise_rate:
+      other = train[noise.randrange(len(train))].correct
+      train[i] = _noisy(pair, noise.choice(NOISE_KINDS), noise, other)
   return out
+
+
+def generate_splits(
+    train_size: int = 20000,
+    validation_size: int = 500,
+    test_size: int = 500,
+    seed: int = 0,
+    **corpus_options,
+) -> Dict[str, List[Tuple[str, str]]]:
+  """Disjoint train/validation/test lists of (english, german) pairs (`generate_corpus`).
+
+  Args:
+    train_size: pairs in the train split.
+    validation_size: pairs in the validation split.
+    test_size: pairs in the test split.
+    seed: the same seed gives the same text.
+    **corpus_options: `forms`, `flaw_rate`, `noise_rate` of `generate_corpus`.
+
+  Returns:
+    A dict from split name to its list of pairs.
+  """
+  corpus = generate_corpus(train_size, validation_size, test_size, seed, **corpus_options)
+  return {split: [(p.source, p.target) for p in pairs] for split, pairs in corpus.items()}

@@ -5,18 +5,36 @@ On disk (one directory per Grow step):
     shard-00000-of-00004.tfrecord   tf.train.Example rows (fields below)
     shard-00000-of-00004.json       the shard's row count, byte size and reward sum
     ...
-    manifest.json                   written last: shards, counts, reward statistics,
-                                    and what produced the data (policy, reward)
+    manifest.json                   written last: format version, shards, counts,
+                                    reward statistics, and what produced the data
+                                    (policy, sampling configuration, reward)
 
-Row fields: `inputs` and `targets` (text), `reward` (float), `source_id` and
-`sample_id` (int), `is_reference` (0/1), plus any extra float features (e.g. the
-behaviour policy's `log_prob`).
+Row fields (format version 2):
+
+    inputs, targets         text: the source and the sample (or reference) for people and metrics
+    target_ids              the token ids Improve trains on: the sampled tokens as drawn
+                            (through EOS, or all of them when the sample was cut), or the
+                            tokenized reference
+    behaviour_log_probs     per token (aligned with target_ids): log-probability under the
+                            distribution sampled from (temperature, top-k, top-p applied)
+    policy_log_probs        per token: log-probability under the sampling policy at T = 1
+    ended_with_eos          1 if the sample ended with EOS, 0 if it was cut at the length
+    reward, scored          the reward, and 1 if it was scored; a reference is never scored
+                            by a reward that reads references (it would be scored against
+                            itself): then scored = 0 and reward is NaN
+    source_id, sample_id, is_reference
+    value, value_loo        the mean reward of the source's samples, and of its other
+                            samples (leave-one-out): the behaviour baselines
+
+A reference's per-token log-probabilities are the Grow policy's at T = 1 (it was
+not sampled; see `rest_jax.losses` for how each loss treats references).
 
 A shard is written under a temporary name and renamed when complete, and its
 sidecar is written after it, so a shard either exists whole or not at all; a
 re-run skips the shards that exist. The manifest is written once every shard is
 there. Reading checks the manifest against the shards: a missing shard, a size
-or count mismatch, or a truncated record is an error, not a smaller dataset.
+or count mismatch, a truncated record or an older format is an error, not a
+smaller dataset.
 """
 
 import json
@@ -31,9 +49,12 @@ import tensorflow as tf
 from rest_jax import faults, files
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TEXT_FIELDS = ("inputs", "targets")
-INT_FIELDS = ("source_id", "sample_id", "is_reference")
+INT_FIELDS = ("source_id", "sample_id", "is_reference", "scored", "ended_with_eos")
+FLOAT_FIELDS = ("reward", "value", "value_loo")
+TOKEN_IDS = "target_ids"
+TOKEN_FLOAT_FIELDS = ("behaviour_log_probs", "policy_log_probs")
 
 
 class GrownDatasetError(RuntimeError):
@@ -49,6 +70,12 @@ def _sidecar(path: str) -> str:
 
 
 def _example(row: Mapping[str, Any], index: int, shard: str) -> tf.train.Example:
+  where = (f"{shard}: row {index} (source_id {row.get('source_id')}, sample_id"
+           f" {row.get('sample_id')})")
+  missing = [k for k in TEXT_FIELDS + INT_FIELDS + FLOAT_FIELDS + (TOKEN_IDS,)
+             + TOKEN_FLOAT_FIELDS if k not in row]
+  if missing:
+    raise GrownDatasetError(f"{where} has no {missing}; nothing was written")
   features = {}
   for key in TEXT_FIELDS:
     value = row[key]
@@ -56,17 +83,22 @@ def _example(row: Mapping[str, Any], index: int, shard: str) -> tf.train.Example
     features[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
   for key in INT_FIELDS:
     features[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row[key])]))
-  for key, value in row.items():
-    if key in TEXT_FIELDS or key in INT_FIELDS:
-      continue
-    value = float(value)
-    if not math.isfinite(value):
-      raise GrownDatasetError(
-          f"{shard}: row {index} (source_id {row.get('source_id')}, sample_id"
-          f" {row.get('sample_id')}) has a non-finite {key} ({value}); nothing was written")
+  ids = [int(t) for t in row[TOKEN_IDS]]
+  if not ids:
+    raise GrownDatasetError(f"{where} has no target token ids; nothing was written")
+  features[TOKEN_IDS] = tf.train.Feature(int64_list=tf.train.Int64List(value=ids))
+  for key in TOKEN_FLOAT_FIELDS:
+    values = [float(v) for v in row[key]]
+    if len(values) != len(ids) or not all(math.isfinite(v) for v in values):
+      raise GrownDatasetError(f"{where}: {key} must hold {len(ids)} finite values, one per"
+                              f" target token; nothing was written")
+    features[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+  for key in FLOAT_FIELDS:
+    value = float(row[key])
+    unscored_reward = key == "reward" and not int(row["scored"]) and math.isnan(value)
+    if not (math.isfinite(value) or unscored_reward):
+      raise GrownDatasetError(f"{where} has a non-finite {key} ({value}); nothing was written")
     features[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-  if "reward" not in features:
-    raise GrownDatasetError(f"{shard}: row {index} has no reward")
   return tf.train.Example(features=tf.train.Features(feature=features))
 
 
@@ -88,7 +120,7 @@ def write_shard(directory: str, index: int, num_shards: int,
       for i, row in enumerate(rows):
         writer.write(_example(row, i, name).SerializeToString())
         count += 1
-        reward_sum += float(row["reward"])
+        reward_sum += float(row["reward"]) if int(row["scored"]) else 0.0
         sources.add(int(row["source_id"]))
       writer.flush()
     faults.point("grown.shard_write")
@@ -159,15 +191,34 @@ def shard_paths(directory: str, manifest: Mapping[str, Any]) -> List[str]:
   return [os.path.join(directory, s["file"]) for s in manifest["shards"]]
 
 
-def read_rewards(paths: Sequence[str]) -> np.ndarray:
-  """Every row's reward, in shard order."""
-  spec = {"reward": tf.io.FixedLenFeature([], tf.float32)}
+def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
+  """Every row's `reward`, `scored`, `is_reference` and `source_id`, in shard order."""
+  spec = {"reward": tf.io.FixedLenFeature([], tf.float32),
+          "scored": tf.io.FixedLenFeature([], tf.int64),
+          "is_reference": tf.io.FixedLenFeature([], tf.int64),
+          "source_id": tf.io.FixedLenFeature([], tf.int64)}
   ds = tf.data.TFRecordDataset(list(paths)).map(lambda r: tf.io.parse_single_example(r, spec))
   try:
-    return np.array([x["reward"] for x in ds.as_numpy_iterator()], np.float32)
+    rows = list(ds.as_numpy_iterator())
   except tf.errors.DataLossError as e:
     raise GrownDatasetError(f"a shard of {os.path.dirname(paths[0])} is truncated or corrupt:"
                             f" {e.message}") from None
+  return {
+      "reward": np.array([r["reward"] for r in rows], np.float32),
+      "scored": np.array([r["scored"] for r in rows], bool),
+      "is_reference": np.array([r["is_reference"] for r in rows], bool),
+      "source_id": np.array([r["source_id"] for r in rows], np.int64),
+  }
+
+
+def sample_rewards(paths: Sequence[str]) -> np.ndarray:
+  """The rewards of the policy's samples (no references), in shard order.
+
+  Quantile thresholds and reward plots are taken over these: a reference's reward
+  (when it has one) says nothing about what the policy samples.
+  """
+  columns = read_columns(paths)
+  return columns["reward"][~columns["is_reference"]]
 
 
 def reward_statistics(rewards: np.ndarray) -> Dict[str, Any]:
@@ -193,16 +244,23 @@ def write_manifest(directory: str, num_shards: int,
   """
   shards = [_read_sidecar(directory, i, num_shards) for i in range(num_shards)]
   paths = [os.path.join(directory, s["file"]) for s in shards]
-  rewards = read_rewards(paths)
+  columns = read_columns(paths)
   total = sum(s["count"] for s in shards)
-  if rewards.size != total:
-    raise GrownDatasetError(f"{directory}: shards hold {rewards.size} rows, sidecars say {total}")
+  if columns["reward"].size != total:
+    raise GrownDatasetError(
+        f"{directory}: shards hold {columns['reward'].size} rows, sidecars say {total}")
+  samples, references = ~columns["is_reference"], columns["is_reference"]
   manifest = {
       "format_version": FORMAT_VERSION,
       "num_shards": num_shards,
       "num_rows": total,
+      "num_samples": int(samples.sum()),
+      "num_references": int(references.sum()),
       "shards": shards,
-      "reward": reward_statistics(rewards),
+      # Over the samples; the references' own (when scored) apart.
+      "reward": reward_statistics(columns["reward"][samples]),
+      "reference_reward": reward_statistics(
+          columns["reward"][references & columns["scored"]]),
       "metadata": dict(metadata or {}),
   }
   files.atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2),
@@ -214,9 +272,9 @@ def load_manifest(directory: str, verify_counts: bool = True) -> Dict[str, Any]:
   """Reads and checks `manifest.json` against the shards.
 
   Raises:
-    GrownDatasetError: no manifest (the Grow step did not finish), a missing
-      shard, a shard whose size or row count differs from the manifest, or a
-      truncated shard.
+    GrownDatasetError: no manifest (the Grow step did not finish), another
+      format version, a missing shard, a shard whose size or row count differs
+      from the manifest, or a truncated shard.
   """
   path = os.path.join(directory, MANIFEST)
   if not os.path.exists(path):
@@ -224,6 +282,13 @@ def load_manifest(directory: str, verify_counts: bool = True) -> Dict[str, Any]:
         f"{directory} has no {MANIFEST}: the Grow step that writes it did not finish")
   with open(path) as f:
     manifest = json.load(f)
+  version = manifest.get("format_version")
+  if version != FORMAT_VERSION:
+    raise GrownDatasetError(
+        f"{directory} is a grown dataset of format version {version}; this rest_jax reads"
+        f" version {FORMAT_VERSION} (rows with the sampled token ids and per-token behaviour"
+        " log-probabilities, which an older Grow step did not store): move it aside and re-run"
+        " its Grow step")
   for shard in manifest["shards"]:
     shard_path = os.path.join(directory, shard["file"])
     if not os.path.exists(shard_path):
@@ -244,14 +309,12 @@ def load_manifest(directory: str, verify_counts: bool = True) -> Dict[str, Any]:
   return manifest
 
 
-def feature_spec(paths: Sequence[str]) -> Dict[str, tf.io.FixedLenFeature]:
-  """Parsing spec of a grown dataset's rows (float extras found in its first row)."""
+def feature_spec() -> Dict[str, Any]:
+  """Parsing spec of a grown dataset's rows (`tf.io.parse_single_example`)."""
   spec = {k: tf.io.FixedLenFeature([], tf.string) for k in TEXT_FIELDS}
   spec.update({k: tf.io.FixedLenFeature([], tf.int64) for k in INT_FIELDS})
-  for record in tf.data.TFRecordDataset(list(paths)).take(1):
-    example = tf.train.Example.FromString(record.numpy())
-    for key, feature in example.features.feature.items():
-      if key not in spec and feature.HasField("float_list"):
-        spec[key] = tf.io.FixedLenFeature([], tf.float32)
-  spec.setdefault("reward", tf.io.FixedLenFeature([], tf.float32))
+  spec.update({k: tf.io.FixedLenFeature([], tf.float32) for k in FLOAT_FIELDS})
+  spec[TOKEN_IDS] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
+  spec.update({k: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
+               for k in TOKEN_FLOAT_FIELDS})
   return spec

@@ -48,11 +48,16 @@ def stats(task_name: str | None, split: str, out: TextIO, grown_dir: str | None 
   result = {}
   if grown_dir:
     manifest = grown.load_manifest(grown_dir)
-    rewards = grown.read_rewards(grown.shard_paths(grown_dir, manifest))
+    rewards = grown.sample_rewards(grown.shard_paths(grown_dir, manifest))
     result["grown"] = {"rows": manifest["num_rows"], "shards": manifest["num_shards"],
-                       "reward": grown.reward_statistics(rewards)}
+                       "samples": manifest["num_samples"],
+                       "references": manifest["num_references"],
+                       "reward": grown.reward_statistics(rewards),
+                       "reference_reward": manifest["reference_reward"]}
     out.write(f"grown dataset {grown_dir}: {manifest['num_rows']} rows in"
-              f" {manifest['num_shards']} shards\n  reward: {_percentiles(rewards.tolist())}\n")
+              f" {manifest['num_shards']} shards ({manifest['num_samples']} samples,"
+              f" {manifest['num_references']} references)\n"
+              f"  sample reward: {_percentiles(rewards.tolist())}\n")
   if task_name:
     task = _task(task_name, module)
     lengths = {"inputs": [], "targets": []}

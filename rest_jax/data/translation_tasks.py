@@ -34,17 +34,26 @@ def task_vocabulary(sentencepiece_model_file: str | None = None) -> seqio.Vocabu
         " rest_jax.data.translation_tasks.task_vocabulary.sentencepiece_model_file (e.g."
         " --gin.translation_tasks.task_vocabulary.sentencepiece_model_file=\"'/path/spm.model'\"), or build"
         " one with `python -m rest_jax.main vocab`")
-  return seqio.SentencePieceVocabulary(sentencepiece_model_file)
+  return _sentencepiece(sentencepiece_model_file)
+
+
+@functools.lru_cache(maxsize=8)
+def _sentencepiece(path: str) -> seqio.Vocabulary:
+  return seqio.SentencePieceVocabulary(path)
 
 
 class DeferredVocabulary(seqio.Vocabulary):
-  """A vocabulary built by a factory on first use (after gin has been parsed)."""
+  """A vocabulary the factory names at each use (after gin has been parsed).
+
+  Asked anew each time (the factory caches what it builds), so a process that
+  parses another config, with another vocabulary file, gets that one.
+  """
 
   def __init__(self, factory):
     self._factory = factory
     super().__init__(extra_ids=0)
 
-  @functools.cached_property
+  @property
   def _vocab(self) -> seqio.Vocabulary:
     return self._factory()
 

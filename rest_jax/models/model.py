@@ -268,6 +268,10 @@ class EncoderDecoderModel:
         each sample its own key.
       decoder_params: extra keyword arguments for `decode_fn` (temperature,
         topk, topp, alpha, eos_id...), overriding `default_decoder_params`.
+        With `return_token_log_probs=True` (rest_jax's sampler) the aux dict
+        also holds `token_log_probs` (under the distribution sampled from) and
+        `policy_token_log_probs` (under the model at temperature 1), shaped
+        like the decodes.
       return_all_decodes: return every decode instead of the best one.
       num_decodes: samples (or beams) per input.
       prompt_with_targets: force the decoder-input prefix.
@@ -308,13 +312,18 @@ class EncoderDecoderModel:
       kwargs["phase_bounds"] = phase_bounds
     if "rng" in inspect.signature(self._decode_fn).parameters:
       kwargs["rng"] = rng if rng is not None else jax.random.PRNGKey(0)
-    decodes, scores = self._decode_fn(
+    decoded = self._decode_fn(
         tokens_to_logits, cache, batch_size=batch_size, max_decode_length=max_length,
         num_decodes=num_decodes, **kwargs,
     )
+    decodes, scores = decoded[:2]
+    aux = {"scores": scores}
+    if len(decoded) > 2:  # per-token log-probabilities (`return_token_log_probs`)
+      aux["token_log_probs"] = decoded[2]["behaviour"]
+      aux["policy_token_log_probs"] = decoded[2]["policy"]
     if return_all_decodes:
-      return decodes, {"scores": scores}
-    return decodes[:, -1, :], {"scores": scores[:, -1]}
+      return decodes, aux
+    return decodes[:, -1, :], {k: v[:, -1] for k, v in aux.items()}
 
 
 def compute_base_metrics(logits, targets, weights, loss, token_z_loss, normalizer):

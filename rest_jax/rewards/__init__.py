@@ -10,7 +10,7 @@ In gin: `REWARD = @rewards.get()` with `rewards.get.name = 'chrf'`, or an
 from typing import Callable, Dict
 
 from rest_jax.rewards.base import Ensemble, Reward, RewardError
-from rest_jax.rewards.metric_rewards import MetricReward
+from rest_jax.rewards.metric_rewards import EditRating, MetricReward
 from rest_jax.rewards.thresholds import ThresholdSchedule
 
 _REGISTRY: Dict[str, Callable[..., Reward]] = {}
@@ -23,7 +23,7 @@ def register(name: str, factory: Callable[..., Reward]) -> None:
 
 
 def get(name: str, **kwargs) -> Reward:
-  """A reward by name: bleu, chrf, chrf++, ter, learned (needs `model_dir=`)."""
+  """A reward by name: bleu, chrf, chrf++, ter, edit_rating, learned (needs `model_dir=`)."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown reward '{name}'; known: {sorted(_REGISTRY)}")
   return _REGISTRY[name](**kwargs)
@@ -42,6 +42,7 @@ def _learned(**kwargs) -> Reward:
 for _kind in ("bleu", "chrf", "chrf++", "ter"):
   register(_kind, lambda _k=_kind, **kw: MetricReward(_k, **kw))
 register("learned", _learned)
+register("edit_rating", EditRating)
 
-__all__ = ["Ensemble", "MetricReward", "Reward", "RewardError", "ThresholdSchedule", "get",
+__all__ = ["EditRating", "Ensemble", "MetricReward", "Reward", "RewardError", "ThresholdSchedule", "get",
            "names", "register"]

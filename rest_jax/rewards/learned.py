@@ -44,6 +44,22 @@ class RewardModelConfig:
   max_length: int = 128
   use_reference: bool = True
   eos_id: int = 1
+  # Tokens per segment (source, hypothesis[, reference]), e.g. the task's feature
+  # lengths; None gives each segment an equal share of `max_length`.
+  segment_lengths: Tuple[int, ...] | None = None
+
+  def __post_init__(self):
+    if self.segment_lengths is not None:
+      lengths = tuple(int(n) for n in self.segment_lengths)
+      if len(lengths) != (3 if self.use_reference else 2):
+        raise ValueError(f"segment_lengths {lengths}: one per segment (source, hypothesis"
+                         f"{', reference' if self.use_reference else ''})")
+      object.__setattr__(self, "segment_lengths", lengths)
+      object.__setattr__(self, "max_length", sum(lengths))
+
+  def shares(self) -> Tuple[int, ...]:
+    segments = 3 if self.use_reference else 2
+    return self.segment_lengths or (self.max_length // segments,) * segments
 
   def encoder_config(self) -> network.T5Config:
     return network.T5Config(
@@ -86,6 +102,7 @@ class RewardModel:
     self.vocabulary = vocabulary
     self.module = RewardNetwork(config)
     self.optimizer_def = optimizer_def or optax.adamw(1e-3)
+    self.overlength = 0  # segments `tokenize` had to cut
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     del input_types
@@ -112,17 +129,19 @@ class RewardModel:
                references: Sequence[str]) -> np.ndarray:
     """`[batch, max_length]` ids of `source EOS hypothesis EOS [reference EOS]`.
 
-    Each segment gets an equal share of the length; longer ones are truncated.
+    Each segment gets its `segment_lengths` (or an equal share of the length); a
+    longer one is cut, and counted in `self.overlength` (what a reward cannot see
+    it cannot score).
     """
-    segments = 3 if self.config.use_reference else 2
-    share = self.config.max_length // segments
+    shares = self.config.shares()
     eos = self.vocabulary.eos_id
     out = np.zeros((len(hypotheses), self.config.max_length), np.int32)
     for i, (s, h, r) in enumerate(zip(sources, hypotheses, references)):
-      parts = [s, h, r][:segments]
       ids: List[int] = []
-      for part in parts:
-        ids += list(self.vocabulary.encode(part))[: share - 1] + [eos]
+      for part, share in zip([s, h, r], shares):
+        piece = list(self.vocabulary.encode(part))
+        self.overlength += int(len(piece) > share - 1)
+        ids += piece[: share - 1] + [eos]
       out[i, : len(ids)] = ids
     return out
 
@@ -146,15 +165,21 @@ class RatingsError(ValueError):
   """A malformed ratings file line."""
 
 
-def read_ratings(path: str) -> Tuple[List[str], List[str], List[str], np.ndarray]:
-  """Reads a ratings TSV: source, hypothesis, reference, score (one per line)."""
-  sources, hypotheses, references, scores = [], [], [], []
+def read_ratings(path: str, with_kinds: bool = False):
+  """Reads a ratings TSV: source, hypothesis, reference, score[, kind] (one per line).
+
+  Returns:
+    `(sources, hypotheses, references, scores)`, and the kinds ("" where a line
+    has none) with `with_kinds`.
+  """
+  sources, hypotheses, references, scores, kinds = [], [], [], [], []
   with open(path, encoding="utf-8", errors="strict") as f:
     for number, line in enumerate(f, start=1):
       fields = line.rstrip("\n").split("\t")
-      if len(fields) != 4:
+      if len(fields) not in (4, 5):
         raise RatingsError(f"{path}:{number}: expected 4 tab-separated columns (source,"
-                           f" hypothesis, reference, score), found {len(fields)}")
+                           f" hypothesis, reference, score) and maybe a kind, found"
+                           f" {len(fields)}")
       try:
         score = float(fields[3])
       except ValueError:
@@ -165,9 +190,11 @@ def read_ratings(path: str) -> Tuple[List[str], List[str], List[str], np.ndarray
       hypotheses.append(fields[1])
       references.append(fields[2])
       scores.append(score)
+      kinds.append(fields[4] if len(fields) == 5 else "")
   if not scores:
     raise RatingsError(f"{path}: no ratings")
-  return sources, hypotheses, references, np.asarray(scores, np.float32)
+  out = (sources, hypotheses, references, np.asarray(scores, np.float32))
+  return out + (kinds,) if with_kinds else out
 
 
 def _held_out(sources: Sequence[str], fraction: float) -> np.ndarray:
@@ -201,9 +228,12 @@ def train_reward_model(
   if config.vocab_size < vocabulary.vocab_size:
     raise ValueError(f"RewardModelConfig.vocab_size {config.vocab_size} is smaller than the"
                      f" vocabulary ({vocabulary.vocab_size})")
-  sources, hypotheses, references, scores = read_ratings(ratings_file)
+  sources, hypotheses, references, scores, kinds = read_ratings(ratings_file, with_kinds=True)
   model = RewardModel(config, vocabulary, optax.adamw(learning_rate))
   tokens = model.tokenize(sources, hypotheses, references)
+  if model.overlength:
+    logging.warning("%s: %d segments were longer than RewardModelConfig.segment_lengths %s"
+                    " and were cut", ratings_file, model.overlength, config.shares())
   held = _held_out(sources, eval_fraction)
   if held.all() or not held.any():
     raise ValueError(f"{ratings_file}: eval_fraction {eval_fraction} leaves no train or eval rows")
@@ -234,6 +264,11 @@ def train_reward_model(
   predictor = Scorer(model, partitioner, trainer.params_sharding, batch_size)
   predicted = predictor(state.params, tokens[eval_idx])
   metrics = evaluate_ranking(predicted, scores[eval_idx], [sources[i] for i in eval_idx])
+  metrics["overlength_segments"] = int(model.overlength)
+  if any(kinds):
+    metrics["by_kind"] = agreement_by_kind(predicted, scores[eval_idx],
+                                           [sources[i] for i in eval_idx],
+                                           [kinds[i] for i in eval_idx])
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
       json.dump({"config": dataclasses.asdict(config),
@@ -264,6 +299,33 @@ def evaluate_ranking(predicted: np.ndarray, target: np.ndarray,
       "pairwise_accuracy": float(correct / total) if total else float("nan"),
       "examples": int(len(target)),
   }
+
+
+def agreement_by_kind(predicted: np.ndarray, target: np.ndarray, groups: Sequence[str],
+                      kinds: Sequence[str], reference_kind: str = "correct") -> Dict[str, Any]:
+  """Per kind of candidate: mean rating and prediction, and how often it is ranked right.
+
+  `pairwise_vs_correct` is the share of a source's (correct, this kind) pairs, among
+  those the ratings tell apart, that the model orders as the ratings do.
+  """
+  best: Dict[str, int] = {}
+  for i, (g, k) in enumerate(zip(groups, kinds)):
+    if k == reference_kind:
+      best[g] = i
+  out = {}
+  for kind in sorted(set(kinds)):
+    idx = [i for i, k in enumerate(kinds) if k == kind]
+    right = total = 0
+    for i in idx:
+      j = best.get(groups[i])
+      if j is None or j == i or target[j] == target[i]:
+        continue
+      total += 1
+      right += (predicted[j] > predicted[i]) == (target[j] > target[i])
+    out[kind] = {"count": len(idx), "mean_rating": float(np.mean(target[idx])),
+                 "mean_predicted": float(np.mean(predicted[idx])),
+                 "pairwise_vs_correct": float(right / total) if total else float("nan")}
+  return out
 
 
 class Scorer:

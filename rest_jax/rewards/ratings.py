@@ -1,10 +1,18 @@
-"""A ratings file built from a parallel corpus by corrupting references in graded ways.
+"""Ratings files for the learned reward model, built offline.
 
 No human ratings can be downloaded here, so the learned reward model is trained
-on synthetic ones: each reference is kept (a perfect translation) and corrupted
-with 1..`max_edits` edits (word drops, swaps of neighbours, agreement errors:
-a German article or adjective ending replaced by a wrong one); each hypothesis
-is rated by its chrF against the reference, on [0, 1].
+on synthetic ones:
+
+- `build_ratings_file` (the `ratings` command): from any parallel corpus, each
+  reference is kept (a perfect translation) and corrupted with 1..`max_edits`
+  edits (word drops, swaps of neighbours, agreement errors: a German article or
+  adjective ending replaced by a wrong one); each hypothesis is rated by its chrF
+  against the reference, on [0, 1].
+- `build_demo_ratings_file` (the `demo_ratings` command): from the demo corpus's
+  generator, which knows every source's correct translation and rates candidates
+  that include the demo's systematic flaw and its noise (see `build_demo_ratings`).
+
+A ratings file is TSV: source, hypothesis, reference, score[, kind].
 """
 
 import os
@@ -72,7 +80,55 @@ def build_ratings(pairs: Iterable[Tuple[str, str]], corruptions_per_pair: int = 
   return rows
 
 
-def write_ratings(path: str, rows: Sequence[Tuple[str, str, str, float]]) -> str:
+def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full",
+                       corruptions_per_pair: int = 2, max_edits: int = 3,
+                       penalty: float = 0.2) -> List[Tuple[str, str, str, float, str]]:
+  """Ratings from the demo corpus's generator, the stand-in for human raters.
+
+  The generator knows each source's correct translation. For every training source
+  it rates (`EditRating`: `1 - penalty` per word error) the correct translation, its
+  flawed rendering when it has datives (the accusative for the dative: the demo's
+  systematic flaw), one web-like noise variant (untranslated copy, another
+  sentence's translation, cut in half, a phrase repeated, in turn) and
+  `corruptions_per_pair` typical model errors (dropped, swapped or mis-agreed
+  words). Only training sources are used: validation and test stay unseen.
+
+  Returns:
+    (source, hypothesis, correct translation, rating, kind) rows.
+  """
+  from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
+  from rest_jax.rewards.metric_rewards import EditRating  # pylint: disable=g-import-not-at-top
+
+  corpus = demo_corpus.generate_corpus(train_size, 0, 0, seed, forms=forms, flaw_rate=1.0)
+  rater = EditRating(penalty)
+  rng = random.Random(seed)
+  candidates = []
+  for i, pair in enumerate(corpus["train"]):
+    clean = demo_corpus.DemoPair(pair.source, pair.correct, pair.correct)
+    candidates.append((pair.source, pair.correct, pair.correct, "correct"))
+    if pair.kind == "flawed":
+      candidates.append((pair.source, pair.target, pair.correct, "flawed"))
+    kind = demo_corpus.NOISE_KINDS[i % len(demo_corpus.NOISE_KINDS)]
+    other = corpus["train"][rng.randrange(len(corpus["train"]))].correct
+    candidates.append((pair.source, demo_corpus._noisy(clean, kind, rng, other).target,  # pylint: disable=protected-access
+                       pair.correct, kind))
+    for _ in range(corruptions_per_pair):
+      hypothesis = corrupt(pair.correct, rng, rng.randint(1, max_edits))
+      candidates.append((pair.source, hypothesis, pair.correct, "model_error"))
+  scores = rater([c[0] for c in candidates], [c[1] for c in candidates],
+                 [c[2] for c in candidates])
+  return [(s, h, r, round(float(v), 4), k) for (s, h, r, k), v in zip(candidates, scores)]
+
+
+def build_demo_ratings_file(*, output_path: str, train_size: int = 4000, seed: int = 0,
+                            forms: str = "full", corruptions_per_pair: int = 2,
+                            max_edits: int = 3, penalty: float = 0.2) -> str:
+  """Writes `build_demo_ratings` as a ratings TSV (with a fifth column: the kind)."""
+  return write_ratings(output_path, build_demo_ratings(train_size, seed, forms,
+                                                      corruptions_per_pair, max_edits, penalty))
+
+
+def write_ratings(path: str, rows: Sequence[Tuple]) -> str:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")

@@ -17,12 +17,11 @@ import tensorflow as tf
 
 from rest_jax import checkpoints, commands, inference, main, partitioning
 from rest_jax.data import grown, parallel_text, pipeline, tasks
-from tests.conftest import make_model
+from tests.conftest import grown_row, make_model
 
 
 def _rows(source, n=4):
-  return [{"inputs": "a", "targets": f"t{i}", "reward": 0.5, "source_id": source, "sample_id": i,
-           "is_reference": 0, "log_prob": -1.0, "value": 0.5} for i in range(n)]
+  return [grown_row(source, i, f"t{i}") for i in range(n)]
 
 
 def test_empty_data_files_are_errors(tmp_path):

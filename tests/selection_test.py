@@ -1,0 +1,130 @@
+"""Selection on validation, BC+, early stopping, and the evaluation that cannot flatter."""
+
+import jax
+import numpy as np
+import pytest
+
+from rest_jax import checkpoints, decoding, improve, partitioning, policy_eval, report
+from rest_jax import selection, train, trainer as trainer_lib
+from rest_jax.data import metrics, pipeline, tasks, vocab
+from tests.conftest import make_model
+
+LENGTHS = {"inputs": 48, "targets": 40}
+
+
+def _scripted(scores):
+  """A validate function that returns the given scores in turn."""
+  calls = []
+
+  def validate(params):
+    del params
+    calls.append(len(calls))
+    return scores[len(calls) - 1]
+
+  return validate, calls
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = make_model(decoding.beam_search, vocabulary=vocab.DemoVocabulary(), vocab_size=384)
+  partitioner = partitioning.Partitioner(mesh_shape=(2, 1), devices=jax.devices()[:2])
+  trainer = trainer_lib.Trainer(model, partitioner, trainer_lib.batch_input_shapes(8, LENGTHS),
+                                loss_fn=improve.losses.OfflineRLLoss("bc"))
+  return model, partitioner, trainer
+
+
+def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp_path):
+  model, partitioner, trainer = setup
+  init = trainer.init_state(jax.random.PRNGKey(0)).params
+  validate, calls = _scripted([0.2, 0.9, 0.4])  # evaluated at steps 2, 4, 6
+  result = improve.bc_plus(
+      model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
+      model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
+      trainer=trainer, checkpoint_period=2, progress_bar=False,
+      selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
+      validate=validate)
+  assert len(calls) == 3 and result["metrics"]["train_steps"] == 6
+  assert result["metrics"]["selection"]["best_step"] == 4
+  assert int(result["state"].step) == 4  # the state used downstream is step 4's
+  last = checkpoints.read_arrays(str(tmp_path / "checkpoints"))
+  assert int(last["step"]) == 6
+  chosen = jax.tree_util.tree_leaves(jax.device_get(result["params"]))
+  assert any(not np.array_equal(a, b) for a, b in zip(chosen, jax.tree_util.tree_leaves(
+      last["params"])))
+  saved = selection.Selection(str(tmp_path))
+  assert saved.finished and saved.history == [(2, 0.2), (4, 0.9), (6, 0.4)]
+  # Re-running the finished step changes nothing and evaluates nothing.
+  validate, calls = _scripted([])
+  again = improve.bc_plus(
+      model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
+      model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
+      trainer=trainer, checkpoint_period=2, progress_bar=False,
+      selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
+      validate=validate)
+  assert not calls and int(again["state"].step) == 4
+
+
+def test_bc_stops_early_and_keeps_its_best_checkpoint(setup, tmp_path):
+  model, partitioner, _ = setup
+  validate, calls = _scripted([0.3, 0.5, 0.45, 0.4, 0.9])
+  cfg = pipeline.DatasetConfig(tasks.DEMO_TASK, LENGTHS, "train", 8)
+  sel = selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2, patience=2))
+  train.train(model=model, train_dataset_cfg=cfg, model_dir=str(tmp_path), total_steps=20,
+              partitioner=partitioner, checkpoint_period=5, progress_bar=False,
+              selection=sel, validate=validate)
+  # Evaluated at 2, 4, 6, 8: two evaluations after the best (step 4) did not beat it.
+  assert len(calls) == 4 and sel.best == (4, 0.5) and sel.should_stop and sel.finished
+  assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 8
+  validate, calls = _scripted([])
+  train.train(model=model, train_dataset_cfg=cfg, model_dir=str(tmp_path), total_steps=20,
+              partitioner=partitioner, checkpoint_period=5, progress_bar=False,
+              selection=selection.Selection(str(tmp_path), sel.config), validate=validate)
+  assert not calls  # a finished (stopped) BC is not trained again
+
+
+def test_selection_resumes_from_a_checkpoint_without_later_evaluations(tmp_path):
+  sel = selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2))
+  sel.history = [(2, 0.1), (4, 0.3), (6, 0.2)]
+  sel.resume_from(4)
+  assert sel.history == [(2, 0.1), (4, 0.3)] and sel.best == (4, 0.3)
+  assert sel.due(6, 7) and sel.due(7, 7) and not sel.due(5, 7)
+
+
+def test_degeneracy_rates_on_hand_made_outputs():
+  sources = ["The dog sleeps.", "A cat sees the man.", "The man laughs.", "Two birds sing."]
+  refs = ["Der Hund schläft.", "Eine Katze sieht den Mann.", "Der Mann lacht.",
+          "Zwei Vögel singen."]
+  outputs = ["Der Hund schläft.",
+             "Eine Katze sieht den Mann sieht den Mann.",  # a phrase said twice
+             "",  # empty
+             "two birds sing"]  # an untranslated copy (case and stop aside)
+  rates = metrics.degeneracy(sources, refs, outputs)
+  assert rates["repeated_ngram_rate"] == 0.25 and rates["reference_repeated_ngram_rate"] == 0
+  assert rates["empty_rate"] == 0.25 and rates["copy_rate"] == 0.25
+  assert rates["length_ratio"] == pytest.approx((3 + 8 + 0 + 3) / (3 + 5 + 3 + 3))
+
+
+def test_the_divergence_flag_fires_on_a_synthetic_history():
+  def row(policy, role, reward, bleu, chrf, ter=50.0):
+    return {"policy": policy, "role": role, "metrics": {
+        "validation/reward": reward, "validation/bleu": bleu, "validation/chrf": chrf,
+        "validation/ter": ter}}
+
+  rows = [row("BC", "BC", 0.70, 40.0, 60.0),
+          row("BC+", "BC+", 0.72, 41.0, 61.0),             # both up: fine
+          row("G1 I1", "ReST", 0.75, 42.0, 62.0, 48.0),    # all better: fine
+          row("G1 I2", "ReST", 0.80, 39.5, 62.5, 47.0),    # reward up, BLEU down: flag
+          row("G1 I3", "ReST", 0.78, 38.0, 61.0),          # reward down: no flag
+          row("G2 I1", "ReST", 0.79, 38.5, 61.5, 52.0)]    # reward up, TER up: flag
+  flags = report.divergence_flags(rows)
+  assert [(p, q) for p, q, _ in flags] == [("G1 I2", "G1 I1"), ("G2 I1", "G1 I3")]
+  assert flags[0][2] == ["bleu 42 -> 39.5"] and flags[1][2] == ["ter 50 -> 52"]
+
+
+def test_reward_agreement_on_policy_samples():
+  groups = np.array([0, 0, 0, 1, 1])
+  held_out = np.array([0.9, 0.5, 0.1, 0.7, 0.2])
+  same = policy_eval.reward_agreement(held_out * 2, held_out, groups)
+  assert same["agreement_spearman"] == pytest.approx(1.0) and same["agreement_pairwise"] == 1.0
+  flipped = policy_eval.reward_agreement(-held_out, held_out, groups)
+  assert flipped["agreement_pairwise"] == 0.0
