@@ -43,8 +43,10 @@ WORKER = textwrap.dedent("""
 
 # A small ReST run of configs/demo.gin: BC 6 steps, one Grow step over 48 sources with 2
 # samples each (3 shards of 16), two Improve steps of 4 steps, evaluation on 16 examples.
+# The reward is chrF (rest.gin's): the demo's learned reward needs `make demo-reward` first.
 SMALL_REST = [
-    "--gin_file=configs/demo.gin", "--gin.BC_STEPS=6", "--gin.GROW_MAX_SOURCES=48",
+    "--gin_file=configs/demo.gin", "--gin.REWARD=@rewards.get()", "--gin.BC_STEPS=6",
+    "--gin.GROW_MAX_SOURCES=48",
     "--gin.NUM_SAMPLES=2", "--gin.THRESHOLDS=[0.0, 0.5]", "--gin.QUANTILE_THRESHOLDS=True",
     "--gin.IMPROVE_STEPS=4", "--gin.BATCH_SIZE=16", "--gin.EVAL_MAX_EXAMPLES=16",
     "--gin.BEST_OF_N=2", "--gin.tasks.demo_corpus_sizes.train_size=2000",
