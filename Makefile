@@ -14,7 +14,7 @@ T5X_STAMP := $(VENV)/.t5x-installed
 # t5x's own dependencies that the index has (the wheels are installed without theirs).
 T5X_DEPS := cloudpickle portpicker grain fiddle cached-property jaxtyping chex
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-reward demo-seeds test lint bench clean
 
 $(T5X_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet --no-deps $(wildcard $(T5X_WHEELS)/t5x-*.whl) \
@@ -28,9 +28,22 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m rest_jax.main rest \
-	  --gin_file=configs/demo.gin --gin.MODEL_DIR="'runs/demo'"
+# The demo's reward model first (configs/demo_reward.gin; shared by every demo run), then ReST.
+DEMO_RUN := TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m rest_jax.main
+DEMO_SEEDS ?= 0 1 2
+
+demo-reward: $(STAMP)
+	$(DEMO_RUN) demo_ratings --gin_file=configs/demo_reward.gin
+	$(DEMO_RUN) reward_model --gin_file=configs/demo_reward.gin
+
+demo: demo-reward
+	$(DEMO_RUN) rest --gin_file=configs/demo.gin --gin.MODEL_DIR="'runs/demo'"
+
+# The demo with three seeds (BC init, data order, sampling), then mean and spread per row.
+demo-seeds: demo-reward
+	for seed in $(DEMO_SEEDS); do $(DEMO_RUN) rest --gin_file=configs/demo.gin \
+	  --gin.SEED=$$seed --gin.MODEL_DIR="'runs/demo_seed$$seed'" || exit 1; done
+	$(DEMO_RUN) seeds --runs $(foreach seed,$(DEMO_SEEDS),runs/demo_seed$(seed))
 
 lint: $(STAMP)
 	$(BIN)/ruff check rest_jax tests benchmarks

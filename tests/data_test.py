@@ -51,3 +51,37 @@ def test_demo_task_yields_tokenized_examples_with_eos():
   for ex in examples:
     assert ex["targets"][-1] == 1 and ex["inputs"][-1] == 1
     assert vocab.decode(ex["targets"][:-1].tolist()) == ex["targets_pretokenized"].decode()
+
+
+def test_flawed_training_split_keeps_held_out_splits_clean():
+  import collections
+
+  clean = demo_corpus.generate_corpus(3000, 100, 100, seed=2, forms="simple")
+  for flaw in demo_corpus.FLAWS:
+    noisy = demo_corpus.generate_corpus(3000, 100, 100, seed=2, forms="simple", flaw=flaw,
+                                        flaw_rate=0.5, noise_rate=0.2)
+    # The same sentences; validation and test untouched; every pair knows its correct target.
+    assert [p.source for p in noisy["train"]] == [p.source for p in clean["train"]]
+    assert noisy["validation"] == clean["validation"] and noisy["test"] == clean["test"]
+    assert [p.correct for p in noisy["train"]] == [p.target for p in clean["train"]]
+    kinds = collections.Counter(p.kind for p in noisy["train"])
+    assert set(kinds) == {"clean", "flawed", *demo_corpus.NOISE_KINDS}
+    assert 0.17 < sum(kinds[k] for k in demo_corpus.NOISE_KINDS) / 3000 < 0.23
+    for p in noisy["train"]:
+      if p.kind == "flawed":
+        if flaw == "adjective":  # the same sentence with its adjectives left out
+          assert len(p.target.split()) < len(p.correct.split())
+          assert set(p.target.rstrip(".").split()) <= set(p.correct.rstrip(".").split())
+        else:  # dative phrases in the accusative (some plurals look alike in both)
+          assert len(p.target.split()) == len(p.correct.split())
+      elif p.kind == "copy":
+        assert p.target == p.source
+    flawed = [p for p in noisy["train"] if p.kind == "flawed"]
+    assert sum(p.target != p.correct for p in flawed) > 0.8 * len(flawed)
+  # About half of the pairs that have the construction follow the wrong rule.
+  flawed = demo_corpus.generate_corpus(3000, 0, 0, seed=2, forms="simple", flaw="adjective",
+                                       flaw_rate=0.5)
+  with_adjective = sum(p.kind == "flawed" for p in demo_corpus.generate_corpus(
+      3000, 0, 0, seed=2, forms="simple", flaw="adjective", flaw_rate=1.0)["train"])
+  share = sum(p.kind == "flawed" for p in flawed["train"]) / with_adjective
+  assert 0.45 < share < 0.55

@@ -159,3 +159,25 @@ def test_quality_estimation_mode_ignores_the_reference():
   params = model.get_initial_variables(jax.random.PRNGKey(0), {"tokens": (1, 40)})["params"]
   score = model.predict(params, tokens)
   assert score.shape == (1,) and 0.0 < float(score[0]) < 1.0
+
+
+def test_edit_rating_counts_word_errors():
+  rater = rewards.get("edit_rating")
+  scores = rater(["s"] * 5, ["Der alte Mann lacht.", "Der Mann lacht.", "The old man laughs.",
+                             "Der alte alte Mann lacht.", "The old man laughs loudly."],
+                 ["Der alte Mann lacht."] * 5)
+  np.testing.assert_allclose(scores, [1.0, 0.8, 0.2, 0.8, 0.0])  # 0, 1, 4, 1 and 5 errors
+  assert rater.needs_reference and rater.range == (0.0, 1.0)
+
+
+def test_demo_ratings_rate_every_kind_of_candidate():
+  from rest_jax.rewards import ratings
+
+  rows = ratings.build_demo_ratings(train_size=200, forms="simple", flaw="adjective")
+  kinds = {k for *_, k in rows}
+  assert kinds == {"correct", "flawed", "model_error", "copy", "misaligned", "truncated",
+                   "repeated"}
+  for source, hypothesis, correct, score, kind in rows:
+    assert (score == 1.0) == (hypothesis == correct), (hypothesis, correct, kind)
+    if kind == "copy":
+      assert hypothesis == source and score <= 0.4  # every word wrong; 3-word sentences

@@ -105,16 +105,22 @@ class NounPhrase:
   gender: str     # m, f, n or pl
   article: str    # def, indef or none
   plural: bool
+  adjective: bool = False
 
 
-def _noun_phrase(rng: random.Random, case: str, lexicon, flawed: bool = False) -> NounPhrase:
-  """A noun phrase in `case`; `flawed` renders a dative one in the accusative (the flaw).
+FLAWS = ("dative", "adjective")
 
-  The random draws do not depend on `flawed`, so a flawed rendering of a sentence has the
-  same words as its correct one.
+
+def _noun_phrase(rng: random.Random, case: str, lexicon, flaw: str | None = None) -> NounPhrase:
+  """A noun phrase in `case`, maybe rendered with a systematic flaw (`FLAWS`).
+
+  "dative" renders a dative noun phrase in the accusative; "adjective" leaves its
+  adjective untranslated-out (omitted). The random draws do not depend on `flaw`, so a
+  flawed rendering of a sentence has the same words as its correct one.
   """
   en_sg, en_pl, de_sg, de_pl, gender = rng.choice(lexicon)
-  case = "acc" if flawed and case == "dat" else case
+  true_case = case
+  case = "acc" if flaw == "dative" and case == "dat" else case
   plural = rng.random() < 0.3
   article = rng.choice(["def", "def", "none"] if plural else ["def", "indef"])
   adjective = rng.choice(ADJECTIVES) if rng.random() < 0.4 else None
@@ -132,13 +138,15 @@ def _noun_phrase(rng: random.Random, case: str, lexicon, flawed: bool = False) -
     de_words.append(number[1])
   if adjective:
     en_words.append(adjective[0])
-    de_words.append(adjective[1] + adjective_ending(article, case, g))
+    if flaw != "adjective":
+      de_words.append(adjective[1] + adjective_ending(article, case, g))
   en_words.append(en_pl if plural else en_sg)
   noun = de_pl if plural else de_sg
   de_words.append(dative_plural(noun) if plural and case == "dat" else noun)
   if article == "indef" and en_words[1][0] in "aeiou":
     en_words[0] = "an"
-  return NounPhrase(" ".join(en_words), " ".join(de_words), case, g, article, plural)
+  return NounPhrase(" ".join(en_words), " ".join(de_words), true_case, g, article, plural,
+                    adjective is not None)
 
 
 @dataclasses.dataclass
@@ -162,18 +170,18 @@ class Clause:
     return " ".join([self.subject.german, *self.objects_de, self.verb_de])
 
 
-def _clause(rng: random.Random, subject=None, flawed: bool = False) -> Clause:
-  subject = subject or _noun_phrase(rng, "nom", NOUNS)
+def _clause(rng: random.Random, subject=None, flaw: str | None = None) -> Clause:
+  subject = subject or _noun_phrase(rng, "nom", NOUNS, flaw)
   i = 1 if subject.plural else 0
   kind = rng.random()
   if kind < 0.45:
     verb = rng.choice(TRANSITIVE)
-    obj = _noun_phrase(rng, verb[4], NOUNS + THINGS if verb[4] == "acc" else NOUNS, flawed)
+    obj = _noun_phrase(rng, verb[4], NOUNS + THINGS if verb[4] == "acc" else NOUNS, flaw)
     return Clause(subject, verb[i], verb[2 + i], [obj.german], [obj.english], [subject, obj])
   if kind < 0.75:
     verb = rng.choice(GIVING)
-    receiver = _noun_phrase(rng, "dat", NOUNS, flawed)
-    thing = _noun_phrase(rng, "acc", THINGS)
+    receiver = _noun_phrase(rng, "dat", NOUNS, flaw)
+    thing = _noun_phrase(rng, "acc", THINGS, flaw)
     return Clause(subject, verb[i], verb[2 + i], [receiver.german, thing.german],
                   [receiver.english, thing.english], [subject, receiver, thing])
   verb = rng.choice(INTRANSITIVE)
@@ -187,14 +195,15 @@ def _capitalize(text: str) -> str:
 FORMS = ("full", "simple")
 
 
-def generate_pair(rng: random.Random, flawed: bool = False,
+def generate_pair(rng: random.Random, flaw: str | None = None,
                   forms: str = "full") -> Tuple[str, str, List[NounPhrase]]:
   """One (english, german, noun phrases) triple.
 
   Args:
     rng: the generator's random state.
-    flawed: render every dative noun phrase in the accusative (`den Mann` for `dem
-      Mann`): the systematic flaw of the demo's noisy training split.
+    flaw: render the sentence with a systematic flaw: "dative" puts every dative
+      noun phrase in the accusative (`den Mann` for `dem Mann`), "adjective" leaves
+      every adjective out (`der Mann` for `der alte Mann`).
     forms: "full" (main, fronted-adverb, subordinate and relative clauses) or
       "simple" (main and fronted-adverb clauses only: shorter sentences).
   """
@@ -204,27 +213,27 @@ def generate_pair(rng: random.Random, flawed: bool = False,
   if forms == "simple":
     form *= 0.55  # the main and fronted-adverb forms, in their usual proportion
   if form < 0.35:
-    clause = _clause(rng, flawed=flawed)
+    clause = _clause(rng, flaw=flaw)
     en, de, phrases = clause.english(), clause.german_main(), clause.phrases
   elif form < 0.55:
     # A fronted adverb puts the German verb second, before the subject.
     adverb = rng.choice(ADVERBS)
-    clause = _clause(rng, flawed=flawed)
+    clause = _clause(rng, flaw=flaw)
     en = f"{adverb[0]} {clause.english()}"
     de = " ".join([adverb[1], clause.verb_de, clause.subject.german, *clause.objects_de])
     phrases = clause.phrases
   elif form < 0.8:
     # Subordinate clause: the German verb goes to the end, after a comma.
-    main, sub = _clause(rng, flawed=flawed), _clause(rng, flawed=flawed)
+    main, sub = _clause(rng, flaw=flaw), _clause(rng, flaw=flaw)
     conj = rng.choice(CONJUNCTIONS)
     en = f"{main.english()} {conj[0]} {sub.english()}"
     de = f"{main.german_main()}, {conj[1]} {sub.german_final()}"
     phrases = main.phrases + sub.phrases
   else:
     # Subject relative clause: the pronoun agrees with the antecedent, verb-final.
-    subject = _noun_phrase(rng, "nom", NOUNS)
-    relative = _clause(rng, subject=dataclasses.replace(subject), flawed=flawed)
-    main = _clause(rng, subject=subject, flawed=flawed)
+    subject = _noun_phrase(rng, "nom", NOUNS, flaw)
+    relative = _clause(rng, subject=dataclasses.replace(subject), flaw=flaw)
+    main = _clause(rng, subject=subject, flaw=flaw)
     pronoun_en = "who"
     pronoun_de = DEFINITE["nom"][subject.gender]
     rel_de = " ".join([pronoun_de, *relative.objects_de, relative.verb_de])
@@ -258,7 +267,7 @@ class DemoPair:
     source: English.
     target: what the split holds (for training pairs maybe flawed or noisy).
     correct: the correct German (what the generator, as a rater, knows).
-    kind: "clean", "flawed" (dative noun phrases in the accusative) or a noise kind.
+    kind: "clean", "flawed" (rendered with the corpus's systematic flaw) or a noise kind.
   """
 
   source: str
@@ -290,6 +299,7 @@ def generate_corpus(
     forms: str = "full",
     flaw_rate: float = 0.0,
     noise_rate: float = 0.0,
+    flaw: str = "dative",
 ) -> Dict[str, List[DemoPair]]:
   """Disjoint train/validation/test lists of pairs; the training split may be flawed.
 
@@ -302,16 +312,21 @@ def generate_corpus(
     test_size: pairs in the test split.
     seed: the same seed gives the same text.
     forms: sentence forms, see `generate_pair`.
-    flaw_rate: share of training pairs with a dative noun phrase whose target puts
-      every dative noun phrase in the accusative (a consistent wrong rule: with 0.5,
-      the data's distribution for datives is bimodal).
+    flaw_rate: share of the training pairs that have the flawed construction whose
+      target follows the wrong rule consistently (with 0.5 the data's distribution
+      for that construction is bimodal).
     noise_rate: share of training pairs replaced by web-like noise: an untranslated
       copy of the source, another sentence's translation, a target cut in half, or
       a phrase repeated (`NOISE_KINDS`, in equal parts).
+    flaw: the wrong rule (`FLAWS`): "dative" puts dative noun phrases in the
+      accusative; "adjective" leaves adjectives out (an omission a quality model
+      trained on ratings learns to see from the source alone).
 
   Returns:
     A dict from split name to its list of `DemoPair`s.
   """
+  if flaw not in FLAWS:
+    raise ValueError(f"flaw={flaw!r}: use one of {FLAWS}")
   if not (0.0 <= flaw_rate <= 1.0 and 0.0 <= noise_rate <= 1.0):
     raise ValueError(f"flaw_rate={flaw_rate} and noise_rate={noise_rate} must be in [0, 1]")
   wanted = {"train": train_size, "validation": validation_size, "test": test_size}
@@ -334,10 +349,12 @@ def generate_corpus(
     if len(out[split]) >= wanted[split]:
       continue
     pair = DemoPair(en, de, de)
-    if split == "train" and any(p.case == "dat" for p in phrases) and flaws.random() < flaw_rate:
+    has_construction = any(p.case == "dat" if flaw == "dative" else p.adjective
+                           for p in phrases)
+    if split == "train" and has_construction and flaws.random() < flaw_rate:
       replay = random.Random()
       replay.setstate(state)
-      pair = dataclasses.replace(pair, target=generate_pair(replay, True, forms)[1],
+      pair = dataclasses.replace(pair, target=generate_pair(replay, flaw, forms)[1],
                                  kind="flawed")
     out[split].append(pair)
   noise = random.Random(f"{seed}/noise")
@@ -363,7 +380,7 @@ def generate_splits(
     validation_size: pairs in the validation split.
     test_size: pairs in the test split.
     seed: the same seed gives the same text.
-    **corpus_options: `forms`, `flaw_rate`, `noise_rate` of `generate_corpus`.
+    **corpus_options: `forms`, `flaw_rate`, `noise_rate`, `flaw` of `generate_corpus`.
 
   Returns:
     A dict from split name to its list of pairs.

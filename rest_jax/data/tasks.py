@@ -19,23 +19,26 @@ DEMO_TASK = "rest_demo_en_de"
 @gin.configurable(module="rest_jax.data.tasks")
 def demo_corpus_sizes(train_size: int = 20000, validation_size: int = 500,
                       test_size: int = 500, seed: int = 0, forms: str = "full",
-                      flaw_rate: float = 0.0, noise_rate: float = 0.0) -> dict:
+                      flaw_rate: float = 0.0, noise_rate: float = 0.0,
+                      flaw: str = "dative") -> dict:
   """The demo corpus's sizes, seed and training-split flaws; bind these in gin.
 
   See `demo_corpus.generate_corpus`: `forms` ("full" or "simple" sentences),
-  `flaw_rate` (share of training pairs with datives whose target puts them in the
-  accusative) and `noise_rate` (share of training pairs replaced by web-like noise).
+  `flaw` and `flaw_rate` (the wrong rule, and the share of training pairs with its
+  construction that follow it) and `noise_rate` (share of training pairs replaced by
+  web-like noise).
   Validation and test are always clean.
   """
   return dict(train_size=train_size, validation_size=validation_size,
               test_size=test_size, seed=seed, forms=forms, flaw_rate=flaw_rate,
-              noise_rate=noise_rate)
+              noise_rate=noise_rate, flaw=flaw)
 
 
 @functools.lru_cache(maxsize=4)
-def _demo_splits(train_size, validation_size, test_size, seed, forms, flaw_rate, noise_rate):
+def _demo_splits(train_size, validation_size, test_size, seed, forms, flaw_rate, noise_rate,
+                 flaw):
   return demo_corpus.generate_splits(train_size, validation_size, test_size, seed, forms=forms,
-                                     flaw_rate=flaw_rate, noise_rate=noise_rate)
+                                     flaw_rate=flaw_rate, noise_rate=noise_rate, flaw=flaw)
 
 
 def _demo_dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:

@@ -47,6 +47,10 @@ class RewardModelConfig:
   # Tokens per segment (source, hypothesis[, reference]), e.g. the task's feature
   # lengths; None gives each segment an equal share of `max_length`.
   segment_lengths: Tuple[int, ...] | None = None
+  # Also max-pool the hypothesis's encodings (a local error shows; a mean hides it).
+  max_pool: bool = False
+  # Also give the head each segment's length (log token counts) and their log ratio.
+  length_features: bool = False
 
   def __post_init__(self):
     if self.segment_lengths is not None:
@@ -86,22 +90,43 @@ class RewardNetwork(nn.Module):
       mask = ((segment == k) & (tokens > 0)).astype(encoded.dtype)[..., None]
       pooled.append(jnp.sum(encoded * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0))
     other = pooled[2] if self.config.use_reference else pooled[0]
-    features = jnp.concatenate(pooled + [pooled[1] * other, jnp.abs(pooled[1] - other)], -1)
+    features = [*pooled, pooled[1] * other, jnp.abs(pooled[1] - other)]
+    if self.config.length_features:
+      # Under- and over-translation change a hypothesis's length against its source's
+      # (quality-estimation systems have long used such counts).
+      counts = [jnp.sum((segment == k) & (tokens > 0), axis=1).astype(encoded.dtype)
+                for k in range(len(pooled))]
+      logs = [jnp.log1p(c) for c in counts]
+      features.append(jnp.stack(logs + [logs[1] - logs[0]], axis=-1))
+    if self.config.max_pool:
+      # A mean over a sentence drowns one wrong word; the most salient position of the
+      # hypothesis (after attending to the source) does not.
+      hyp = ((segment == 1) & (tokens > 0))[..., None]
+      features.append(jnp.max(jnp.where(hyp, encoded, -1e4), axis=1))
+    features = jnp.concatenate(features, -1)
     hidden = nn.gelu(layers.DenseGeneral(cfg.mlp_dim, ("embed", "mlp"), name="head_hidden")(
         features))
-    logit = layers.DenseGeneral(1, ("mlp", "embed"), name="head_out")(hidden)[..., 0]
-    return jax.nn.sigmoid(logit)
+    return layers.DenseGeneral(1, ("mlp", "embed"), name="head_out")(hidden)[..., 0]
 
 
 class RewardModel:
-  """Regression model with the parts of the t5x model API the `Trainer` uses."""
+  """Regression model with the parts of the t5x model API the `Trainer` uses.
+
+  The loss is the squared error of the predicted score (a sigmoid of the network's
+  logit), plus, with `ranking_weight`, a pairwise logistic loss between the
+  candidates of one source in a batch (`group`) that the ratings order: it puts the
+  model's capacity on the differences raters see between translations of one
+  source (one wrong article), which a regression over all sources dilutes.
+  """
 
   def __init__(self, config: RewardModelConfig, vocabulary: seqio.Vocabulary,
-               optimizer_def: optax.GradientTransformation | None = None):
+               optimizer_def: optax.GradientTransformation | None = None,
+               ranking_weight: float = 0.0):
     self.config = config
     self.vocabulary = vocabulary
     self.module = RewardNetwork(config)
     self.optimizer_def = optimizer_def or optax.adamw(1e-3)
+    self.ranking_weight = float(ranking_weight)
     self.overlength = 0  # segments `tokenize` had to cut
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
@@ -110,20 +135,30 @@ class RewardModel:
     return dict(self.module.init({"params": rng, "dropout": rng}, tokens))
 
   def predict(self, params, tokens: jax.Array) -> jax.Array:
-    return self.module.apply({"params": params}, tokens)
+    return jax.nn.sigmoid(self.module.apply({"params": params}, tokens))
 
   def loss_fn(self, params, batch, dropout_rng):
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    scores = self.module.apply({"params": params}, batch["tokens"],
+    logits = self.module.apply({"params": params}, batch["tokens"],
                                enable_dropout=rngs is not None, rngs=rngs)
+    scores = jax.nn.sigmoid(logits)
+    target = batch["target_score"]
     weights = batch.get("weights", jnp.ones_like(scores))
-    error = (scores - batch["target_score"]) * weights
+    error = (scores - target) * weights
     count = jnp.maximum(jnp.sum(weights), 1.0)
     loss = jnp.sum(error * error) / count
-    return loss, {
-        "loss": clu_metrics.Average(total=loss, count=jnp.array(1, jnp.int32)),
-        "mae": clu_metrics.Average(total=jnp.sum(jnp.abs(error)), count=count),
-    }
+    metrics = {"mae": clu_metrics.Average(total=jnp.sum(jnp.abs(error)), count=count)}
+    if self.ranking_weight and "group" in batch:
+      same = batch["group"][:, None] == batch["group"][None, :]
+      ordered = same & (target[:, None] > target[None, :]) & (weights[:, None] > 0) & (
+          weights[None, :] > 0)
+      pair_loss = jax.nn.softplus(-(logits[:, None] - logits[None, :]))
+      pairs = jnp.maximum(jnp.sum(ordered), 1.0)
+      ranking = jnp.sum(jnp.where(ordered, pair_loss, 0.0)) / pairs
+      loss = loss + self.ranking_weight * ranking
+      metrics["ranking_loss"] = clu_metrics.Average(total=ranking, count=jnp.array(1, jnp.int32))
+    metrics["loss"] = clu_metrics.Average(total=loss, count=jnp.array(1, jnp.int32))
+    return loss, metrics
 
   def tokenize(self, sources: Sequence[str], hypotheses: Sequence[str],
                references: Sequence[str]) -> np.ndarray:
@@ -217,8 +252,12 @@ def train_reward_model(
     checkpoint_period: int = 500,
     partitioner: partitioning.Partitioner | None = None,
     seed: int = 0,
+    ranking_weight: float = 0.0,
 ) -> Dict[str, float]:
   """Trains a reward model on a ratings file; resumes from `model_dir` if present.
+
+  `ranking_weight` adds a pairwise loss between the candidates of one source (see
+  `RewardModel`).
 
   Returns:
     Held-out metrics: `spearman` (rank correlation with the ratings), `pearson`,
@@ -229,7 +268,7 @@ def train_reward_model(
     raise ValueError(f"RewardModelConfig.vocab_size {config.vocab_size} is smaller than the"
                      f" vocabulary ({vocabulary.vocab_size})")
   sources, hypotheses, references, scores, kinds = read_ratings(ratings_file, with_kinds=True)
-  model = RewardModel(config, vocabulary, optax.adamw(learning_rate))
+  model = RewardModel(config, vocabulary, optax.adamw(learning_rate), ranking_weight)
   tokens = model.tokenize(sources, hypotheses, references)
   if model.overlength:
     logging.warning("%s: %d segments were longer than RewardModelConfig.segment_lengths %s"
@@ -250,12 +289,16 @@ def train_reward_model(
   start = int(jax.device_get(state.step))
   per_epoch = max(1, len(train_idx) // batch_size)
   dropout_rng = jax.random.PRNGKey(seed + 1)
+  source_ids = {s: i for i, s in enumerate(dict.fromkeys(sources))}
+  group = np.array([source_ids[s] for s in sources], np.int32)
   for step in range(start, train_steps):
     # Each epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
+    # A source's candidates stay together (one after the other) so the ranking loss
+    # sees them in one batch.
     epoch, offset = divmod(step, per_epoch)
-    order = np.random.RandomState(seed * 100003 + epoch).permutation(train_idx)
+    order = _epoch_order(train_idx, group, np.random.RandomState(seed * 100003 + epoch))
     rows = order[offset * batch_size:(offset + 1) * batch_size]
-    batch = {"tokens": tokens[rows], "target_score": scores[rows]}
+    batch = {"tokens": tokens[rows], "target_score": scores[rows], "group": group[rows]}
     state, _ = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
     ckpt.save(state, force=step + 1 == train_steps)
   ckpt.close()
@@ -277,6 +320,16 @@ def train_reward_model(
                  "held_out": metrics, "train_steps": train_steps}, f, indent=2)
   logging.info("reward model held-out metrics: %s", metrics)
   return metrics
+
+
+def _epoch_order(indices: np.ndarray, group: np.ndarray, rng: np.random.RandomState):
+  """`indices` shuffled by source group, each group's rows kept together."""
+  by_group: Dict[int, List[int]] = {}
+  for i in indices:
+    by_group.setdefault(int(group[i]), []).append(int(i))
+  keys = list(by_group)
+  rng.shuffle(keys)
+  return np.array([i for k in keys for i in by_group[k]], np.int64)
 
 
 def evaluate_ranking(predicted: np.ndarray, target: np.ndarray,

@@ -82,13 +82,14 @@ def build_ratings(pairs: Iterable[Tuple[str, str]], corruptions_per_pair: int = 
 
 def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full",
                        corruptions_per_pair: int = 2, max_edits: int = 3,
-                       penalty: float = 0.2) -> List[Tuple[str, str, str, float, str]]:
+                       penalty: float = 0.2,
+                       flaw: str = "dative") -> List[Tuple[str, str, str, float, str]]:
   """Ratings from the demo corpus's generator, the stand-in for human raters.
 
   The generator knows each source's correct translation. For every training source
   it rates (`EditRating`: `1 - penalty` per word error) the correct translation, its
-  flawed rendering when it has datives (the accusative for the dative: the demo's
-  systematic flaw), one web-like noise variant (untranslated copy, another
+  rendering with the demo's systematic flaw (`flaw`, when the sentence has the
+  construction), one web-like noise variant (untranslated copy, another
   sentence's translation, cut in half, a phrase repeated, in turn) and
   `corruptions_per_pair` typical model errors (dropped, swapped or mis-agreed
   words). Only training sources are used: validation and test stay unseen.
@@ -99,7 +100,8 @@ def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full
   from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
   from rest_jax.rewards.metric_rewards import EditRating  # pylint: disable=g-import-not-at-top
 
-  corpus = demo_corpus.generate_corpus(train_size, 0, 0, seed, forms=forms, flaw_rate=1.0)
+  corpus = demo_corpus.generate_corpus(train_size, 0, 0, seed, forms=forms, flaw_rate=1.0,
+                                       flaw=flaw)
   rater = EditRating(penalty)
   rng = random.Random(seed)
   candidates = []
@@ -122,10 +124,11 @@ def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full
 
 def build_demo_ratings_file(*, output_path: str, train_size: int = 4000, seed: int = 0,
                             forms: str = "full", corruptions_per_pair: int = 2,
-                            max_edits: int = 3, penalty: float = 0.2) -> str:
+                            max_edits: int = 3, penalty: float = 0.2,
+                            flaw: str = "dative") -> str:
   """Writes `build_demo_ratings` as a ratings TSV (with a fifth column: the kind)."""
-  return write_ratings(output_path, build_demo_ratings(train_size, seed, forms,
-                                                      corruptions_per_pair, max_edits, penalty))
+  return write_ratings(output_path, build_demo_ratings(
+      train_size, seed, forms, corruptions_per_pair, max_edits, penalty, flaw))
 
 
 def write_ratings(path: str, rows: Sequence[Tuple]) -> str:
