@@ -19,6 +19,9 @@ from typing import Dict, Optional, Tuple
 
 FAULT_ENV = "REST_JAX_FAULT"
 TRACE_ENV = "REST_JAX_FAULT_TRACE"
+# SIGKILL (default: the process dies on the spot) or SIGTERM (a preemption notice: the
+# process saves at its next step boundary and exits; rest_jax/preemption.py).
+SIGNAL_ENV = "REST_JAX_FAULT_SIGNAL"
 
 SITES = (
     "train.step",          # after a BC optimizer step
@@ -52,6 +55,9 @@ def check_environment() -> None:
   value = os.environ.get(FAULT_ENV)
   if value:
     _parse(value)
+  kind = os.environ.get(SIGNAL_ENV, "KILL")
+  if kind not in ("KILL", "TERM"):
+    raise ValueError(f"{SIGNAL_ENV}={kind!r}: expected KILL or TERM")
 
 
 def point(site: str) -> None:
@@ -74,4 +80,5 @@ def point(site: str) -> None:
       if trace:
         with open(trace, "a") as f:
           f.write(f"KILL {site} {_counts[site]}\n")
-      os.kill(os.getpid(), signal.SIGKILL)
+      kind = os.environ.get(SIGNAL_ENV, "KILL")
+      os.kill(os.getpid(), signal.SIGTERM if kind == "TERM" else signal.SIGKILL)

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
-from rest_jax import faults, inference, partitioning, sampling as sampling_lib
+from rest_jax import faults, inference, partitioning, preemption, sampling as sampling_lib
 from rest_jax.data import grown
 from rest_jax.rewards import Reward
 
@@ -205,10 +205,15 @@ def grow(
   batches = inference.source_batches(task_name, split, feature_lengths, local_size, 0,
                                      num_sources, overlength) if pending else iter(())
   buffer = None
-  for batch in batches:
+  for batch_index, batch in enumerate(batches):
     shard = int(batch["source_id"][0]) // shard_size
     if shard not in pending:
       continue
+    # Between batches: the finished shards are kept, the one in progress is redone. (With
+    # several hosts, whose batches differ in number, the notice takes effect at the next
+    # training step instead.)
+    if num_hosts == 1:
+      preemption.check(batch_index, f"grow {grow_step}")
     if buffer is None:
       buffer = {"sources": [], "hypotheses": [], "references": [], "meta": [],
                 "tick": time.perf_counter()}

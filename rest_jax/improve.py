@@ -23,7 +23,8 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-from rest_jax import checkpoints, faults, files, losses, partitioning, selection as selection_lib
+from rest_jax import checkpoints, faults, files, losses, partitioning, preemption
+from rest_jax import selection as selection_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import grown, grown_tasks, pipeline
 from rest_jax.rewards import ThresholdSchedule
@@ -44,8 +45,10 @@ class ImproveConfig:
     references: "keep" the reference rows (scored ones filtered like samples,
       unscored ones kept at every threshold) or "drop" them.
     mix_ratio: share of each batch drawn from the original parallel data.
-    optimizer: Improve's optimizer (its learning rate below BC's); None: the
-      model's own.
+    optimizer: Improve's optax optimizer for a model that carries an optax one
+      (rest_jax's), its learning rate below BC's; None: the model's own.
+    learning_rate: Improve's rate or schedule for a model that carries a t5x
+      `OptimizerDef` (t5x's Adafactor), which trains with its own optimizer at it.
     optimizer_state: "fresh" (a new optimizer state every Improve step) or
       "continue" (the previous step's, BC's for the first).
     selection: how often each Improve step (and BC+) is evaluated on validation to
@@ -59,6 +62,7 @@ class ImproveConfig:
   references: str = "keep"
   mix_ratio: float = 0.0
   optimizer: Optional[optax.GradientTransformation] = None
+  learning_rate: Any = None
   optimizer_state: str = "fresh"
   selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(eval_period=100)
 
@@ -311,6 +315,13 @@ def finetune(*, trainer: trainer_lib.Trainer, init_params: Any, init_opt_state: 
     ckpt.save(state, force=done == train_steps)
     if selection is not None and selection.due(done, train_steps):
       selection.record(done, validate(state.params), state)
+    if preemption.reached(done):
+      if not (ckpt.due(done) or done == train_steps):
+        _save_metrics(model_dir, done, accumulator)
+        ckpt.save(state, force=True)
+      ckpt.close()
+      raise preemption.Preempted(f"preempted during {name} at step {done}: saved; run the"
+                                 " same command again to continue")
     bar.update(1)
     bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - tick, 1e-9):.0f}")
   bar.close()

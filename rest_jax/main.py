@@ -16,6 +16,8 @@ Commands:
           rest_jax checkpoint (rest_jax/convert.py).
   data    `data show --task=T --split=S -n 5` prints examples; `data stats --task=T`
           (and/or `--grown_dir=D`) prints counts, length and reward percentiles.
+  seeds   `seeds --runs DIR DIR ...`: mean and spread over finished rest runs (seeds) of
+          BC, BC+ and the selected ReST policy (rest_jax/seeds.py).
 
 Flags (t5x's):
   --gin_file=PATH         repeatable; looked up as given, then in gin/ and configs/.
@@ -65,6 +67,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
               finalize: bool = True) -> None:
   """Parses gin files and bindings with the project's search paths.
 
+  Unless `finalize`, `%gin.REQUIRED` bindings are left for `missing_required` to
+  check against the command that runs.
+
   Raises:
     ValueError: an unknown gin file, or a binding gin rejects (the message names it).
   """
@@ -77,13 +82,67 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
   for name in gin_files:
     if not any(os.path.exists(os.path.join(p, name)) for p in gin_search_paths()):
       raise ValueError(f"gin file '{name}' not found in {gin_search_paths()}")
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=finalize)
+  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+  if finalize:
+    gin.finalize()
+
+
+def _bindings_of(scopes: Sequence[str], selector: str):
+  """A configurable's bindings as gin applies them in `scopes` (outer scopes first)."""
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  out = {}
+  for depth in range(len(scopes) + 1):
+    out.update(config.get(("/".join(scopes[:depth]), selector), {}))
+  return out
+
+
+def missing_required(configurable) -> List[str]:
+  """The `%gin.REQUIRED` bindings that calling `configurable` would reach, unbound.
+
+  gin's own check (at finalisation) covers every REQUIRED binding of every file
+  parsed, also those of another command (`convert` does not need `BC_STEPS`); this
+  one follows only the references the command uses.
+  """
+  required = gin.REQUIRED
+  missing, seen = [], set()
+
+  def visit(scopes, selector):
+    if (tuple(scopes), selector) in seen:
+      return
+    seen.add((tuple(scopes), selector))
+    for name, value in _bindings_of(scopes, selector).items():
+      for leaf in gin.config._iterate_flattened_values(value):  # pylint: disable=protected-access
+        if not isinstance(leaf, gin.config.ConfigurableReference):
+          continue
+        target = leaf.configurable.selector
+        if target == "gin.constant" and leaf.scoped_configurable_fn() is required:
+          key = "/".join(scopes + [selector.rsplit(".", 1)[-1]]) + "." + name
+          missing.append(scopes[-1] if selector == "gin.macro" else key)
+        else:
+          visit(list(leaf.scopes), target)
+
+  name = f"{configurable.__module__}.{configurable.__name__}"
+  match = gin.config._REGISTRY.get_match(name)  # pylint: disable=protected-access
+  if match is not None:
+    visit([], match.selector)
+  return sorted(set(missing))
+
+
+def finalize_gin() -> None:
+  """gin's finalisation without its global REQUIRED check (`missing_required` does it)."""
+  hooks = gin.config._FINALIZE_HOOKS  # pylint: disable=protected-access
+  saved = list(hooks)
+  hooks[:] = [h for h in hooks if h is not gin.config.find_missing_overrides_hook]
+  try:
+    gin.finalize()
+  finally:
+    hooks[:] = saved
 
 
 def _split_args(argv: Sequence[str]):
   parser = argparse.ArgumentParser(prog="rest_jax.main", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("command", choices=sorted(COMMANDS) + ["data", "convert"])
+  parser.add_argument("command", choices=sorted(COMMANDS) + ["data", "convert", "seeds"])
   parser.add_argument("action", nargs="?", choices=["show", "stats"])
   parser.add_argument("--task")
   parser.add_argument("--split", default="validation")
@@ -102,6 +161,7 @@ def _split_args(argv: Sequence[str]):
   parser.add_argument("--mesh", help="plan: DATAxMODEL, e.g. 4x2")
   parser.add_argument("--t5x_checkpoint", help="convert: a t5x checkpoint_<step> directory")
   parser.add_argument("--output_dir", help="convert: write the converted checkpoint here")
+  parser.add_argument("--runs", nargs="+", help="seeds: finished rest MODEL_DIRs")
   args, rest = parser.parse_known_args(argv)
   bindings = list(args.gin_bindings)
   for arg in rest:
@@ -144,6 +204,18 @@ COMMANDS = {
     "demo_ratings": ("rest_jax.rewards.ratings", "build_demo_ratings_file", False),
     "reward_model": ("rest_jax.rewards.learned", "train_reward_model", False),
 }
+
+
+def _command_target(command: str):
+  """The gin-configured function a command calls (None: data, which takes flags only)."""
+  if command == "convert":
+    from rest_jax import convert  # pylint: disable=g-import-not-at-top
+
+    return convert.convert
+  if command not in COMMANDS:
+    return None
+  module_name, function, _ = COMMANDS[command]
+  return getattr(importlib.import_module(module_name), function)
 
 
 def _data_command(args) -> None:
@@ -191,7 +263,23 @@ def main(argv: Sequence[str]) -> int:
 
     partitioning.initialize_multihost(args.coordinator_address, args.num_processes,
                                       args.process_id)
-  parse_gin(args.gin_file, bindings)
+  if args.command == "seeds":
+    from rest_jax import seeds  # pylint: disable=g-import-not-at-top
+
+    if not args.runs:
+      raise SystemExit("seeds needs --runs DIR [DIR ...] (finished rest runs)")
+    seeds.seeds_command(args.runs)
+    return 0
+  parse_gin(args.gin_file, bindings, finalize=False)
+  target = _command_target(args.command)
+  if target is not None:
+    missing = missing_required(target)
+    if missing:
+      raise SystemExit(
+          f"{args.command}: the config leaves {', '.join(missing)} as %gin.REQUIRED; bind"
+          f" {'them' if len(missing) > 1 else 'it'} (e.g. --gin.{missing[0]}=...), in a gin"
+          " file after the project's own (gin/runs/*.gin) or on the command line")
+  finalize_gin()
   if args.command == "data":
     _data_command(args)
     return 0
@@ -231,7 +319,14 @@ def _print_history(history) -> None:
 
 
 def run() -> None:
-  sys.exit(main(sys.argv[1:]))
+  from rest_jax import preemption  # pylint: disable=g-import-not-at-top
+
+  preemption.install()
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except preemption.Preempted as e:
+    print(f"{e} (exit code {preemption.EXIT_CODE})", file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -161,9 +161,10 @@ class Partitioner:
   def state_shardings(self, state_shapes: PyTree, params: PyTree, params_sharding: PyTree):
     """Shardings for any tree that embeds parameter-shaped leaves (e.g. optimizer state).
 
-    A leaf whose path ends with a parameter's path and whose shape equals that
-    parameter's shape gets the parameter's sharding; everything else (counts,
-    Adafactor's factored row/column moments) is replicated.
+    A leaf whose path ends with a parameter's path (or with it and one field name,
+    as t5x's optimizer states do) and whose shape equals that parameter's shape gets
+    the parameter's sharding; everything else (counts, Adafactor's factored
+    row/column moments) is replicated.
     """
     by_path = {}
     for (path, leaf), sharding in zip(
@@ -174,10 +175,13 @@ class Partitioner:
 
     def assign(path, leaf):
       names = _path_names(path)
-      for start in range(len(names)):
-        match = by_path.get(names[start:])
-        if match and match[0] == tuple(leaf.shape):
-          return match[1]
+      # The parameter's path at the end (optax states), or followed by one field name
+      # (t5x's optimizer states: `.../kernel/m`, `.../kernel/v`).
+      for end in (len(names), len(names) - 1):
+        for start in range(end):
+          match = by_path.get(names[start:end])
+          if match and match[0] == tuple(leaf.shape):
+            return match[1]
       return self.replicated
 
     return jax.tree_util.tree_map_with_path(assign, state_shapes)
@@ -269,6 +273,38 @@ class Partitioner:
       return out
 
     return jax.tree_util.tree_map(local, tree)
+
+
+def PjitPartitioner(  # pylint: disable=invalid-name (t5x's name, for t5x users' gin files)
+    num_partitions: int | None = None,
+    model_parallel_submesh: Sequence[int] | None = None,
+    logical_axis_rules: LogicalRules | None = None,
+    mesh_shape: Sequence[int] | None = None,
+    **unsupported,
+) -> Partitioner:
+  """A `Partitioner` from t5x's `PjitPartitioner` arguments (what t5x users' gins bind).
+
+  `num_partitions` (t5x: model-parallel partitions) and `model_parallel_submesh` (t5x:
+  a TPU submesh `(x, y, z, cores)` for one model replica) both set the mesh's `model`
+  axis size (the submesh's product); the rest of the devices form `data`.
+  `logical_axis_rules` replace the standard ones. Other t5x arguments
+  (`params_on_devices`, `backend`, `use_cpu_pjit`) have no meaning here: binding one is
+  an error that names it.
+  """
+  if unsupported:
+    raise ValueError(f"PjitPartitioner arguments {sorted(unsupported)} have no rest_jax"
+                     " equivalent: remove them (the mesh is set by num_partitions,"
+                     " model_parallel_submesh or MESH_SHAPE)")
+  if num_partitions and model_parallel_submesh:
+    raise ValueError("give num_partitions or model_parallel_submesh, not both (t5x's rule)")
+  model = num_partitions or (int(np.prod(model_parallel_submesh))
+                             if model_parallel_submesh else None)
+  if model and mesh_shape is not None and int(mesh_shape[1]) != model:
+    raise ValueError(f"mesh_shape {tuple(mesh_shape)} disagrees with {model} model partitions")
+  if model:
+    mesh_shape = (-1, model)
+  kwargs = {} if logical_axis_rules is None else {"logical_axis_rules": logical_axis_rules}
+  return Partitioner(mesh_shape=mesh_shape, **kwargs)
 
 
 def _path_names(path) -> Tuple[str, ...]:

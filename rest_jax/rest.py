@@ -114,6 +114,8 @@ def rest(
     bc_selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(
         eval_period=100, patience=5),
     bc_plus: bool = True,
+    bc_learning_rate: Any = None,
+    initial_checkpoint_path: Optional[str] = None,
     partitioner: Optional[partitioning.Partitioner] = None,
     checkpoint_period: int = 200,
     seed: int = 0,
@@ -138,6 +140,11 @@ def rest(
     bc_plus: also run the equal-compute control BC+ (BC continued on the original
       data for as many steps and examples as all Improve steps, with Improve's
       optimizer, selected on validation the same way).
+    bc_learning_rate: BC's rate or schedule for a model that carries a t5x
+      `OptimizerDef` (rest_jax's models carry an optax optimizer with its rate).
+    initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax
+      or legacy) that BC starts from instead of a random initialisation; with
+      `bc_steps=0` it is the BC policy.
     partitioner: the mesh.
     checkpoint_period: steps between checkpoints.
     seed: every random choice of the run derives from it.
@@ -161,7 +168,8 @@ def rest(
   select_split = SELECTION_SPLIT
   progress = _Progress.load(model_dir)
   policy = trainer_lib.Trainer(
-      model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size, lengths))
+      model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size, lengths),
+      learning_rate=bc_learning_rate)
   evaluator = policy_eval.PolicyEvaluator(
       model, partitioner, policy.params_sharding, reward, evaluation, seed=seed)
   writer = metric_writers.create_default_writer(
@@ -173,7 +181,7 @@ def rest(
     if "improve" not in compiled:
       compiled["improve"] = trainer_lib.Trainer(
           model, partitioner, trainer_lib.batch_input_shapes(improve.batch_size, lengths),
-          optimizer=improve.optimizer, loss_fn=loss)
+          optimizer=improve.optimizer, loss_fn=loss, learning_rate=improve.learning_rate)
     return compiled["improve"]
 
   def bc_plus_trainer() -> trainer_lib.Trainer:
@@ -182,7 +190,8 @@ def rest(
     if "bc_plus" not in compiled:
       compiled["bc_plus"] = trainer_lib.Trainer(
           model, partitioner, trainer_lib.batch_input_shapes(improve.batch_size, lengths),
-          optimizer=improve.optimizer, loss_fn=losses.OfflineRLLoss("bc"))
+          optimizer=improve.optimizer, loss_fn=losses.OfflineRLLoss("bc"),
+          learning_rate=improve.learning_rate)
     return compiled["bc_plus"]
 
   def validate(params) -> float:
@@ -216,7 +225,8 @@ def rest(
     train_lib.train(model=model, train_dataset_cfg=train_dataset_cfg, model_dir=bc_dir,
                     total_steps=bc_steps, partitioner=partitioner,
                     checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar,
-                    selection=sel, validate=validate)
+                    selection=sel, validate=validate, learning_rate=bc_learning_rate,
+                    initial_checkpoint_path=initial_checkpoint_path)
     summary = sel.summary()
     sel.close()
     return {"seconds": time.perf_counter() - tick, "selection": summary,
@@ -327,6 +337,8 @@ def rest(
           row["policy"], row["index"], p, others))
       row["metrics"] = {**row["metrics"], **extra["metrics"]}
   progress.steps["selected"] = chosen["policy"]
+  progress.steps["rows"] = [{k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps")
+                             if k in r} | {"selected": bool(r.get("selected"))} for r in rows]
   progress.save()
   writer.flush()
   if jax.process_index() == 0:

@@ -96,8 +96,9 @@ class Selection:
     is_best = self.best[0] == step and (previous is None or previous[0] != step)
     if is_best:
       ckpt = self._best_checkpointer()
-      ckpt.save(state, force=True)
-      ckpt.wait()
+      if step not in ckpt.all_steps():  # else a killed run saved this same state already
+        ckpt.save(state, force=True)
+        ckpt.wait()
     self._write()
     return is_best
 

@@ -15,8 +15,8 @@ import jax
 import seqio
 import tqdm
 
-from rest_jax import checkpoints, evaluation, faults, inference, partitioning
-from rest_jax import selection as selection_lib
+from rest_jax import checkpoints, convert, evaluation, faults, inference, partitioning
+from rest_jax import preemption, selection as selection_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
 
@@ -43,6 +43,8 @@ def train(
     progress_bar: bool = True,
     selection: Optional[selection_lib.Selection] = None,
     validate: Optional[Callable[[Any], float]] = None,
+    learning_rate: Any = None,
+    initial_checkpoint_path: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
   """Trains `model` on `train_dataset_cfg` for `total_steps` steps.
 
@@ -66,6 +68,12 @@ def train(
       `selection.config.eval_period` steps) and stops early after `patience`
       evaluations without improvement (ReST's BC).
     validate: the validation score of parameters (higher is better).
+    learning_rate: the rate or schedule of a model that carries a t5x
+      `OptimizerDef` (t5x's Adafactor); rest_jax's models carry an optax optimizer
+      with its rate.
+    initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH, Orbax
+      or legacy) to start from instead of a random initialisation, when `model_dir`
+      has no checkpoint yet.
 
   Returns:
     The history of evaluations: one dict per evaluation with `step` and metrics.
@@ -75,6 +83,7 @@ def train(
   trainer = trainer_lib.Trainer(
       model, partitioner,
       trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size, lengths),
+      learning_rate=learning_rate,
   )
   ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period,
                                   keep=keep_checkpoints)
@@ -83,6 +92,9 @@ def train(
   if ckpt.latest_step() is not None:
     state = ckpt.restore(trainer.abstract_state)
     logging.info("Resumed from step %d", int(state.step))
+  elif initial_checkpoint_path:
+    state = trainer.state_from_params(convert.read_params(trainer, initial_checkpoint_path))
+    logging.info("Starting from %s", initial_checkpoint_path)
   else:
     state = trainer.init_state(init_rng)
   start = int(jax.device_get(state.step))
@@ -157,8 +169,18 @@ def train(
         logging.info("train: stopped early at step %d; best validation score %.4f at step %d",
                      done, selection.best[1], selection.best[0])
         break
+    if preemption.reached(done):
+      if ckpt.latest_step() != done:
+        ckpt.save(state, force=True)
+      ckpt.close()
+      raise preemption.Preempted(f"preempted during training at step {done} of {model_dir}:"
+                                 " saved; run the same command again to continue")
   bar.close()
   if selection is not None:
+    if not selection.history:  # nothing to train (e.g. BC_STEPS = 0 on a given policy)
+      if ckpt.latest_step() is None:
+        ckpt.save(state, force=True)
+      selection.record(int(jax.device_get(state.step)), validate(state.params), state)
     selection.finish()
   ckpt.close()
   cut = pipeline.overlength_count(train_dataset_cfg)

@@ -7,9 +7,9 @@ model's `loss_fn` unless a custom one is given (Improve's offline-RL losses).
 """
 
 import dataclasses
+import time
 from typing import Any, Callable, Mapping, Tuple
 
-from absl import logging
 from clu import metrics as clu_metrics
 import flax
 import jax
@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rest_jax import partitioning
+from flax.linen import partitioning as nn_partitioning
+
+from rest_jax import optimizers, partitioning
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -79,23 +81,6 @@ def learning_rate_schedule(base_learning_rate: float, schedule: str = "constant"
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
-def optax_optimizer(model) -> optax.GradientTransformation | None:
-  """The model's optimizer as optax: ours is optax; t5x's `OptaxWrapper` holds one.
-
-  A t5x `OptimizerDef` that is not optax-based (e.g. t5x's own Adafactor) is not used:
-  rest_jax trains with optax, by default Adafactor like t5x's.
-  """
-  optimizer = getattr(model, "optimizer_def", None)
-  optimizer = getattr(optimizer, "optax_optimizer", optimizer)
-  if optimizer is None:
-    return None
-  if isinstance(optimizer, optax.GradientTransformation):
-    return optimizer
-  logging.warning("model.optimizer_def %s is not an optax optimizer; using optax Adafactor"
-                  " (pass Trainer(optimizer=...) to choose another)", type(optimizer).__name__)
-  return None
-
-
 def model_loss(model, params, batch, dropout_rng):
   return model.loss_fn(params, batch, dropout_rng)
 
@@ -118,11 +103,24 @@ class Trainer:
       input_shapes: Mapping[str, Tuple[int, ...]],
       optimizer: optax.GradientTransformation | None = None,
       loss_fn: LossFn = model_loss,
+      learning_rate: optimizers.LearningRate | None = None,
   ):
+    """Builds the compiled steps.
+
+    Args:
+      model: a t5x-API model.
+      partitioner: the mesh.
+      input_shapes: the batch's shapes.
+      optimizer: an optax optimizer for a model that carries an optax one (rest_jax's),
+        e.g. Improve's; None: the model's own.
+      loss_fn: default the model's `loss_fn`.
+      learning_rate: the rate (or schedule) for a model that carries a t5x
+        `OptimizerDef` (t5x's Adafactor), which then trains with it as t5x's trainer
+        would; such a model always trains with its own optimizer.
+    """
     self.model = model
     self.partitioner = partitioner
     self.input_shapes = dict(input_shapes)
-    self.optimizer = optimizer or optax_optimizer(model) or default_optimizer()
     self.loss_fn = loss_fn
 
     abstract = jax.eval_shape(
@@ -130,6 +128,13 @@ class Trainer:
     )
     self.params_axes = abstract.get("params_axes", {})
     params_shapes = abstract["params"]
+    logical_axes = (nn_partitioning.get_axis_names(self.params_axes) if self.params_axes
+                    else None)
+    own = optimizers.model_optimizer(model, learning_rate, logical_axes)
+    if optimizers.is_optimizer_def(optimizers.unwrap(getattr(model, "optimizer_def", None))):
+      self.optimizer = own  # a t5x OptimizerDef: the model's own, at `learning_rate`
+    else:
+      self.optimizer = optimizer or own or default_optimizer()
     self.params_sharding = partitioner.params_shardings(self.params_axes, params_shapes)
     opt_shapes = jax.eval_shape(self.optimizer.init, params_shapes)
     opt_sharding = partitioner.state_shardings(opt_shapes, params_shapes, self.params_sharding)
@@ -255,13 +260,22 @@ class Trainer:
 
 
 class MetricsAccumulator:
-  """Merges per-step metrics (clu metrics or plain scalars) on the host."""
+  """Merges per-step metrics (clu metrics or plain scalars) on the host.
+
+  t5x's models also return timing metrics (`timing/*`: `Time`, `TimeRate`,
+  `StepsPerTime`) whose duration, and step metrics whose step count, only the
+  trainer knows: as t5x's trainer does, `compute` sets them from the wall time and
+  the number of steps accumulated.
+  """
 
   def __init__(self):
     self._metrics: dict = {}
+    self._steps = 0
+    self._start = time.perf_counter()
 
   def add(self, metrics: Mapping[str, Any]) -> None:
     metrics = jax.device_get(metrics)
+    self._steps += 1
     for name, value in metrics.items():
       if not isinstance(value, clu_metrics.Metric):
         value = clu_metrics.Average(total=np.asarray(value, np.float64), count=np.array(1))
@@ -269,12 +283,25 @@ class MetricsAccumulator:
       self._metrics[name] = value if previous is None else previous.merge(value)
 
   def compute(self) -> dict:
-    return {name: float(np.asarray(m.compute())) for name, m in self._metrics.items()}
-
-  def state_dict(self) -> dict:
-    """The merged metrics as JSON-able data; `from_state_dict` restores them bit for bit."""
+    elapsed = max(time.perf_counter() - self._start, 1e-9)
     out = {}
     for name, metric in self._metrics.items():
+      if hasattr(metric, "replace_steps"):  # t5x's Step metrics
+        metric = metric.replace_steps(self._steps)
+      if hasattr(metric, "replace_duration"):  # t5x's Time metrics
+        metric = metric.replace_duration(elapsed)
+      out[name] = float(np.asarray(metric.compute()))
+    return out
+
+  def state_dict(self) -> dict:
+    """The merged metrics as JSON-able data; `from_state_dict` restores them bit for bit.
+
+    Timing metrics are left out: they measure the process that ran them.
+    """
+    out = {}
+    for name, metric in self._metrics.items():
+      if hasattr(metric, "replace_duration") or hasattr(metric, "replace_steps"):
+        continue
       fields = {f.name: np.asarray(getattr(metric, f.name)) for f in dataclasses.fields(metric)}
       out[name] = {"type": type(metric).__name__,
                    "fields": {k: [str(v.dtype), v.tolist()] for k, v in fields.items()}}

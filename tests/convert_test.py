@@ -70,7 +70,7 @@ def test_mismatches_are_listed_and_nothing_is_written(tmp_path):
 
 
 def test_not_a_t5x_checkpoint_is_a_clear_error(tmp_path):
-  with pytest.raises(convert.ConversionError, match="no t5x 'checkpoint' file"):
+  with pytest.raises(convert.ConversionError, match="neither an Orbax t5x checkpoint"):
     convert.read_t5x_target(str(tmp_path))
   (tmp_path / "checkpoint").write_bytes(b"\x00garbage")
   with pytest.raises(convert.ConversionError, match="not a readable t5x msgpack"):
@@ -81,7 +81,7 @@ def test_convert_command_names_the_problem(tmp_path):
   import gin
 
   try:
-    with pytest.raises(SystemExit, match="convert: .*no t5x 'checkpoint' file"):
+    with pytest.raises(SystemExit, match="convert: .*neither an Orbax t5x checkpoint"):
       main.main(["convert", "--gin_file=configs/demo.gin", "--gin.MODEL_DIR='unused'",
                  f"--t5x_checkpoint={tmp_path}"])
   finally:

@@ -23,9 +23,12 @@ def test_parameter_tree_follows_t5x_names_and_axes():
       jax.random.PRNGKey(0), {k: (2, 8) for k in ("encoder_input_tokens", "decoder_input_tokens",
                                                    "decoder_target_tokens")})
   params, axes = variables["params"], variables["params_axes"]
-  assert params["encoder"]["layers_0"]["attention"]["query"]["kernel"].shape == (32, 4, 8)
+  # t5x's layout: attention kernels are 2-D, `[embed, heads * kv]` and `[heads * kv, embed]`.
+  assert params["encoder"]["layers_0"]["attention"]["query"]["kernel"].shape == (32, 32)
+  assert axes["encoder"]["layers_0"]["attention"]["query"]["kernel_axes"].names == (
+      "embed", "joined_kv")
   assert params["decoder"]["layers_1"]["encoder_decoder_attention"]["out"]["kernel"].shape == (
-      4, 8, 32)
+      32, 32)
   assert params["decoder"]["logits_dense"]["kernel"].shape == (32, 64)
   assert axes["token_embedder"]["embedding_axes"].names == ("vocab", "embed")
   assert axes["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel_axes"].names == ("embed", "mlp")

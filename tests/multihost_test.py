@@ -115,7 +115,7 @@ def grown_rows(grow_dir):
     assert key not in rows, f"duplicate row {key} in {grow_dir}"
     reward = None if np.isnan(r["reward"]) else float(r["reward"])  # unscored references
     rows[key] = (r["targets"], reward, tuple(r["target_ids"].tolist()),
-                 r["behaviour_log_probs"])
+                 tuple(r["behaviour_log_probs"].tolist()))
   return rows
 
 

@@ -46,7 +46,7 @@ def test_plan_bytes_match_hand_computation():
   per_layer = 2 * rows * samples * H * 16 * D + 2 * rows * H * 16 * D
   assert result.bytes_per_device["kv_cache"] == 4 * 2 * per_layer // (DATA * MODEL)
   key = next(r for r in result.params if r["name"] == "encoder/layers_0/attention/key/kernel")
-  assert key["logical"] == ("embed", "heads", "kv") and key["mesh"] == (None, "model", None)
+  assert key["logical"] == ("embed", "joined_kv") and key["mesh"] == (None, "model")
   assert key["bytes_per_device"] == 4 * E * H * D // MODEL
   # Data parallelism sums gradients: the train step must all-reduce.
   assert result.collectives["train_step"]["all-reduce"]["count"] > 0

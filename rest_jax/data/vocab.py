@@ -4,7 +4,6 @@ Models use T5's special ids (pad 0, EOS 1, UNK 2, no BOS) so that seqio's
 `SentencePieceVocabulary` and the t5x conventions hold.
 """
 
-import hashlib
 import io
 import os
 import tempfile
@@ -61,21 +60,23 @@ class DemoVocabulary(seqio.SentencePieceVocabulary):
   """The demo corpus's SentencePiece vocabulary, trained on first use and cached.
 
   Constructing it is cheap (gin builds one whenever a config is parsed); the
-  model file is trained only when a token is first encoded or decoded.
+  model file is trained only when a token is first encoded or decoded. It holds
+  nothing but what a `seqio.SentencePieceVocabulary` of the same file holds, so
+  the two compare equal (t5x's trainer checks that model and task vocabularies
+  match): its size and seed are in the file's name.
   """
 
   def __init__(self, vocab_size: int = 512, seed: int = 0):
-    key = hashlib.sha1(f"demo-{vocab_size}-{seed}-v1".encode()).hexdigest()[:10]
-    self._demo_args = (vocab_size, seed)
-    super().__init__(os.path.join(cache_dir(), f"demo_spm_{key}.model"))
+    super().__init__(os.path.join(cache_dir(), f"demo_spm_{vocab_size}_{seed}_v1.model"))
 
   def _model_context(self):
     if not os.path.exists(self.sentencepiece_model_file):
       from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
 
-      vocab_size, seed = self._demo_args
+      _, vocab_size, seed, _ = os.path.basename(self.sentencepiece_model_file)[
+          len("demo_"):].split("_", 3)
       pairs = demo_corpus.generate_splits(train_size=20000, validation_size=0, test_size=0,
-                                          seed=seed)["train"]
+                                          seed=int(seed))["train"]
       train_sentencepiece([t for pair in pairs for t in pair], self.sentencepiece_model_file,
-                          vocab_size)
+                          int(vocab_size))
     return super()._model_context()

@@ -38,12 +38,14 @@ def _canonicalize_tuple(x):
 class DenseGeneral(nn.Module):
   """A linear map over one or more input axes to one or more output axes.
 
-  The kernel keeps the unflattened shape `in_axes + features` (t5x's layout), so
-  attention projections are `[embed, heads, kv]` and can be sharded over heads.
+  The kernel is stored 2-D, `[prod(in_axes), prod(features)]`, with two logical axes,
+  and reshaped here (t5x's layout): the attention output projection is
+  `[heads * kv, embed]` with axes `("joined_kv", "embed")`, so t5x checkpoints load
+  as they are and can be sharded over heads.
   """
 
   features: int | Tuple[int, ...]
-  kernel_axes: Tuple[str, ...]
+  kernel_axes: Tuple[str, str]
   axis: int | Tuple[int, ...] = -1
   dtype: jnp.dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
@@ -53,15 +55,9 @@ class DenseGeneral(nn.Module):
     axis = tuple(a % inputs.ndim for a in _canonicalize_tuple(self.axis))
     in_shape = tuple(inputs.shape[a] for a in axis)
     features = _canonicalize_tuple(self.features)
-    fan_in, fan_out = int(np.prod(in_shape)), int(np.prod(features))
-
-    def init(key, shape, dtype=jnp.float32):
-      # Initialise as the flat 2-D matrix so fan-in/fan-out match a dense layer.
-      return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
-
-    kernel = param_with_axes(
-        "kernel", init, in_shape + features, jnp.float32, axes=self.kernel_axes
-    )
+    flat = (int(np.prod(in_shape)), int(np.prod(features)))
+    kernel = param_with_axes("kernel", self.kernel_init, flat, jnp.float32, axes=self.kernel_axes)
+    kernel = kernel.reshape(in_shape + features)
     contract = (axis, tuple(range(len(axis))))
     return lax.dot_general(
         inputs.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ()))
@@ -109,25 +105,18 @@ class RMSNorm(nn.Module):
 
 
 class Kernel(nn.Module):
-  """Only a dense layer's kernel (stored as `<name>/kernel`, as DenseGeneral stores it).
+  """Only a dense layer's 2-D kernel (stored as `<name>/kernel`, as DenseGeneral stores it).
 
   Layers that fuse several projections into one matrix product stack these.
   """
 
-  shape: Tuple[int, ...]
-  axes: Tuple[str, ...]
-  fan_in_ndim: int = 1
+  shape: Tuple[int, int]
+  axes: Tuple[str, str]
   kernel_init: Initializer = default_kernel_init
 
   @nn.compact
   def __call__(self) -> Array:
-    fan_in = int(np.prod(self.shape[: self.fan_in_ndim]))
-    fan_out = int(np.prod(self.shape[self.fan_in_ndim:]))
-
-    def init(key, shape, dtype=jnp.float32):
-      return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
-
-    return param_with_axes("kernel", init, self.shape, jnp.float32, axes=self.axes)
+    return param_with_axes("kernel", self.kernel_init, self.shape, jnp.float32, axes=self.axes)
 
 
 class MlpBlock(nn.Module):
@@ -246,12 +235,14 @@ class MultiHeadDotProductAttention(nn.Module):
     query_init = lambda *args: self.kernel_init(*args) / scale  # noqa: E731
     # Kernels only: the projections are done here so that self-attention can stack
     # query, key and value into one matrix product.
-    shape, axes = (self.out_features, self.num_heads, self.head_dim), ("embed", "heads", "kv")
+    # t5x's layout: `[embed, heads * kv]`, reshaped to `[embed, heads, kv]` in `_project`.
+    shape = (self.out_features, self.num_heads * self.head_dim)
+    axes = ("embed", "joined_kv")
     self.query = Kernel(shape, axes, kernel_init=query_init)
     self.key = Kernel(shape, axes, kernel_init=self.kernel_init)
     self.value = Kernel(shape, axes, kernel_init=self.kernel_init)
     self.out = DenseGeneral(
-        self.out_features, ("heads", "kv", "embed"), axis=(-2, -1), dtype=self.dtype,
+        self.out_features, ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
         kernel_init=self.kernel_init,
     )
     self.dropout = nn.Dropout(self.dropout_rate)
@@ -278,9 +269,11 @@ class MultiHeadDotProductAttention(nn.Module):
 
   def _project(self, x: Array, *kernels: Kernel) -> Tuple[Array, ...]:
     """`x @ kernel` for each kernel, as one matrix product over the stacked kernels."""
+    heads = (self.out_features, self.num_heads, self.head_dim)
     if len(kernels) == 1:
-      return (jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernels[0]().astype(self.dtype)),)
-    stacked = jnp.stack([k() for k in kernels], axis=1).astype(self.dtype)
+      kernel = kernels[0]().reshape(heads).astype(self.dtype)
+      return (jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel),)
+    stacked = jnp.stack([k().reshape(heads) for k in kernels], axis=1).astype(self.dtype)
     out = jnp.einsum("...e,ethd->...thd", x.astype(self.dtype), stacked)
     parts = lax.split(out, (1,) * len(kernels), axis=out.ndim - 3)
     return tuple(p.squeeze(out.ndim - 3) for p in parts)

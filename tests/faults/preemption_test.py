@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from rest_jax import checkpoints
+from rest_jax import checkpoints, preemption
 from tests import multihost_test
 
 SEED = int(os.environ.get("REST_JAX_FAULT_SEED", "20261124"))
@@ -65,7 +65,7 @@ class Runner:
     if expect_error:
       assert proc.returncode == 1 and expect_error in proc.stderr, proc.stderr[-3000:]
       return proc.returncode
-    if proc.returncode not in (0, -signal.SIGKILL):
+    if proc.returncode not in (0, -signal.SIGKILL, preemption.EXIT_CODE):
       raise AssertionError(f"seed {SEED}: run with fault {fault} failed ({proc.returncode}) in"
                            f" {model_dir}\n{proc.stderr[-4000:]}\nruns so far: {self.log}")
     return proc.returncode
@@ -158,13 +158,35 @@ def _check_bad_state_is_named(run, tmp_path):
   assert all(after.get(p) == data for p, data in before.items())
 
 
-@pytest.mark.slow
-def test_killed_runs_resume_to_the_uninterrupted_end_state(tmp_path):
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """An uninterrupted run, its fault-point trace and its end state."""
+  tmp_path = tmp_path_factory.mktemp("preemption")
   run = Runner(tmp_path)
   assert run(tmp_path / "reference", trace=tmp_path / "trace") == 0
   trace = _trace(tmp_path / "trace")
   assert set(REQUIRED_SITES) | {"train.step", "eval.batch", "rest.state"} <= set(trace)
-  reference = _end_state(tmp_path / "reference")
+  return tmp_path, run, trace, _end_state(tmp_path / "reference")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_a_step_boundary_and_the_rerun_ends_the_same(reference_run):
+  """A preemption notice (SIGTERM) during BC, Grow, Improve and an evaluation."""
+  tmp_path, _, _, reference = reference_run
+  run = Runner(tmp_path)
+  run.env["REST_JAX_FAULT_SIGNAL"] = "TERM"
+  model_dir = tmp_path / "sigterm"
+  for fault in ("train.step:3", "grow.sample:2", "improve.step:2", "eval.batch:3"):
+    assert run(model_dir, fault=fault) == preemption.EXIT_CODE, (fault, run.log)
+  leftovers = [p for p in model_dir.rglob(".tmp-*")]
+  assert not leftovers
+  assert run(model_dir) == 0
+  _assert_same_end_state(reference, model_dir, run.log)
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_uninterrupted_end_state(reference_run):
+  tmp_path, run, trace, reference = reference_run
 
   rng = random.Random(SEED)
   kills, tried, finished_chains, chain = [], 0, 0, 0
