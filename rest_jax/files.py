@@ -65,8 +65,38 @@ def makedirs(p: PathLike) -> None:
   path(p).mkdir(parents=True, exist_ok=True)
 
 
+def isdir(p: PathLike) -> bool:
+  return path(p).is_dir()
+
+
 def read_text(p: PathLike) -> str:
   return path(p).read_text()
+
+
+def read_bytes(p: PathLike) -> bytes:
+  return path(p).read_bytes()
+
+
+def size(p: PathLike) -> int:
+  """Bytes in the file `p`."""
+  if is_object_store(p):
+    return int(path(p).stat().length)
+  return os.path.getsize(os.fspath(p))
+
+
+def listdir(p: PathLike) -> list:
+  """Names (not paths) in the directory `p`, sorted."""
+  return sorted(child.name for child in path(p).iterdir())
+
+
+def remove(p: PathLike) -> None:
+  path(p).unlink()
+
+
+def rmtree(p: PathLike) -> None:
+  """Deletes the directory `p` and everything in it; nothing if it is missing."""
+  if path(p).exists():
+    path(p).rmtree()
 
 
 def temporary_prefix(p: PathLike) -> str:
@@ -133,11 +163,11 @@ def remove_temporaries(directory: PathLike, prefixes) -> list:
 
   Object stores have none: nothing is written under a temporary name there.
   """
-  if is_object_store(directory) or not os.path.isdir(os.fspath(directory)):
+  if is_object_store(directory) or not isdir(directory):
     return []
   removed = []
-  for name in os.listdir(os.fspath(directory)):
+  for name in listdir(directory):
     if any(name.startswith(prefix) for prefix in prefixes):
-      os.remove(os.path.join(os.fspath(directory), name))
+      remove(join(directory, name))
       removed.append(name)
   return removed

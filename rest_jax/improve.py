@@ -149,7 +149,7 @@ def _save_metrics(model_dir: str, step: int, accumulator) -> None:
   if jax.process_index() != 0:
     return
   path = _metrics_path(model_dir, step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  files.makedirs(os.path.dirname(path))
   files.atomic_write_text(path, json.dumps(accumulator.state_dict()))
 
 
@@ -157,12 +157,11 @@ def _load_metrics(model_dir: str, step: int):
   if step == 0:
     return trainer_lib.MetricsAccumulator()
   path = _metrics_path(model_dir, step)
-  if not os.path.exists(path):
+  if not files.exists(path):
     logging.warning("%s missing: the metrics of this Improve step cover only the steps"
                     " after %d", path, step)
     return trainer_lib.MetricsAccumulator()
-  with open(path) as f:
-    return trainer_lib.MetricsAccumulator.from_state_dict(json.load(f))
+  return trainer_lib.MetricsAccumulator.from_state_dict(json.loads(files.read_text(path)))
 
 
 def improve(

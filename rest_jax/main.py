@@ -41,6 +41,8 @@ from typing import List, Sequence
 from absl import logging
 import gin
 
+from rest_jax import files
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -178,9 +180,8 @@ def _write_config(model_dir: str | None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+    files.makedirs(model_dir)
+    files.atomic_write_text(files.join(model_dir, "config.gin"), gin.config_str())
 
 
 def _macro(name: str):

@@ -8,11 +8,13 @@ while a held-out metric fell; agreement of the training reward with a held-out
 reward on the policy's own samples) and where the time went, with PNG plots.
 """
 
+import io
 import os
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from rest_jax import files
 from rest_jax.data import grown
 
 # Held-out metrics watched for a fall while the training reward rises (name, higher is better).
@@ -127,6 +129,12 @@ def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
   return shares
 
 
+def _save_figure(fig, path: str) -> None:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  files.atomic_write_bytes(path, buffer.getvalue())
+
+
 def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
   import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -135,8 +143,8 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
 
   written = []
   g = 1
-  while os.path.exists(os.path.join(model_dir, f"grow_{g}", grown.MANIFEST)):
-    directory = os.path.join(model_dir, f"grow_{g}")
+  while files.exists(files.join(model_dir, f"grow_{g}", grown.MANIFEST)):
+    directory = files.join(model_dir, f"grow_{g}")
     rewards = grown.sample_rewards(grown.shard_paths(directory, grown.load_manifest(
         directory, verify_counts=False)))
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -146,9 +154,9 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
     ax.set_xlabel("reward of a sample")
     ax.set_ylabel("samples")
     ax.set_title(f"Grow step {g}: {rewards.size} samples; Improve thresholds dashed")
-    path = os.path.join(model_dir, f"grow_{g}_rewards.png")
+    path = files.join(model_dir, f"grow_{g}_rewards.png")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
     plt.close(fig)
     written.append(path)
     g += 1
@@ -171,8 +179,8 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
     ax.set_ylabel(f"{title} on {split}")
     ax.legend(fontsize=8)
   fig.tight_layout()
-  path = os.path.join(model_dir, "metrics_per_step.png")
-  fig.savefig(path, dpi=100)
+  path = files.join(model_dir, "metrics_per_step.png")
+  _save_figure(fig, path)
   plt.close(fig)
   written.append(path)
   return written
@@ -223,8 +231,7 @@ def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] 
   body.append("")
   body += [f"![{os.path.basename(p)}]({os.path.basename(p)})"
            for p in _plots(model_dir, rows, steps, selection_split)]
-  with open(os.path.join(model_dir, "report.md"), "w") as f:
-    f.write("\n".join(body) + "\n")
+  files.atomic_write_text(files.join(model_dir, "report.md"), "\n".join(body) + "\n")
   text = "\n".join([f"{selection_split}:\n" + metrics_table(rows, selection_split, n)] + summary)
   print("\n" + text + "\n")
   print("time: " + ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in shares.items()))

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import resource
-import shutil
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -66,15 +65,12 @@ class _Progress:
 
   @classmethod
   def load(cls, model_dir: str) -> "_Progress":
-    path = os.path.join(model_dir, STATE_FILE)
+    path = files.join(model_dir, STATE_FILE)
     if jax.process_index() == 0:  # a state file a killed run did not rename into place
-      for name in os.listdir(model_dir):
-        if name.startswith(files.temporary_prefix(STATE_FILE)):
-          os.remove(os.path.join(model_dir, name))
+      files.remove_temporaries(model_dir, [files.temporary_prefix(STATE_FILE)])
     steps = {}
-    if os.path.exists(path):
-      with open(path) as f:
-        steps = json.load(f)["steps"]
+    if files.exists(path):
+      steps = json.loads(files.read_text(path))["steps"]
     return cls(path, steps)
 
   def save(self) -> None:
@@ -89,7 +85,7 @@ class _Progress:
       return self.steps[name]
     if self.upstream_changed and jax.process_index() == 0:
       for path in outputs:  # outputs of an older upstream: start this step afresh
-        shutil.rmtree(path, ignore_errors=True)
+        files.rmtree(path)
     if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
       multihost_utils.sync_global_devices(f"rest: {name} starts")
     result = fn()
@@ -163,7 +159,7 @@ def rest(
   if improve.mix_ratio > 0:
     loss.validate_rows(1, f"mixed-in original pairs (MIX_RATIO {improve.mix_ratio})")
   partitioner = partitioner or partitioning.Partitioner()
-  os.makedirs(model_dir, exist_ok=True)
+  files.makedirs(model_dir)
   task, lengths = train_dataset_cfg.mixture_or_task_name, dict(train_dataset_cfg.task_feature_lengths)
   select_split = SELECTION_SPLIT
   progress = _Progress.load(model_dir)
@@ -285,7 +281,7 @@ def rest(
           decoders=compiled["grow"])
       return {**timings, "seconds": time.perf_counter() - tick}
 
-    progress.run(f"grow_{g}", os.path.exists(os.path.join(grow_dir, grown.MANIFEST)), run_grow,
+    progress.run(f"grow_{g}", files.exists(files.join(grow_dir, grown.MANIFEST)), run_grow,
                  [grow_dir])
     manifest = grown.load_manifest(grow_dir, verify_counts=False)
     # Quantile thresholds are taken over the policy's samples, never the references.

@@ -17,7 +17,6 @@ redone, so a resumed run records what an uninterrupted one would.
 
 import dataclasses
 import json
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -49,12 +48,11 @@ class Selection:
   def __init__(self, model_dir: str, config: SelectionConfig = SelectionConfig()):
     self.model_dir = model_dir
     self.config = config
-    self.path = os.path.join(model_dir, SELECTION_FILE)
+    self.path = files.join(model_dir, SELECTION_FILE)
     self.history: List[Tuple[int, float]] = []
     self.finished = False
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        saved = json.load(f)
+    if files.exists(self.path):
+      saved = json.loads(files.read_text(self.path))
       self.history = [(int(s), float(v)) for s, v in saved["history"]]
       self.finished = bool(saved["finished"])
     self._best_ckpt = None
@@ -134,7 +132,7 @@ class Selection:
   def _write(self) -> None:
     if jax.process_index() != 0:
       return
-    os.makedirs(self.model_dir, exist_ok=True)
+    files.makedirs(self.model_dir)
     files.atomic_write_text(self.path, json.dumps(
         {"history": self.history, "finished": self.finished, "best": self.best,
          "config": dataclasses.asdict(self.config)}, indent=1), "selection.write")

@@ -40,13 +40,12 @@ smaller dataset.
 import json
 import math
 import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from rest_jax import faults, files
+from rest_jax import files
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -109,38 +108,31 @@ def write_shard(directory: str, index: int, num_shards: int,
   Every row is checked (text fields present, finite floats) before the shard is
   renamed into place; on any error nothing of this shard is left behind.
   """
-  os.makedirs(directory, exist_ok=True)
+  files.makedirs(directory)
   name = shard_name(index, num_shards)
-  path = os.path.join(directory, name)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=files.temporary_prefix(path))
-  os.close(fd)
+  path = files.join(directory, name)
   count, reward_sum, sources = 0, 0.0, set()
   try:
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for i, row in enumerate(rows):
-        writer.write(_example(row, i, name).SerializeToString())
-        count += 1
-        reward_sum += float(row["reward"]) if int(row["scored"]) else 0.0
-        sources.add(int(row["source_id"]))
-      writer.flush()
-    faults.point("grown.shard_write")
-    os.replace(tmp, path)
+    # A temporary file renamed into place on a file system; on an object store the
+    # shard itself, which appears only once whole (rest_jax/files.py).
+    with files.committed(path, "grown.shard_write") as target:
+      with tf.io.TFRecordWriter(target) as writer:
+        for i, row in enumerate(rows):
+          writer.write(_example(row, i, name).SerializeToString())
+          count += 1
+          reward_sum += float(row["reward"]) if int(row["scored"]) else 0.0
+          sources.add(int(row["source_id"]))
+        writer.flush()
   except (OSError, tf.errors.OpError) as e:  # e.g. the disk is full
-    if os.path.exists(tmp):
-      os.remove(tmp)
     raise GrownDatasetError(
         f"{directory}: could not write shard {name} ({e}); nothing of this shard was kept,"
         " finished shards are intact and a re-run resumes from them") from e
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  record = {"file": name, "count": count, "bytes": os.path.getsize(path),
+  record = {"file": name, "count": count, "bytes": files.size(path),
             "reward_sum": reward_sum, "num_sources": len(sources)}
   try:
     files.atomic_write_text(_sidecar(path), json.dumps(record), "grown.sidecar")
   except OSError as e:
-    os.remove(path)  # a shard without its sidecar is not finished
+    files.remove(path)  # a shard without its sidecar is not finished
     raise GrownDatasetError(f"{directory}: could not write the sidecar of shard {name} ({e});"
                             " the shard was removed and will be redone") from e
   return record
@@ -153,42 +145,34 @@ def remove_stale_temporaries(directory: str, shards: Iterable[int], num_shards: 
   Readers never see them (only renamed files count), but they would pile up. Each
   host cleans only its own shards', so no host removes a file another is writing.
   """
-  if not os.path.isdir(directory):
-    return []
   prefixes = []
   for i in shards:
-    path = os.path.join(directory, shard_name(i, num_shards))
+    path = files.join(directory, shard_name(i, num_shards))
     prefixes += [files.temporary_prefix(path), files.temporary_prefix(_sidecar(path))]
   if manifest:
     prefixes.append(files.temporary_prefix(MANIFEST))
-  removed = []
-  for name in os.listdir(directory):
-    if any(name.startswith(p) for p in prefixes):
-      os.remove(os.path.join(directory, name))
-      removed.append(name)
-  return removed
+  return files.remove_temporaries(directory, prefixes)
 
 
 def completed_shards(directory: str, num_shards: int) -> List[int]:
   """Indices of the shards already written whole (shard file and sidecar present)."""
   done = []
   for i in range(num_shards):
-    path = os.path.join(directory, shard_name(i, num_shards))
-    if os.path.exists(path) and os.path.exists(_sidecar(path)):
+    path = files.join(directory, shard_name(i, num_shards))
+    if files.exists(path) and files.exists(_sidecar(path)):
       done.append(i)
   return done
 
 
 def _read_sidecar(directory: str, index: int, num_shards: int) -> Dict[str, Any]:
-  path = os.path.join(directory, shard_name(index, num_shards))
-  if not (os.path.exists(path) and os.path.exists(_sidecar(path))):
+  path = files.join(directory, shard_name(index, num_shards))
+  if not (files.exists(path) and files.exists(_sidecar(path))):
     raise GrownDatasetError(f"{directory}: shard {shard_name(index, num_shards)} is missing")
-  with open(_sidecar(path)) as f:
-    return json.load(f)
+  return json.loads(files.read_text(_sidecar(path)))
 
 
 def shard_paths(directory: str, manifest: Mapping[str, Any]) -> List[str]:
-  return [os.path.join(directory, s["file"]) for s in manifest["shards"]]
+  return [files.join(directory, s["file"]) for s in manifest["shards"]]
 
 
 def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -243,7 +227,7 @@ def write_manifest(directory: str, num_shards: int,
     GrownDatasetError: a shard is missing (the message names it).
   """
   shards = [_read_sidecar(directory, i, num_shards) for i in range(num_shards)]
-  paths = [os.path.join(directory, s["file"]) for s in shards]
+  paths = [files.join(directory, s["file"]) for s in shards]
   columns = read_columns(paths)
   total = sum(s["count"] for s in shards)
   if columns["reward"].size != total:
@@ -263,8 +247,8 @@ def write_manifest(directory: str, num_shards: int,
           columns["reward"][references & columns["scored"]]),
       "metadata": dict(metadata or {}),
   }
-  files.atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2),
-                     "grown.manifest")
+  files.atomic_write_text(files.join(directory, MANIFEST), json.dumps(manifest, indent=2),
+                          "grown.manifest")
   return manifest
 
 
@@ -276,12 +260,11 @@ def load_manifest(directory: str, verify_counts: bool = True) -> Dict[str, Any]:
       format version, a missing shard, a shard whose size or row count differs
       from the manifest, or a truncated shard.
   """
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
+  path = files.join(directory, MANIFEST)
+  if not files.exists(path):
     raise GrownDatasetError(
         f"{directory} has no {MANIFEST}: the Grow step that writes it did not finish")
-  with open(path) as f:
-    manifest = json.load(f)
+  manifest = json.loads(files.read_text(path))
   version = manifest.get("format_version")
   if version != FORMAT_VERSION:
     raise GrownDatasetError(
@@ -290,10 +273,10 @@ def load_manifest(directory: str, verify_counts: bool = True) -> Dict[str, Any]:
         " log-probabilities, which an older Grow step did not store): move it aside and re-run"
         " its Grow step")
   for shard in manifest["shards"]:
-    shard_path = os.path.join(directory, shard["file"])
-    if not os.path.exists(shard_path):
+    shard_path = files.join(directory, shard["file"])
+    if not files.exists(shard_path):
       raise GrownDatasetError(f"{shard_path} is listed in {MANIFEST} but missing")
-    size = os.path.getsize(shard_path)
+    size = files.size(shard_path)
     if size != shard["bytes"]:
       raise GrownDatasetError(
           f"{shard_path} has {size} bytes, {MANIFEST} says {shard['bytes']}: truncated or"
