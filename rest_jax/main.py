@@ -25,6 +25,8 @@ Flags (t5x's):
   --gin_bindings=BINDING  repeatable, a raw gin binding.
   --gin_search_paths=DIR  repeatable; more folders for gin files (e.g. a t5x checkout).
   --dry_run               parse the config, print it, and exit.
+  --verbose               a failure prints its traceback (also REST_JAX_VERBOSE=1), and
+                          TensorFlow's, absl's and seqio's start-up messages are shown.
   --multihost             start jax.distributed first (one process per host); the
                           coordinator, process count and index come from
                           --coordinator_address / --num_processes / --process_id, else
@@ -34,6 +36,7 @@ Flags (t5x's):
 
 import argparse
 import importlib
+import logging as py_logging
 import os
 import sys
 from typing import List, Sequence
@@ -156,6 +159,7 @@ def _split_args(argv: Sequence[str]):
   parser.add_argument("--gin_search_paths", action="append", default=[],
                       help="more folders for gin files and includes (e.g. a t5x checkout)")
   parser.add_argument("--dry_run", action="store_true")
+  parser.add_argument("--verbose", action="store_true")
   parser.add_argument("--multihost", action="store_true")
   parser.add_argument("--coordinator_address", help="multihost: host:port of process 0")
   parser.add_argument("--num_processes", type=int, help="multihost: number of processes")
@@ -319,15 +323,76 @@ def _print_history(history) -> None:
     print(" | ".join([f"{row['step']}"] + [f"{row[k]:.4f}" for k in keys]))
 
 
+# Bad input rather than a bug: a missing or malformed file, a bad binding or value, a
+# checkpoint or grown dataset that cannot be used. Matched by name (importing the
+# modules that define them would import JAX before it is needed).
+USER_ERRORS = ("FileNotFoundError", "NotADirectoryError", "IsADirectoryError",
+               "PermissionError", "ValueError", "NotFoundError", "GrownDatasetError",
+               "CheckpointError", "RewardError", "ParseError", "SyntaxError")
+
+
+def _is_user_error(error: BaseException) -> bool:
+  return any(cls.__name__ in USER_ERRORS for cls in type(error).__mro__)
+
+
+def _short_message(error: BaseException) -> str:
+  """The error's own lines, without gin's "In call to configurable" / "In file" context."""
+  if isinstance(error, SyntaxError) and error.text:  # a gin binding or file that does not parse
+    where = f"{error.filename}, line {error.lineno}" if error.filename else "a gin binding"
+    return f"{error.msg} ({where}): {error.text.strip()}"
+  lines = [line for line in str(error).splitlines()
+           if line.strip() and not line.lstrip().startswith(("In call to configurable",
+                                                              "In file", "In bindings"))]
+  return "\n".join(lines[:4]) or type(error).__name__
+
+
+def verbose(argv: Sequence[str] = ()) -> bool:
+  return "--verbose" in argv or os.environ.get("REST_JAX_VERBOSE", "") not in ("", "0")
+
+
+class _StartupFilter(py_logging.Filter):
+  """Drops seqio's advice to cache a task, printed for every local-file task."""
+
+  def filter(self, record):
+    return "uncached FunctionDataset" not in record.getMessage()
+
+
+def _quiet_startup() -> None:
+  """TensorFlow's and XLA's C++ start-up lines (CUDA probing, absl::InitializeLog) go to
+  /dev/null while they are imported; Python errors still surface."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  logging.get_absl_logger().addFilter(_StartupFilter())
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as devnull:
+      os.dup2(devnull.fileno(), 2)
+      try:
+        import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+        import jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      finally:
+        os.dup2(saved, 2)
+  finally:
+    os.close(saved)
+
+
 def run() -> None:
+  argv = sys.argv[1:]
+  if not verbose(argv):
+    _quiet_startup()
   from rest_jax import preemption  # pylint: disable=g-import-not-at-top
 
   preemption.install()
   try:
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(argv))
   except preemption.Preempted as e:
     print(f"{e} (exit code {preemption.EXIT_CODE})", file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
+  except Exception as e:  # pylint: disable=broad-except
+    if verbose(argv) or not _is_user_error(e):
+      raise
+    print(f"rest_jax: {_short_message(e)}\n(run with --verbose or REST_JAX_VERBOSE=1 for the"
+          " traceback)", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -113,3 +113,29 @@ def test_a_malformed_fault_spec_is_rejected_at_start(monkeypatch):
   monkeypatch.setenv("REST_JAX_FAULT", "grow.sampel:1")
   with pytest.raises(ValueError, match="REST_JAX_FAULT='grow.sampel:1': expected SITE:COUNT"):
     main.main(["data", "show", "--task=rest_demo_en_de"])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["rest", "--gin_file=configs/no_such.gin"], "gin file 'configs/no_such.gin' not found"),
+    (["rest", "--gin_file=configs/demo.gin", "--gin.MODEL_DIR=/tmp/x"],
+     "Unable to parse value. (a gin binding): MODEL_DIR = /tmp/x"),
+    (["rest", "--gin_file=configs/demo.gin", "--gin.NO_SUCH.x=1", "--gin.MODEL_DIR='/tmp/x'"],
+     "No configurable matching 'NO_SUCH'"),
+    (["data", "show", "--task=no_such_task"], "unknown seqio task or mixture 'no_such_task'"),
+])
+def test_user_errors_are_one_line_without_a_traceback_or_start_up_noise(args, says):
+  import subprocess
+  import sys
+
+  env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",
+                                                           "REST_JAX_VERBOSE")}
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, "-m", "rest_jax.main", *args], cwd=root, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+  assert "absl::InitializeLog" not in proc.stderr and "cuda" not in proc.stderr, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) <= 4, proc.stderr
+  verbose = subprocess.run([sys.executable, "-m", "rest_jax.main", *args, "--verbose"], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=300)
+  assert verbose.returncode == 1 and "Traceback" in verbose.stderr
