@@ -223,17 +223,28 @@ def _command_target(command: str):
   return getattr(importlib.import_module(module_name), function)
 
 
+def _configured_task():
+  """MIXTURE_OR_TASK_NAME of the gin config, if any; a `parallel_corpus()` is registered."""
+  value = _macro("MIXTURE_OR_TASK_NAME")
+  if isinstance(value, gin.config.ConfigurableReference):
+    value = value.scoped_configurable_fn() if value.evaluate else None
+  return value if isinstance(value, str) else None
+
+
 def _data_command(args) -> None:
   from rest_jax.data import inspect as data_inspect  # pylint: disable=g-import-not-at-top
 
+  task = _configured_task() if args.gin_file else None
+  task = args.task or task
   if args.action == "show":
-    if not args.task:
-      raise SystemExit("data show needs --task")
-    data_inspect.show(args.task, args.split, args.n, sys.stdout)
+    if not task:
+      raise SystemExit("data show needs --task (or a --gin_file that sets MIXTURE_OR_TASK_NAME)")
+    data_inspect.show(task, args.split, args.n, sys.stdout)
   elif args.action == "stats":
-    if not (args.task or args.grown_dir):
-      raise SystemExit("data stats needs --task and/or --grown_dir")
-    data_inspect.stats(args.task, args.split, sys.stdout, args.grown_dir, args.max_examples)
+    if not (task or args.grown_dir):
+      raise SystemExit("data stats needs --task and/or --grown_dir (or a --gin_file that sets"
+                       " MIXTURE_OR_TASK_NAME)")
+    data_inspect.stats(task, args.split, sys.stdout, args.grown_dir, args.max_examples)
   else:
     raise SystemExit("data needs an action: show or stats")
 

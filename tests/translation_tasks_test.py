@@ -1,11 +1,15 @@
 """WMT/TED tasks under TFDS mock data, and local parallel-text tasks with bad lines."""
 
+import os
+
 import gin
 import pytest
 import seqio
 import tensorflow_datasets as tfds
 
 from rest_jax.data import parallel_text, tasks, translation_tasks, vocab  # noqa: F401 (tasks registers)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LENGTHS = {"inputs": 32, "targets": 32}
 
@@ -105,3 +109,50 @@ def test_translation_vocabulary_must_be_bound():
   gin.clear_config()
   with pytest.raises(ValueError, match="task_vocabulary.sentencepiece_model_file"):
     translation_tasks.task_vocabulary()
+
+
+def test_split_files_are_found_by_format_and_name(tmp_path):
+  import lzma
+
+  from rest_jax.data import translation_tasks as tt
+
+  (tmp_path / "train.tsv").write_text("hola\thello\n")
+  with lzma.open(tmp_path / "dev.tsv.xz", "wt") as f:
+    f.write("adiós\tgoodbye\n")
+  (tmp_path / "test.es").write_text("sí\n")
+  (tmp_path / "test.en").write_text("yes\n")
+  find = lambda split: tt.find_split_files(str(tmp_path), split, "es", "en")  # noqa: E731
+  assert find("train") == str(tmp_path / "train.tsv")
+  assert find("validation") == str(tmp_path / "dev.tsv.xz")  # valid | validation | dev
+  assert find("test") == (str(tmp_path / "test.es"), str(tmp_path / "test.en"))
+  (tmp_path / "test.en").unlink()
+  with pytest.raises(FileNotFoundError, match=r"no test split in .*test\.tsv, test\.es, test\.en"):
+    find("test")
+
+
+def test_own_corpus_from_the_command_line_as_the_readme_writes_it(tmp_path):
+  import subprocess
+  import sys
+
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for split, n in (("train", 40), ("valid", 5), ("test", 5)):
+    (corpus / f"{split}.tsv").write_text("".join(f"uno {i} dos\tone {i} two\n" for i in range(n)))
+  config = tmp_path / "my_corpus.gin"
+  text = open(os.path.join(ROOT, "configs", "my_corpus.gin")).read()
+  text = text.replace("'../shared/data/bible_es_en'", f"'{corpus}'").replace(
+      "'/data/my_corpus/spm.model'", f"'{tmp_path / 'spm.model'}'")
+  config.write_text(text)
+  run = lambda *args: subprocess.run(  # noqa: E731
+      [sys.executable, "-m", "rest_jax.main", *args], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  vocab = run("vocab", f"--gin_file={config}", f"--gin.VOCAB_OUTPUT='{tmp_path / 'spm.model'}'",
+              "--gin.VOCAB_SIZE=40")
+  assert vocab.returncode == 0, vocab.stderr
+  stats = run("data", "stats", f"--gin_file={config}", "--split=validation")
+  assert stats.returncode == 0, stats.stderr
+  assert "bible_es_en/validation: 5 examples" in stats.stdout
+  (corpus / "test.tsv").unlink()
+  show = run("data", "show", f"--gin_file={config}", "--split=test")
+  assert show.returncode == 1 and "no test split in" in show.stderr and "Traceback" not in (
+      show.stderr), show.stderr

@@ -6,8 +6,11 @@ told to skip bad lines; then each skipped line is counted and logged, never
 dropped silently.
 """
 
+import bz2
 import collections
 import dataclasses
+import gzip
+import lzma
 import os
 from typing import Dict, Iterator, Sequence, Tuple
 
@@ -51,8 +54,17 @@ def _check_pair(source: str, target: str, path: str, line_number: int) -> None:
     raise ParallelTextError(f"{path}:{line_number}: empty target side")
 
 
+COMPRESSED = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+def open_text_file(path: str):
+  """`path` opened for binary reading; `.gz`, `.xz` and `.bz2` files are decompressed."""
+  opener = COMPRESSED.get(os.path.splitext(path)[1], open)
+  return opener(path, "rb")
+
+
 def _tsv_pairs(path: str, columns: Tuple[int, int]) -> Iterator[Tuple[str, str, str, int]]:
-  with open(path, "rb") as f:
+  with open_text_file(path) as f:
     for number, raw in enumerate(f, start=1):
       try:
         line = _decode(raw, path, number)
@@ -68,7 +80,7 @@ def _tsv_pairs(path: str, columns: Tuple[int, int]) -> Iterator[Tuple[str, str, 
 
 
 def _aligned_pairs(source_path: str, target_path: str) -> Iterator[Tuple[str, str, str, int]]:
-  with open(source_path, "rb") as fs, open(target_path, "rb") as ft:
+  with open_text_file(source_path) as fs, open_text_file(target_path) as ft:
     number = 0
     while True:
       number += 1

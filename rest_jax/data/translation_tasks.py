@@ -129,37 +129,77 @@ def register_ted_task(name: str, source_lang: str, target_lang: str,
                                 target_lang=target_lang), vocabulary)
 
 
+# The file stems tried for each split, in order, when `split_files` does not name them.
+SPLIT_STEMS = {"train": ("train",), "validation": ("valid", "validation", "dev"),
+               "test": ("test",)}
+_SUFFIXES = ("",) + tuple(parallel_text.COMPRESSED)
+
+
 @gin.configurable(module="rest_jax.data.translation_tasks")
-def local_corpus(directory: str | None = None, file_format: str = "aligned",
+def local_corpus(directory: str | None = None, file_format: str = "auto",
                  split_files: Dict[str, str] | None = None,
                  skip_bad_lines: bool = False) -> dict:
   """Where a local corpus lives; bind it in the task's gin scope.
 
   Args:
     directory: folder of the corpus.
-    file_format: "aligned" (`<split>.<lang>` line-aligned files, fairseq's layout
-      for IWSLT'14) or "tsv" (`<split>.tsv`, source TAB target).
-    split_files: seqio split -> file stem (default train/valid/test).
+    file_format: "auto" (found from the files), "aligned" (`<split>.<lang>`
+      line-aligned files, fairseq's layout for IWSLT'14) or "tsv" (`<split>.tsv`,
+      source TAB target). Files may be gzip, xz or bzip2 compressed (`.gz`, `.xz`, `.bz2`).
+    split_files: seqio split -> file stem; by default `SPLIT_STEMS` are tried
+      (validation: valid, validation, dev).
     skip_bad_lines: skip and count bad lines instead of stopping.
   """
-  return dict(directory=directory, file_format=file_format,
-              split_files=split_files or {"train": "train", "validation": "valid",
-                                          "test": "test"},
+  if file_format not in ("auto", "aligned", "tsv"):
+    raise ValueError(f"local_corpus.file_format={file_format!r}: use 'auto', 'aligned' or 'tsv'")
+  return dict(directory=directory, file_format=file_format, split_files=split_files or {},
               skip_bad_lines=skip_bad_lines)
+
+
+def find_split_files(directory: str, split: str, source_lang: str, target_lang: str,
+                     file_format: str = "auto",
+                     split_files: Dict[str, str] | None = None) -> Sequence[str] | str:
+  """The file(s) of `split`: one TSV path, or (source, target) paths of aligned files.
+
+  Raises:
+    FileNotFoundError: none of the candidates exists; the message lists every file
+      looked for.
+  """
+  stems = [split_files[split]] if split_files and split in split_files else list(
+      SPLIT_STEMS.get(split, (split,)))
+  looked = []
+  for stem in stems:
+    base = os.path.join(directory, stem)
+    for suffix in _SUFFIXES:
+      if file_format in ("auto", "tsv"):
+        looked.append(f"{base}.tsv{suffix}")
+        if os.path.exists(looked[-1]):
+          return looked[-1]
+      if file_format in ("auto", "aligned"):
+        pair = (f"{base}.{source_lang}{suffix}", f"{base}.{target_lang}{suffix}")
+        looked += pair
+        if all(os.path.exists(p) for p in pair):
+          return pair
+  raise FileNotFoundError(
+      f"no {split} split in {directory}: looked for {', '.join(os.path.basename(p) for p in looked)}"
+      f" (a TSV 'source<TAB>target' or one file per language; name other files with"
+      f" local_corpus.split_files={{'{split}': 'STEM'}})")
 
 
 def _local_files(name: str, split: str, source_lang: str, target_lang: str,
                  corpus_scope: str) -> Tuple[Sequence[str] | str, bool]:
-  with gin.config_scope(corpus_scope):
-    config = local_corpus()
+  if corpus_scope.startswith(_USER_SCOPE):  # a parallel_corpus(): its own arguments
+    config = _CORPUS_CONFIGS[corpus_scope[len(_USER_SCOPE):]]
+  else:
+    with gin.config_scope(corpus_scope):
+      config = local_corpus()
   if not config["directory"]:
     raise ValueError(
         f"task {name} reads local files: bind {corpus_scope}/translation_tasks.local_corpus.directory"
         f" (e.g. --gin.{corpus_scope}/translation_tasks.local_corpus.directory=\"'/data/{corpus_scope}'\")")
-  stem = os.path.join(config["directory"], config["split_files"].get(split, split))
-  if config["file_format"] == "tsv":
-    return f"{stem}.tsv", config["skip_bad_lines"]
-  return (f"{stem}.{source_lang}", f"{stem}.{target_lang}"), config["skip_bad_lines"]
+  files = find_split_files(config["directory"], split, source_lang, target_lang,
+                           config["file_format"], config["split_files"])
+  return files, config["skip_bad_lines"]
 
 
 def register_local_task(name: str, source_lang: str, target_lang: str,
@@ -188,6 +228,51 @@ def register_local_task(name: str, source_lang: str, target_lang: str,
 
   return _add(name, seqio.FunctionDataSource(dataset_fn, splits=splits),
               preprocessors.identity, vocabulary)
+
+
+@gin.configurable(module="rest_jax.data.translation_tasks")
+def parallel_corpus(name: str = gin.REQUIRED, directory: str = gin.REQUIRED,
+                    source_lang: str = gin.REQUIRED, target_lang: str = gin.REQUIRED,
+                    file_format: str = "auto", split_files: Dict[str, str] | None = None,
+                    skip_bad_lines: bool = False) -> str:
+  """Registers your own parallel corpus as the seqio task `name` and returns the name.
+
+  In gin (`configs/my_corpus.gin` is a template):
+
+      MIXTURE_OR_TASK_NAME = @translation_tasks.parallel_corpus()
+      translation_tasks.parallel_corpus:
+        name = 'bible_es_en'
+        directory = '/data/bible_es_en'
+        source_lang = 'es'
+        target_lang = 'en'
+
+  The files are found as `local_corpus` finds them (TSV or one file per language,
+  train / valid|validation|dev / test, maybe compressed); the vocabulary is the
+  configured one (`translation_tasks.task_vocabulary`). Registering the same name
+  again with the same arguments is a no-op.
+  """
+  if file_format not in ("auto", "aligned", "tsv"):
+    raise ValueError(f"parallel_corpus.file_format={file_format!r}: use 'auto', 'aligned' or"
+                     " 'tsv'")
+  spec = (directory, source_lang, target_lang, file_format, tuple(sorted((split_files or {}).items())),
+          skip_bad_lines)
+  if _USER_CORPORA.get(name) == spec:
+    return name
+  if name in seqio.TaskRegistry.names() and name not in _USER_CORPORA:
+    raise ValueError(f"parallel_corpus: a task named {name!r} is already registered; choose"
+                     " another name")
+  seqio.TaskRegistry.remove(name)
+  config = dict(directory=directory, file_format=file_format, split_files=split_files or {},
+                skip_bad_lines=skip_bad_lines)
+  _USER_CORPORA[name] = spec
+  _CORPUS_CONFIGS[name] = config
+  register_local_task(name, source_lang, target_lang, corpus_scope=f"{_USER_SCOPE}{name}")
+  return name
+
+
+_USER_CORPORA: Dict[str, tuple] = {}
+_CORPUS_CONFIGS: Dict[str, dict] = {}
+_USER_SCOPE = "user_corpus:"
 
 
 def register_all() -> None:
