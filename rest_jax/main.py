@@ -211,6 +211,15 @@ COMMANDS = {
 }
 
 
+# The run file that configures each command (an experiment config includes one).
+RUN_FILES = {"rest": "gin/runs/rest.gin", "train": "gin/runs/train.gin",
+             "grow": "gin/runs/steps.gin", "improve": "gin/runs/steps.gin",
+             "eval": "gin/runs/steps.gin", "infer": "gin/runs/steps.gin",
+             "plan": "gin/runs/rest.gin", "vocab": "gin/runs/vocab.gin",
+             "ratings": "gin/runs/ratings.gin", "demo_ratings": "configs/demo_reward.gin",
+             "reward_model": "gin/runs/reward_model.gin"}
+
+
 def _command_target(command: str):
   """The gin-configured function a command calls (None: data, which takes flags only)."""
   if command == "convert":
@@ -311,13 +320,19 @@ def main(argv: Sequence[str]) -> int:
       raise SystemExit(f"convert: {e}") from e
     print(report.format())
     return 0 if report.ok else 1
+  module_name, function, writes_config = COMMANDS[args.command]
+  try:
+    configured = gin.get_configurable(getattr(importlib.import_module(module_name), function))
+  except ValueError:
+    raise SystemExit(f"{args.command}: no gin file configures {module_name}.{function}; include"
+                     f" {RUN_FILES.get(args.command, 'its run file')} (directly or through an"
+                     " experiment config)") from None
   if args.dry_run:
     print(gin.config_str())
     return 0
-  module_name, function, writes_config = COMMANDS[args.command]
   if writes_config:
     _write_config(_macro("MODEL_DIR"))
-  result = gin.get_configurable(getattr(importlib.import_module(module_name), function))()
+  result = configured()
   if args.command == "train":
     _print_history(result)
   elif args.command not in ("rest", "plan"):

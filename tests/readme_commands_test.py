@@ -1,0 +1,103 @@
+"""The README's commands, run as the README writes them (subprocess, its exact flags).
+
+Every `python -m rest_jax.main ...` line of the README's shell blocks is parsed with
+--dry_run (or run, for `data`); lines that need a user's own files (`$T5X`, `my_configs/`,
+a copied `my_corpus.gin`, a grown dataset at `/path/...`) are left out. The single-step
+commands then run for real, in order, at small sizes: train -> grow -> improve -> eval
+-> infer, with only size bindings and directories added to the README's flags.
+"""
+
+import concurrent.futures
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Lines that need a user's own files: t5x's checkout, their configs, their data.
+PLACEHOLDERS = ("$T5X", "my_configs/", "my_corpus.gin")
+
+
+def readme_commands():
+  """[(line, argv after `python -m rest_jax.main`)] of the README's shell blocks."""
+  with open(os.path.join(ROOT, "README.md")) as f:
+    text = f.read()
+  out = []
+  for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      line = line.split("  #")[0].strip()
+      if line.startswith("python -m rest_jax.main"):
+        out.append((line, shlex.split(line)[3:]))
+  return out
+
+
+def _run(argv, tmp_path, timeout=600):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return subprocess.run([sys.executable, "-m", "rest_jax.main", *argv], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_readme_command_parses_as_written(tmp_path):
+  commands = [(line, argv) for line, argv in readme_commands()
+              if not any(p in line for p in PLACEHOLDERS)
+              and not (argv[0] == "data" and "/path/" in line)]  # data runs for real
+  names = {argv[0] for _, argv in commands}
+  assert {"rest", "train", "vocab", "data", "grow", "improve", "eval", "infer", "plan"} <= names
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # each start-up imports TF and JAX
+    procs = list(pool.map(
+        lambda argv: _run(argv if argv[0] == "data" else [*argv, "--dry_run"], ROOT),
+        [argv for _, argv in commands]))
+  failed = [f"{line}\n  -> {proc.stderr.strip()[-500:]}"
+            for (line, _), proc in zip(commands, procs) if proc.returncode != 0]
+  assert not failed, "\n".join(failed)
+
+
+def _readme_line(command):
+  return next(argv for line, argv in readme_commands() if argv[0] == command)
+
+
+def _replace(argv, **values):
+  """The README's argv with some --gin.KEY values replaced (the rest exactly as written)."""
+  out = []
+  for arg in argv:
+    key = arg[len("--gin."):].split("=")[0] if arg.startswith("--gin.") else None
+    out.append(f"--gin.{key}={values.pop(key)}" if key in values else arg)
+  return out + [f"--gin.{k}={v}" for k, v in values.items()]
+
+
+@pytest.mark.slow
+def test_single_step_commands_run_as_the_readme_writes_them(tmp_path):
+  small = {"BATCH_SIZE": "8", "EVAL_MAX_EXAMPLES": "8", "GROW_MAX_SOURCES": "16",
+           "NUM_SAMPLES": "2", "BEST_OF_N": "2", "GROW_BATCH_SIZE": "8",
+           "tasks.demo_corpus_sizes.train_size": "400",
+           "tasks.demo_corpus_sizes.validation_size": "16",
+           "tasks.demo_corpus_sizes.test_size": "16",
+           # chrF: the demo's learned reward needs `make demo-reward` first.
+           "REWARD": "@rewards.get()"}
+  policy = tmp_path / "policy"
+  train = _replace(_readme_line("train"), MODEL_DIR=f"'{policy}'", TRAIN_STEPS="4",
+                   EVAL_PERIOD="4", CHECKPOINT_PERIOD="4", BATCH_SIZE="8",
+                   **{"tasks.demo_corpus_sizes.train_size": "400",
+                      "tasks.demo_corpus_sizes.validation_size": "16",
+                      "tasks.demo_corpus_sizes.test_size": "16"})
+  proc = _run(train, ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  grow = tmp_path / "grow"
+  improve = tmp_path / "improve"
+  (tmp_path / "in.txt").write_text("The old man laughs.\nA small dog sees the teacher.\n")
+  steps = [
+      ("grow", dict(POLICY_DIR=f"'{policy}'", OUTPUT_DIR=f"'{grow}'")),
+      ("improve", dict(POLICY_DIR=f"'{policy}'", GROWN_DIR=f"'{grow}'", THRESHOLD="0.0",
+                       OUTPUT_DIR=f"'{improve}'", IMPROVE_STEPS="2")),
+      ("eval", dict(POLICY_DIR=f"'{improve}'")),
+      ("infer", dict(POLICY_DIR=f"'{improve}'", INPUT_FILE=f"'{tmp_path / 'in.txt'}'",
+                     OUTPUT_FILE=f"'{tmp_path / 'out.txt'}'")),
+  ]
+  for command, values in steps:
+    proc = _run(_replace(_readme_line(command), **values, **small), ROOT)
+    assert proc.returncode == 0, f"{command}: {proc.stderr[-3000:]}"
+  assert (grow / "manifest.json").exists()
+  assert len((tmp_path / "out.txt").read_text().splitlines()) == 2
