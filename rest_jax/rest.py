@@ -79,10 +79,20 @@ class _Progress:
     files.atomic_write_text(self.path, json.dumps({"steps": self.steps}, indent=2), "rest.state")
 
   def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = ()) -> Any:
-    """Runs step `name` unless it is finished and nothing before it was redone."""
+    """Runs step `name` unless it is finished and nothing before it was redone.
+
+    A step whose outputs are finished on disk but which this state file does not record
+    (a killed run, or a finished `bc/` or `grow_1/` copied from another run) is run
+    again to read its result back (it finds its work done), and does not make the
+    steps after it start afresh: only a step that did work does.
+    """
     if finished and name in self.steps and not self.upstream_changed:
       logging.info("rest: %s already done", name)
       return self.steps[name]
+    reused = finished and not self.upstream_changed
+    if reused and outputs:
+      logging.warning("rest: %s is finished in %s (not recorded in this run's state): reusing it",
+                      name, ", ".join(outputs))
     if self.upstream_changed and jax.process_index() == 0:
       for path in outputs:  # outputs of an older upstream: start this step afresh
         files.rmtree(path)
@@ -92,7 +102,7 @@ class _Progress:
     if isinstance(result, dict):  # memory after each step: a leak shows as a rising line
       result = {**result, **memory_mb()}
     self.steps[name] = result
-    self.upstream_changed = True
+    self.upstream_changed = self.upstream_changed or not reused
     self.save()
     return result
 
@@ -224,6 +234,9 @@ def rest(
                     selection=sel, validate=validate, learning_rate=bc_learning_rate,
                     initial_checkpoint_path=initial_checkpoint_path)
     summary = sel.summary()
+    # Early means before BC_STEPS: patience running out at the last step is not early.
+    summary["stopped_early"] = bool(summary["stopped_early"] and
+                                    (summary["last_step"] or 0) < bc_steps)
     sel.close()
     return {"seconds": time.perf_counter() - tick, "selection": summary,
             "overlength_examples": pipeline.overlength_count(train_dataset_cfg)}
@@ -279,7 +292,9 @@ def rest(
           seed=seed, grow_step=g, overlength=grow.overlength,
           metadata={"policy": os.path.abspath(policy_dir)}, progress_bar=progress_bar,
           decoders=compiled["grow"])
-      return {**timings, "seconds": time.perf_counter() - tick}
+      # Summed over every shard, whichever run or host wrote it (e.g. reward guards fired).
+      counts = grown.load_manifest(grow_dir, verify_counts=False).get("counts", {})
+      return {**timings, "counts": counts, "seconds": time.perf_counter() - tick}
 
     progress.run(f"grow_{g}", files.exists(files.join(grow_dir, grown.MANIFEST)), run_grow,
                  [grow_dir])
@@ -344,6 +359,21 @@ def rest(
   return rows
 
 
+def _guard_lines(steps) -> List[str]:
+  """Per Grow step, the rows each reward guard fired on (rewards/guards.py)."""
+  lines = []
+  for name, step in sorted(steps.items()):
+    if not (name.startswith("grow_") and isinstance(step, dict)):
+      continue
+    fired = {k[len("guard_"):]: v for k, v in step.get("counts", {}).items()
+             if k.startswith("guard_")}
+    if fired:
+      lines.append(f"- Grow step {name[len('grow_'):]}: reward guards fired on "
+                   + ", ".join(f"{guard} {n}" for guard, n in fired.items())
+                   + f" of {step.get('samples', 0)} samples.")
+  return lines
+
+
 def _header(model, policy, task, lengths, reward, grow, improve, evaluation, rows, steps):
   """'What was run': the lines a reader needs before the tables."""
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
@@ -377,6 +407,7 @@ def _header(model, policy, task, lengths, reward, grow, improve, evaluation, row
       f" {bc_sel.get('best_step')} of {bc_sel.get('last_step')}"
       f"{' (stopped early)' if bc_sel.get('stopped_early') else ''}; each Improve step and"
       f" BC+ keep their best checkpoint; test is evaluated for the selected policies only.",
+      *_guard_lines(steps),
       f"- Over-long examples cut to the feature lengths: BC training"
       f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
       f" references {grow_cut}, evaluation {cut}.", ""]

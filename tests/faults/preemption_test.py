@@ -185,6 +185,24 @@ def test_sigterm_saves_at_a_step_boundary_and_the_rerun_ends_the_same(reference_
 
 
 @pytest.mark.slow
+def test_finished_steps_copied_into_a_new_run_are_reused_not_redone(reference_run):
+  """A finished `bc/` and `grow_1/` copied into a new MODEL_DIR (no rest_state.json)."""
+  tmp_path, _, _, reference = reference_run
+  run = Runner(tmp_path)
+  model_dir = tmp_path / "copied"
+  model_dir.mkdir()
+  for step in ("bc", "grow_1"):
+    shutil.copytree(tmp_path / "reference" / step, model_dir / step)
+  grown_before = {p.name: (p.stat().st_mtime_ns, p.read_bytes())
+                  for p in (model_dir / "grow_1").iterdir()}
+  assert run(model_dir) == 0
+  grown_after = {p.name: (p.stat().st_mtime_ns, p.read_bytes())
+                 for p in (model_dir / "grow_1").iterdir()}
+  assert grown_after == grown_before  # not sampled again, not rewritten
+  _assert_same_end_state(reference, model_dir, run.log)
+
+
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_uninterrupted_end_state(reference_run):
   tmp_path, run, trace, reference = reference_run
 
