@@ -40,6 +40,7 @@ setuptools.setup(
         "tensorboard",
         "matplotlib",
         "scipy",
+        "langid",  # the language guard (rest_jax/rewards/guards.py); its model ships inside
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "ruff"],

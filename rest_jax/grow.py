@@ -316,8 +316,11 @@ def _finish_shard(buffer, reward, output_dir, shard, num_shards, timings) -> Non
                             [buffer["hypotheses"][i] for i in index],
                             [buffer["references"][i] for i in index])
   scored_at = time.perf_counter()
+  # A guarded reward (rewards/guards.py) says how many rows each guard fired on.
+  counts = {f"guard_{k}": v for k, v in getattr(reward, "fired", {}).items()} if index else {}
   grown.write_shard(output_dir, shard, num_shards,
-                    _rows(buffer["sources"], buffer["hypotheses"], rewards, scored, meta))
+                    _rows(buffer["sources"], buffer["hypotheses"], rewards, scored, meta),
+                    counts)
   timings["sample_s"] += sampled - buffer["tick"]
   timings["score_s"] += scored_at - sampled
   timings["write_s"] += time.perf_counter() - scored_at

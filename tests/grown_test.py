@@ -191,3 +191,11 @@ def test_count_mismatch_and_bad_rows(tmp_path):
   bad[2]["behaviour_log_probs"] = bad[2]["behaviour_log_probs"][:-1]
   with pytest.raises(grown.GrownDatasetError, match="row 2.*one per target token"):
     grown.write_shard(str(tmp_path / "bad"), 0, 1, bad)
+
+
+def test_shard_counts_are_summed_into_the_manifest(tmp_path):
+  directory = str(tmp_path / "grow")
+  grown.write_shard(directory, 0, 2, _rows(0), {"guard_copy": 2, "guard_empty": 1})
+  grown.write_shard(directory, 1, 2, _rows(1), {"guard_copy": 3})
+  manifest = grown.write_manifest(directory, 2)
+  assert manifest["counts"] == {"guard_copy": 5, "guard_empty": 1}

@@ -102,11 +102,14 @@ def _example(row: Mapping[str, Any], index: int, shard: str) -> tf.train.Example
 
 
 def write_shard(directory: str, index: int, num_shards: int,
-                rows: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
+                rows: Iterable[Mapping[str, Any]],
+                counts: Mapping[str, int] | None = None) -> Dict[str, Any]:
   """Writes one shard atomically and returns its sidecar record.
 
   Every row is checked (text fields present, finite floats) before the shard is
-  renamed into place; on any error nothing of this shard is left behind.
+  renamed into place; on any error nothing of this shard is left behind. `counts`
+  (e.g. the rows each reward guard fired on) are kept in the sidecar and summed
+  into the manifest.
   """
   files.makedirs(directory)
   name = shard_name(index, num_shards)
@@ -129,6 +132,8 @@ def write_shard(directory: str, index: int, num_shards: int,
         " finished shards are intact and a re-run resumes from them") from e
   record = {"file": name, "count": count, "bytes": files.size(path),
             "reward_sum": reward_sum, "num_sources": len(sources)}
+  if counts:
+    record["counts"] = {k: int(v) for k, v in counts.items()}
   try:
     files.atomic_write_text(_sidecar(path), json.dumps(record), "grown.sidecar")
   except OSError as e:
@@ -247,6 +252,12 @@ def write_manifest(directory: str, num_shards: int,
           columns["reward"][references & columns["scored"]]),
       "metadata": dict(metadata or {}),
   }
+  counts: Dict[str, int] = {}
+  for s in shards:
+    for key, value in s.get("counts", {}).items():
+      counts[key] = counts.get(key, 0) + value
+  if counts:
+    manifest["counts"] = counts
   files.atomic_write_text(files.join(directory, MANIFEST), json.dumps(manifest, indent=2),
                           "grown.manifest")
   return manifest
