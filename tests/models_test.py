@@ -153,3 +153,27 @@ def test_cross_entropy_gradient_matches_autodiff():
         weights * models.cross_entropy_with_logits(lg, targets, z_loss, smoothing)[0])
     np.testing.assert_allclose(ours(logits), reference(logits), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(reference)(logits), atol=1e-5)
+
+
+def test_bfloat16_activations_are_selectable_and_the_default_of_the_big_sizes():
+  import gin
+
+  for size, want in (("tiny", "float32"), ("small", "bfloat16"), ("base", "bfloat16")):
+    gin.clear_config()
+    try:
+      gin.parse_config_file(f"gin/models/t5_1_1_{size}.gin")
+      assert gin.query_parameter("%ACTIVATION_DTYPE") == want, size
+    finally:
+      gin.clear_config()
+  shapes = {k: (2, 8) for k in ("encoder_input_tokens", "decoder_input_tokens",
+                                 "decoder_target_tokens")}
+  batch = {k: np.random.default_rng(0).integers(2, 60, v).astype(np.int32)
+           for k, v in shapes.items()}
+  logits = {}
+  for dtype in ("float32", "bfloat16"):
+    model = make_model(dtype=dtype)
+    params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
+    assert jax.tree_util.tree_leaves(params)[0].dtype == np.float32  # parameters stay f32
+    logits[dtype] = np.asarray(model._compute_logits(params, batch), np.float32)  # pylint: disable=protected-access
+  assert np.mean(logits["float32"].argmax(-1) == logits["bfloat16"].argmax(-1)) > 0.9
+  np.testing.assert_allclose(logits["bfloat16"], logits["float32"], atol=0.1)
