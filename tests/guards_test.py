@@ -82,3 +82,31 @@ def test_guards_are_configured_in_gin_and_bad_factors_are_refused():
   assert reward.name == "guarded(chrf)" and reward.factors["length"] == 0.25
   with pytest.raises(ValueError, match="copy_factor=1.5 must be in"):
     rewards.Guarded(Gullible(), copy_factor=1.5)
+
+
+class Counting(Reward):
+  name = "counting"
+
+  def __init__(self):
+    self.rows = 0
+
+  def score(self, sources, hypotheses, references):
+    self.rows += len(hypotheses)
+    return np.array([len(h) / 100 for h in hypotheses])
+
+
+def test_cached_scores_each_row_once_on_disk_and_a_new_version_rescores(tmp_path):
+  inner = Counting()
+  cached = rewards.Cached(inner, directory=str(tmp_path))
+  hyps = ["a b", "c d e", "a b"]
+  first = cached(["s"] * 3, hyps, ["r"] * 3)
+  assert inner.rows == 2 and cached.misses == 2 and cached.hits == 1  # "a b" twice: once
+  # A resumed run (a new object on the same directory) scores nothing again.
+  again = rewards.Cached(inner, directory=str(tmp_path))
+  np.testing.assert_array_equal(again(["s"] * 3, hyps, ["r"] * 3), first)
+  assert inner.rows == 2 and again.hits == 3
+  # The reference is part of the key of a reward that reads it; a new version starts afresh.
+  again(["s"], ["a b"], ["other"])
+  assert inner.rows == 3
+  rewards.Cached(inner, directory=str(tmp_path), version="2")(["s"], ["a b"], ["r"])
+  assert inner.rows == 4

@@ -10,6 +10,7 @@ In gin: `REWARD = @rewards.get()` with `rewards.get.name = 'chrf'`, or an
 from typing import Callable, Dict
 
 from rest_jax.rewards.base import Ensemble, Reward, RewardError
+from rest_jax.rewards.cache import Cached
 from rest_jax.rewards.guards import Guarded
 from rest_jax.rewards.metric_rewards import EditRating, MetricReward
 from rest_jax.rewards.thresholds import ThresholdSchedule
@@ -45,5 +46,5 @@ for _kind in ("bleu", "chrf", "chrf++", "ter"):
 register("learned", _learned)
 register("edit_rating", EditRating)
 
-__all__ = ["EditRating", "Ensemble", "Guarded", "MetricReward", "Reward", "RewardError",
+__all__ = ["Cached", "EditRating", "Ensemble", "Guarded", "MetricReward", "Reward", "RewardError",
            "ThresholdSchedule", "get", "names", "register"]
