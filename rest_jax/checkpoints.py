@@ -6,14 +6,13 @@ the batches already consumed, so a resumed run sees exactly the batches an
 uninterrupted run would have seen.
 """
 
-import os
 
 from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rest_jax import faults
+from rest_jax import faults, files
 from rest_jax.trainer import TrainState
 
 
@@ -33,7 +32,7 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, save_every: int = 1000, keep: int = 3,
                subdir: str = "checkpoints"):
-    self.directory = os.path.abspath(os.path.join(model_dir, subdir))
+    self.directory = files.absolute(files.join(model_dir, subdir))  # a gs:// path too
     self.save_every = save_every
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -91,6 +90,29 @@ class Checkpointer:
       ) from e
     return TrainState.from_dict(tree)
 
+  def restore_params(self, abstract_params, step: int | None = None):
+    """Only the parameters of `step` (default: latest), onto `abstract_params`' shardings.
+
+    For a policy that is only used (sampled, evaluated, trained by a new optimizer):
+    the optimizer state is not read, so a checkpoint of any optimizer (BC's, Improve's,
+    t5x's) serves.
+
+    Raises:
+      CheckpointError: as `restore`.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    item = {"params": abstract_params}
+    try:
+      tree = self._manager.restore(step, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"cannot restore checkpoint step {step} from {self.directory}: {e}") from e
+    return tree["params"]
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
@@ -106,12 +128,12 @@ def read_arrays(checkpoint_dir: str, step: int | None = None):
     checkpoint_dir: a `checkpoints/` directory of a run (or of one ReST step).
     step: default: the latest.
   """
-  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
+  manager = ocp.CheckpointManager(files.absolute(checkpoint_dir))
   step = manager.latest_step() if step is None else step
   manager.close()
   if step is None:
     raise CheckpointError(f"no checkpoint in {checkpoint_dir}")
-  path = os.path.join(os.path.abspath(checkpoint_dir), str(step), "default")
+  path = files.join(files.absolute(checkpoint_dir), str(step), "default")
   checkpointer = ocp.StandardCheckpointer()
   try:
     metadata = checkpointer.metadata(path)

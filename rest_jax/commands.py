@@ -28,8 +28,13 @@ def _policy_state(model, policy_dir: str, feature_lengths, partitioner, batch_si
 
 
 def _policy(model, policy_dir: str, feature_lengths, partitioner, batch_size: int = 64):
-  trainer, state = _policy_state(model, policy_dir, feature_lengths, partitioner, batch_size)
-  return trainer, state.params
+  """A policy's parameters only: a checkpoint of BC's or Improve's optimizer serves."""
+  trainer = trainer_lib.Trainer(model, partitioner,
+                                trainer_lib.batch_input_shapes(batch_size, feature_lengths))
+  ckpt = checkpoints.Checkpointer(policy_dir)
+  params = ckpt.restore_params(trainer.abstract_state.params)
+  ckpt.close()
+  return trainer, params
 
 
 def grow_command(*, model, policy_dir: str, output_dir: str, task_name: str,
@@ -66,20 +71,24 @@ def improve_command(*, model, policy_dir: str, grown_dir: str, threshold: float,
   trainer = trainer_lib.Trainer(model, partitioner,
                                 trainer_lib.batch_input_shapes(improve.batch_size,
                                                                feature_lengths),
-                                optimizer=improve.optimizer, loss_fn=loss)
-  policy_trainer, state = _policy_state(model, policy_dir, feature_lengths, partitioner)
+                                optimizer=improve.optimizer, loss_fn=loss,
+                                learning_rate=improve.learning_rate)
+  if improve.optimizer_state == "continue":  # the policy's own optimizer state (BC's)
+    _, state = _policy_state(model, policy_dir, feature_lengths, partitioner)
+    init_params, init_opt_state = state.params, state.opt_state
+  else:
+    init_params = _policy(model, policy_dir, feature_lengths, partitioner)[1]
+    init_opt_state = None
   reference = None
   if loss.uses_reference_policy:
     reference = _policy(model, bc_dir or policy_dir, feature_lengths, partitioner)[1]
   result = improve_lib.improve(
-      model=model, init_params=state.params, partitioner=partitioner, grown_dir=grown_dir,
+      model=model, init_params=init_params, partitioner=partitioner, grown_dir=grown_dir,
       threshold=threshold, model_dir=output_dir, feature_lengths=feature_lengths, loss=loss,
       train_steps=improve.steps, batch_size=improve.batch_size,
       references=improve.references, mix_task=mix_task if improve.mix_ratio else None,
       mix_ratio=improve.mix_ratio, reward_high=reward_high, seed=seed, trainer=trainer,
-      init_opt_state=state.opt_state if improve.optimizer_state == "continue" else None,
-      reference_params=reference, kl_weight=kl_weight)
-  del policy_trainer
+      init_opt_state=init_opt_state, reference_params=reference, kl_weight=kl_weight)
   return result["metrics"]
 
 

@@ -78,13 +78,15 @@ class _Progress:
       return
     files.atomic_write_text(self.path, json.dumps({"steps": self.steps}, indent=2), "rest.state")
 
-  def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = ()) -> Any:
+  def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = (),
+          upstream: bool = True) -> Any:
     """Runs step `name` unless it is finished and nothing before it was redone.
 
     A step whose outputs are finished on disk but which this state file does not record
     (a killed run, or a finished `bc/` or `grow_1/` copied from another run) is run
     again to read its result back (it finds its work done), and does not make the
-    steps after it start afresh: only a step that did work does.
+    steps after it start afresh: only a step that did work does, and only if it is
+    `upstream` of them (BC+, a control beside the chain, is not).
     """
     if finished and name in self.steps and not self.upstream_changed:
       logging.info("rest: %s already done", name)
@@ -102,7 +104,7 @@ class _Progress:
     if isinstance(result, dict):  # memory after each step: a leak shows as a rising line
       result = {**result, **memory_mb()}
     self.steps[name] = result
-    self.upstream_changed = self.upstream_changed or not reused
+    self.upstream_changed = self.upstream_changed or (upstream and not reused)
     self.save()
     return result
 
@@ -264,7 +266,7 @@ def rest(
       return {"metrics": result["metrics"], "seconds": result["seconds"]}
 
     progress.run("bc_plus", selection_lib.Selection(bc_plus_dir).finished, run_bc_plus,
-                 [bc_plus_dir])
+                 [bc_plus_dir], upstream=False)
     plus_state, plus_summary = selected_state(bc_plus_dir, bc_plus_trainer())
     rows.append({**progress.run("eval_bc_plus", True,
                                 lambda: evaluate("BC+", -1, plus_state.params)),

@@ -51,6 +51,8 @@ class Selection:
     self.path = files.join(model_dir, SELECTION_FILE)
     self.history: List[Tuple[int, float]] = []
     self.finished = False
+    if jax.process_index() == 0:  # a selection file a killed run did not rename into place
+      files.remove_temporaries(model_dir, [files.temporary_prefix(SELECTION_FILE)])
     if files.exists(self.path):
       saved = json.loads(files.read_text(self.path))
       self.history = [(int(s), float(v)) for s, v in saved["history"]]

@@ -139,12 +139,15 @@ def _check_bad_state_is_named(run, tmp_path):
   """A damaged finished run: re-running it names the damage and no file is changed or lost."""
   broken = tmp_path / "broken"
   shutil.copytree(tmp_path / "reference", broken)
-  # A checkpoint corrupted on disk: orbax's read fails, the error names step and directory.
-  for path in (broken / "bc" / "checkpoints" / "6").rglob("*"):
+  # The selected BC checkpoint (what the finished run reads) corrupted on disk: orbax's
+  # read fails, and the error names step and directory.
+  best = broken / "bc" / "best"
+  step = json.loads((broken / "bc" / "selection.json").read_text())["best"][0]
+  for path in (best / str(step)).rglob("*"):
     if path.is_file() and path.stat().st_size > 0 and "d" in path.parent.name:
       path.write_bytes(b"garbage")
   before = _snapshot(broken)
-  run(broken, expect_error=f"cannot restore checkpoint step 6 from {broken}/bc/checkpoints")
+  run(broken, expect_error=f"cannot restore checkpoint step {step} from {broken}/bc/best")
   after = _snapshot(broken)
   assert all(after.get(p) == data for p, data in before.items())
   shutil.rmtree(broken)
