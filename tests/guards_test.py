@@ -36,7 +36,8 @@ class Gullible(Reward):
 @pytest.fixture(scope="module")
 def guarded():
   return {name: rewards.Guarded(inner, target_language="de", languages=["de", "en", "es", "fr"])
-          for name, inner in (("gullible", Gullible()), ("chrf", rewards.get("chrf")))}
+          for name, inner in (("gullible", Gullible()), ("chrf", rewards.get("chrf")),
+                              ("use-similarity", rewards.get("use-similarity")))}
 
 
 @pytest.mark.parametrize("kind", sorted(DEGENERATE))
@@ -49,6 +50,20 @@ def test_each_guarded_reward_scores_degenerate_output_below_a_correct_one(guarde
   # The correct translation fires nothing: its score is the inner reward's.
   plain = guarded["gullible"]([SOURCE], [CORRECT], [CORRECT])
   assert plain[0] == 0.9 and sum(guarded["gullible"].fired.values()) == 0
+
+
+def test_the_embedding_reward_sees_meaning_across_languages_but_not_copies():
+  """MetricX's failure modes without a guard: unrelated or gibberish output scores low."""
+  reward = rewards.get("use-similarity")
+  assert not reward.needs_reference
+  unrelated = "Der Zug nach Berlin fährt heute um acht Uhr vom Hauptbahnhof ab."
+  gibberish = "Xq zvw plorn ekk trumbel vasch gniff drolm."
+  scores = reward([SOURCE] * 5, [CORRECT, unrelated, gibberish, DEGENERATE["empty"],
+                                 DEGENERATE["copy"]])
+  assert scores[0] > 0.6 and all(scores[0] > scores[1:4] + 0.3), scores
+  assert scores[4] >= scores[0]  # the documented weakness: a copy of the source scores highest
+  guarded = rewards.Guarded(reward, target_language="de", languages=["de", "en", "es", "fr"])
+  assert guarded([SOURCE] * 2, [CORRECT, DEGENERATE["copy"]])[1] == 0.0
 
 
 def test_unguarded_gullible_reward_is_fooled_and_the_factors_are_the_documented_ones(guarded):

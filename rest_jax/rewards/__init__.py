@@ -25,7 +25,9 @@ def register(name: str, factory: Callable[..., Reward]) -> None:
 
 
 def get(name: str, **kwargs) -> Reward:
-  """A reward by name: bleu, chrf, chrf++, ter, edit_rating, learned (needs `model_dir=`)."""
+  """A reward by name: bleu, chrf, chrf++, ter, edit_rating, learned (needs `model_dir=`),
+  metricx (needs `checkpoint_dir=`; rewards/metricx.py), use-similarity (cross-lingual
+  source-hypothesis embedding similarity, reference-free; rewards/embedding.py)."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown reward '{name}'; known: {sorted(_REGISTRY)}")
   return _REGISTRY[name](**kwargs)
@@ -33,6 +35,12 @@ def get(name: str, **kwargs) -> Reward:
 
 def names():
   return sorted(_REGISTRY)
+
+
+def _metricx(**kwargs) -> Reward:
+  from rest_jax.rewards import metricx  # pylint: disable=g-import-not-at-top (imports JAX)
+
+  return metricx.MetricX(**kwargs)
 
 
 def _learned(**kwargs) -> Reward:
@@ -44,6 +52,16 @@ def _learned(**kwargs) -> Reward:
 for _kind in ("bleu", "chrf", "chrf++", "ter"):
   register(_kind, lambda _k=_kind, **kw: MetricReward(_k, **kw))
 register("learned", _learned)
+register("metricx", _metricx)
+
+
+def _embedding(**kwargs) -> Reward:
+  from rest_jax.rewards import embedding  # pylint: disable=g-import-not-at-top
+
+  return embedding.EmbeddingSimilarity(**kwargs)
+
+
+register("use-similarity", _embedding)
 register("edit_rating", EditRating)
 
 __all__ = ["Cached", "EditRating", "Ensemble", "Guarded", "MetricReward", "Reward", "RewardError",

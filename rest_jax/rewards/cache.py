@@ -4,8 +4,9 @@
     rewards.Cached.reward = @rewards.get()
     rewards.get.name = 'chrf'
 
-The key is (the reward's name and `version`, source, hypothesis, and the reference
-when the reward reads one), hashed; the store is one SQLite file per reward under
+The key is (the reward's `identity` (what its scores depend on: MetricX's checkpoint and
+input length; its name for a reward without one) and `version`, source, hypothesis, and
+the reference when the reward reads one), hashed; the store is one SQLite file per reward under
 `directory` (default `$REST_JAX_CACHE/rewards`, on the local disk of each host: SQLite
 locks do not work on every network file system). Bump `version` when the reward
 changes (a retrained model) to start a fresh cache. Cache the expensive reward inside
@@ -52,7 +53,7 @@ class Cached(Reward):
     self.hits = self.misses = 0
 
   def _key(self, source: str, hypothesis: str, reference: str) -> str:
-    parts = [self.reward.name, self.version, source, hypothesis,
+    parts = [getattr(self.reward, "identity", self.reward.name), self.version, source, hypothesis,
              reference if self.needs_reference else ""]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
