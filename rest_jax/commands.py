@@ -1,28 +1,53 @@
 """Single steps of ReST as commands: `grow`, `improve`, `eval` and `infer`.
 
-Each takes a policy checkpoint directory (a `bc/` or `improve_G_I/` folder of a
-`rest` run, or any `train` MODEL_DIR) and the model from gin, and does one job;
+Each takes a policy directory (a finished `rest` MODEL_DIR: its selected policy; a
+`bc/` or `improve_G_I/` folder of one: its best checkpoint on validation; or any
+`train` MODEL_DIR; see `policy_checkpoint`) and the model from gin, and does one job;
 `rest` chains them. Configured by `gin/runs/steps.gin`.
 """
 
 import json
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 
-from rest_jax import checkpoints, grow as grow_lib, improve as improve_lib
+from rest_jax import checkpoints, files, grow as grow_lib, improve as improve_lib
 from rest_jax import inference, partitioning, policy_eval, trainer as trainer_lib
-from rest_jax import sampling as sampling_lib
+from rest_jax import sampling as sampling_lib, selection as selection_lib
 from rest_jax.rewards import Reward
 
 
+def policy_checkpoint(policy_dir: str) -> Tuple[checkpoints.Checkpointer, Optional[int]]:
+  """The checkpoint (and step; None for the latest) that is the policy of `policy_dir`.
+
+  - a finished `rest` MODEL_DIR: the policy it selected on validation;
+  - a step of one (`bc/`, `improve_G_I/`, `bc_plus/`) or a `train` MODEL_DIR that
+    kept a best checkpoint on validation (`selection.json`): that best checkpoint;
+  - any other directory of checkpoints (`train` without validation, `convert`'s
+    output): its latest checkpoint.
+  """
+  state_file = files.join(policy_dir, "rest_state.json")
+  if files.exists(state_file):
+    selected = json.loads(files.read_text(state_file))["steps"].get("selected_dir")
+    if selected is None:
+      raise ValueError(f"{policy_dir} is a `rest` run that has not selected a policy yet (it"
+                       " selects when every step is done): point POLICY_DIR at one of its"
+                       " steps, e.g. its bc/")
+    policy_dir = files.join(policy_dir, selected)  # relative to the run, or absolute
+  sel = selection_lib.Selection(policy_dir)
+  if sel.best is not None:
+    return checkpoints.Checkpointer(policy_dir, save_every=1, subdir="best"), sel.best[0]
+  return checkpoints.Checkpointer(policy_dir), None
+
+
 def _policy_state(model, policy_dir: str, feature_lengths, partitioner, batch_size: int = 64):
+  """A policy with its optimizer state (`policy_checkpoint` says which checkpoint)."""
   trainer = trainer_lib.Trainer(model, partitioner,
                                 trainer_lib.batch_input_shapes(batch_size, feature_lengths))
-  ckpt = checkpoints.Checkpointer(policy_dir)
-  state = ckpt.restore(trainer.abstract_state)
+  ckpt, step = policy_checkpoint(policy_dir)
+  state = ckpt.restore(trainer.abstract_state, step=step)
   ckpt.close()
   return trainer, state
 
@@ -31,8 +56,8 @@ def _policy(model, policy_dir: str, feature_lengths, partitioner, batch_size: in
   """A policy's parameters only: a checkpoint of BC's or Improve's optimizer serves."""
   trainer = trainer_lib.Trainer(model, partitioner,
                                 trainer_lib.batch_input_shapes(batch_size, feature_lengths))
-  ckpt = checkpoints.Checkpointer(policy_dir)
-  params = ckpt.restore_params(trainer.abstract_state.params)
+  ckpt, step = policy_checkpoint(policy_dir)
+  params = ckpt.restore_params(trainer.abstract_state.params, step=step)
   ckpt.close()
   return trainer, params
 

@@ -26,7 +26,7 @@ import json
 import os
 import resource
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -57,56 +57,86 @@ def memory_mb() -> Dict[str, float]:
 
 @dataclasses.dataclass
 class _Progress:
-  """The state file: finished steps with their results; written atomically."""
+  """The state file: finished steps with their results and configs; written atomically."""
 
   path: str
   steps: Dict[str, Any] = dataclasses.field(default_factory=dict)
-  upstream_changed: bool = False
+  # Each step's configuration as it was when the step started (what makes a result stale).
+  configs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  upstream_changed: str = ""  # the first step this run (re)did that later steps build on
 
   @classmethod
   def load(cls, model_dir: str) -> "_Progress":
     path = files.join(model_dir, STATE_FILE)
     if jax.process_index() == 0:  # a state file a killed run did not rename into place
       files.remove_temporaries(model_dir, [files.temporary_prefix(STATE_FILE)])
-    steps = {}
+    state = {}
     if files.exists(path):
-      steps = json.loads(files.read_text(path))["steps"]
-    return cls(path, steps)
+      state = json.loads(files.read_text(path))
+    return cls(path, state.get("steps", {}), state.get("configs", {}))
 
   def save(self) -> None:
     if jax.process_index() != 0:
       return
-    files.atomic_write_text(self.path, json.dumps({"steps": self.steps}, indent=2), "rest.state")
+    files.atomic_write_text(
+        self.path, json.dumps({"steps": self.steps, "configs": self.configs}, indent=2),
+        "rest.state")
 
   def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = (),
-          upstream: bool = True) -> Any:
-    """Runs step `name` unless it is finished and nothing before it was redone.
+          upstream: bool = True, config: Optional[Mapping[str, Any]] = None) -> Any:
+    """Runs step `name` unless it is finished and nothing it depends on changed.
 
-    A step whose outputs are finished on disk but which this state file does not record
-    (a killed run, or a finished `bc/` or `grow_1/` copied from another run) is run
-    again to read its result back (it finds its work done), and does not make the
-    steps after it start afresh: only a step that did work does, and only if it is
-    `upstream` of them (BC+, a control beside the chain, is not).
+    A step is redone, its `outputs` removed first, when a step before it was redone
+    in this run, or when its `config` differs from the one it was started with (the
+    log says which of the two, and which values changed). A step whose outputs are
+    finished on disk but which this state file does not record (a killed run, or a
+    finished `bc/` or `grow_1/` copied from another run) is run again to read its
+    result back (it finds its work done), and does not make the steps after it start
+    afresh: only a step that did work does, and only if it is `upstream` of them
+    (BC+, a control beside the chain, is not).
     """
-    if finished and name in self.steps and not self.upstream_changed:
+    config = json.loads(json.dumps(config, default=str)) if config is not None else None
+    recorded = self.configs.get(name)
+    changed = _config_changes(recorded, config)
+    if finished and name in self.steps and not self.upstream_changed and not changed:
       logging.info("rest: %s already done", name)
       return self.steps[name]
-    reused = finished and not self.upstream_changed
-    if reused and outputs:
+    why = (f"{self.upstream_changed} was redone in this run" if self.upstream_changed else
+           f"its configuration changed ({changed})" if changed else "")
+    reused = finished and not why
+    if reused and outputs and name not in self.steps:
       logging.warning("rest: %s is finished in %s (not recorded in this run's state): reusing it",
                       name, ", ".join(outputs))
-    if self.upstream_changed and jax.process_index() == 0:
-      for path in outputs:  # outputs of an older upstream: start this step afresh
-        files.rmtree(path)
+    existing = [p for p in outputs if files.exists(p)] if why else []
+    if existing:
+      logging.warning("rest: redoing %s from scratch (removing %s): %s", name,
+                      ", ".join(existing), why)
+      if jax.process_index() == 0:
+        for path in existing:  # outputs of an older upstream or config
+          files.rmtree(path)
     if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
       multihost_utils.sync_global_devices(f"rest: {name} starts")
+    if config is not None and recorded != config:
+      self.configs[name] = config
+      self.save()  # before any work: a killed step resumes only under the same config
     result = fn()
     if isinstance(result, dict):  # memory after each step: a leak shows as a rising line
       result = {**result, **memory_mb()}
     self.steps[name] = result
-    self.upstream_changed = self.upstream_changed or (upstream and not reused)
+    if upstream and not reused and not self.upstream_changed:
+      self.upstream_changed = name
     self.save()
     return result
+
+
+def _config_changes(recorded: Optional[Mapping[str, Any]],
+                    config: Optional[Mapping[str, Any]]) -> str:
+  """'key old -> new, ...' for the values that differ; '' when either is unknown."""
+  if recorded is None or config is None:
+    return ""
+  keys = sorted(set(recorded) | set(config))
+  return ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in keys
+                   if recorded.get(k) != config.get(k))
 
 
 def rest(
@@ -124,6 +154,8 @@ def rest(
     bc_plus: bool = True,
     bc_learning_rate: Any = None,
     initial_checkpoint_path: Optional[str] = None,
+    bc_from: Optional[str] = None,
+    grow_from: Optional[str] = None,
     partitioner: Optional[partitioning.Partitioner] = None,
     checkpoint_period: int = 200,
     seed: int = 0,
@@ -153,6 +185,11 @@ def rest(
     initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax
       or legacy) that BC starts from instead of a random initialisation; with
       `bc_steps=0` it is the BC policy.
+    bc_from: the `bc/` directory of another run (finished): its selected checkpoint is
+      this run's BC policy, read where it is (nothing is copied or written there).
+    grow_from: the `grow_1/` directory of another run, sampled from the same BC policy
+      (so `bc_from` is that run's `bc/`): this run's first grown dataset, read where it
+      is; e.g. to try other thresholds or losses on the same samples.
     partitioner: the mesh.
     checkpoint_period: steps between checkpoints.
     seed: every random choice of the run derives from it.
@@ -226,6 +263,27 @@ def rest(
 
   # --- BC, to convergence on validation ---------------------------------------
   bc_dir = os.path.join(model_dir, "bc")
+  if bc_from:
+    bc_dir = _finished_bc(bc_from)
+  if grow_from:  # checked before BC trains
+    grow_from = _grown_from(grow_from, bc_dir)
+  def where(path: str) -> str:
+    """A step's input as its config records it: relative to the run when inside it (a
+    copied or moved run is the same run), absolute when it is another run's."""
+    inside = os.path.relpath(os.path.abspath(path), os.path.abspath(model_dir))
+    return os.path.abspath(path) if inside.startswith("..") else inside
+
+  bc_config = {"from": where(bc_dir) if bc_from else None, "bc_steps": bc_steps, "seed": seed,
+               "initial_checkpoint_path": initial_checkpoint_path,
+               "batch_size": train_dataset_cfg.batch_size, "task": task, "lengths": lengths,
+               "selection": dataclasses.asdict(bc_selection)}
+
+  def reuse_bc():
+    sel = selection_lib.Selection(bc_dir)
+    summary = sel.summary()
+    sel.close()
+    return {"seconds": 0.0, "selection": summary, "reused_from": bc_dir,
+            "overlength_examples": pipeline.overlength_count(train_dataset_cfg)}
 
   def run_bc():
     tick = time.perf_counter()
@@ -243,7 +301,11 @@ def rest(
     return {"seconds": time.perf_counter() - tick, "selection": summary,
             "overlength_examples": pipeline.overlength_count(train_dataset_cfg)}
 
-  progress.run("bc", selection_lib.Selection(bc_dir).finished, run_bc, [bc_dir])
+  if bc_from:
+    progress.run("bc", True, reuse_bc, config=bc_config)
+  else:
+    progress.run("bc", selection_lib.Selection(bc_dir).finished, run_bc, [bc_dir],
+                 config=bc_config)
   bc_state, bc_summary = selected_state(bc_dir, policy)
   bc_params, bc_opt_state = bc_state.params, bc_state.opt_state
   bc_step = bc_summary["best_step"]
@@ -266,7 +328,10 @@ def rest(
       return {"metrics": result["metrics"], "seconds": result["seconds"]}
 
     progress.run("bc_plus", selection_lib.Selection(bc_plus_dir).finished, run_bc_plus,
-                 [bc_plus_dir], upstream=False)
+                 [bc_plus_dir], upstream=False,
+                 config={"steps": improve_total, "batch_size": improve.batch_size,
+                         "learning_rate": _rates(improve.learning_rate, improve_total),
+                         "optimizer_state": improve.optimizer_state})
     plus_state, plus_summary = selected_state(bc_plus_dir, bc_plus_trainer())
     rows.append({**progress.run("eval_bc_plus", True,
                                 lambda: evaluate("BC+", -1, plus_state.params)),
@@ -279,6 +344,11 @@ def rest(
   index = 0
   for g in range(1, grow.steps + 1):
     grow_dir = os.path.join(model_dir, f"grow_{g}")
+    grow_config = {"policy": where(policy_dir), "num_samples": grow.num_samples,
+                   "sampling": dataclasses.asdict(grow.sampling), "split": grow.split,
+                   "max_sources": grow.max_sources, "reward": reward.name, "seed": seed}
+    if g == 1 and grow_from:
+      grow_dir, grow_config["from"] = grow_from, where(grow_from)
 
     def run_grow(grow_dir=grow_dir, grow_params=params, g=g, policy_dir=policy_dir):
       tick = time.perf_counter()
@@ -298,8 +368,15 @@ def rest(
       counts = grown.load_manifest(grow_dir, verify_counts=False).get("counts", {})
       return {**timings, "counts": counts, "seconds": time.perf_counter() - tick}
 
-    progress.run(f"grow_{g}", files.exists(files.join(grow_dir, grown.MANIFEST)), run_grow,
-                 [grow_dir])
+    if g == 1 and grow_from:
+      progress.run("grow_1", True, lambda: {
+          "seconds": 0.0, "reused_from": grow_dir,
+          "samples": grown.load_manifest(grow_dir, verify_counts=False)["num_samples"],
+          "counts": grown.load_manifest(grow_dir, verify_counts=False).get("counts", {})},
+                   config=grow_config)
+    else:
+      progress.run(f"grow_{g}", files.exists(files.join(grow_dir, grown.MANIFEST)), run_grow,
+                   [grow_dir], config=grow_config)
     manifest = grown.load_manifest(grow_dir, verify_counts=False)
     # Quantile thresholds are taken over the policy's samples, never the references.
     taus = thresholds.resolve(grown.sample_rewards(grown.shard_paths(grow_dir, manifest)))
@@ -325,8 +402,14 @@ def rest(
             selection=selection_lib.Selection(step_dir, improve.selection), validate=validate)
         return {"metrics": result["metrics"], "seconds": result["seconds"]}
 
-      step = progress.run(f"improve_{g}_{i}", selection_lib.Selection(step_dir).finished,
-                          run_improve, [step_dir])
+      step = progress.run(
+          f"improve_{g}_{i}", selection_lib.Selection(step_dir).finished, run_improve,
+          [step_dir], config={"grown": where(grow_dir), "threshold": tau, "loss": loss.name,
+                              "steps": improve.steps, "batch_size": improve.batch_size,
+                              "learning_rate": _rates(improve.learning_rate, improve.steps),
+                              "references": improve.references, "mix_ratio": improve.mix_ratio,
+                              "kl_weight": kl_weight,
+                              "optimizer_state": improve.optimizer_state})
       state, summary = selected_state(step_dir, improve_trainer())
       params, opt_state, policy_dir = state.params, state.opt_state, step_dir
       steps_behind += summary["best_step"]
@@ -350,6 +433,10 @@ def rest(
           row["policy"], row["index"], p, others))
       row["metrics"] = {**row["metrics"], **extra["metrics"]}
   progress.steps["selected"] = chosen["policy"]
+  # Where the selected policy is, relative to the run (`commands.policy_checkpoint`).
+  progress.steps["selected_dir"] = (os.path.relpath(chosen["dir"], model_dir)
+                                    if not bc_from or chosen["role"] != "BC"
+                                    else os.path.abspath(chosen["dir"]))
   progress.steps["rows"] = [{k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps")
                              if k in r} | {"selected": bool(r.get("selected"))} for r in rows]
   progress.save()
@@ -417,6 +504,36 @@ def _header(model, policy, task, lengths, reward, grow, improve, evaluation, row
 
 
 SELECTION_SPLIT = "validation"
+
+
+def _rates(learning_rate, steps: int) -> List[float]:
+  """A rate or schedule as comparable numbers: its values at the start, middle and end."""
+  if learning_rate is None:  # a t5x model's OptimizerDef: its gin rate
+    return []
+  if not callable(learning_rate):
+    return [float(learning_rate)]
+  return [float(learning_rate(s)) for s in (0, steps // 2, steps)]
+
+
+def _finished_bc(directory: str) -> str:
+  """`directory` if it holds a finished BC step (rest's `bc/`), else a ValueError."""
+  if not selection_lib.Selection(directory).finished:
+    raise ValueError(
+        f"BC_FROM = {directory!r} is not a finished BC step: it needs the {selection_lib.SELECTION_FILE}"
+        " and best/ checkpoint that `rest` writes when BC ends (point it at a run's bc/)")
+  return directory
+
+
+def _grown_from(directory: str, bc_dir: str) -> str:
+  """`directory` if it is a finished grown dataset sampled from the BC policy `bc_dir`."""
+  manifest = grown.load_manifest(directory, verify_counts=False)
+  policy = manifest["metadata"].get("policy")
+  if policy and os.path.abspath(policy) != os.path.abspath(bc_dir):
+    raise ValueError(
+        f"GROW_FROM = {directory!r} was sampled from the policy {policy}, but this run's BC"
+        f" policy is {bc_dir}: set BC_FROM = {policy!r} as well (Improve trains from the"
+        " policy that sampled it)")
+  return directory
 
 
 def _load_selected(row, policy, improve_trainer, bc_plus_trainer):

@@ -84,13 +84,22 @@ def test_two_processes_share_one_mesh(tmp_path):
     assert "TOTAL 36.0" in out and f"ROWS {(4 * i, 4 * i + 4)}" in out
 
 
+# Runs rest_jax.main as `python -m` would, then says whether t5x was ever imported.
+PROBE = ("import runpy, sys; sys.argv = ['rest_jax.main'] + sys.argv[1:]\n"
+         "try:\n  runpy.run_module('rest_jax.main', run_name='__main__')\nfinally:\n"
+         "  print('T5X_IMPORTED', 't5x' in sys.modules)")
+
+
 def run_rest(model_dir, processes: int, devices: int, extra=(), env=None):
-  """`rest` on SMALL_REST, on `processes` local hosts of `devices` devices each."""
+  """`rest` on SMALL_REST, on `processes` local hosts of `devices` devices each.
+
+  A single process runs under PROBE: its stdout says whether t5x was imported.
+  """
   args = ["rest", *SMALL_REST, f"--gin.MODEL_DIR='{model_dir}'", *extra]
   env = _env(**(env or {}))
   if processes == 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    cmd = [sys.executable, "-m", "rest_jax.main", *args]
+    cmd = [sys.executable, "-c", PROBE, *args]
   else:
     env["PYTHON"] = sys.executable
     cmd = ["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "-n", str(processes),
@@ -142,16 +151,19 @@ def assert_same_run(a, b, param_atol=1e-5, log_prob_atol=1e-3):
 
 
 @pytest.mark.slow
-def test_rest_on_two_hosts_matches_one(tmp_path):
-  run_rest(tmp_path / "one", processes=1, devices=8)
-  run_rest(tmp_path / "two", processes=2, devices=4)
+def test_rest_on_two_and_four_hosts_matches_one_host(tmp_path):
+  """One host of 8 devices against 2 hosts of 4 and 4 hosts of 1.
+
+  The 4 x 1 run also has another device count (4 against 8): the sampling keys come
+  from (seed, grow step, source id, sample index), never from batch position. The
+  single-host run is also the built-in model's proof that a run never imports t5x
+  (an optional dependency that users install themselves; tests/t5x_test.py is its path).
+  """
+  no_control = ["--gin.BC_PLUS=False"]  # a control beside the loop: the same code as Improve
+  one = run_rest(tmp_path / "one", processes=1, devices=8, extra=no_control)
+  assert "T5X_IMPORTED False" in one.stdout
+  assert (tmp_path / "one" / "report.md").exists()
+  run_rest(tmp_path / "two", processes=2, devices=4, extra=no_control)
   assert_same_run(tmp_path / "one", tmp_path / "two")
-
-
-@pytest.mark.slow
-def test_rest_on_four_hosts_matches_one_host_of_four_devices(tmp_path):
-  # Also a different device count (8 against 4): the sampling keys come from
-  # (seed, grow step, source id, sample index), never from batch position.
-  run_rest(tmp_path / "four", processes=4, devices=2)
-  run_rest(tmp_path / "one", processes=1, devices=4)
-  assert_same_run(tmp_path / "four", tmp_path / "one")
+  run_rest(tmp_path / "four", processes=4, devices=1, extra=no_control)
+  assert_same_run(tmp_path / "one", tmp_path / "four")

@@ -1,18 +1,24 @@
 """The ReST loop end to end on the tiny model over 8 simulated devices, and its resumption."""
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 
 import jax
 import pytest
 
-from rest_jax import checkpoints, decoding, grow, improve, losses, partitioning, policy_eval
+from rest_jax import checkpoints, commands, decoding, grow, improve, losses, partitioning, policy_eval
 from rest_jax import rest, rewards, selection
 from rest_jax.data import pipeline, tasks, vocab
 from tests.conftest import make_model
 
 LENGTHS = {"inputs": 48, "targets": 40}
+_IMPROVE = improve.ImproveConfig(
+    thresholds=rewards.ThresholdSchedule([0.0, 0.5], quantiles=True),
+    loss=losses.OfflineRLLoss("bc"), steps=3, batch_size=16,
+    selection=selection.SelectionConfig(eval_period=2))
 
 
 def _run(model_dir, **overrides):
@@ -23,10 +29,7 @@ def _run(model_dir, **overrides):
       bc_steps=6, reward=rewards.get("chrf", processes=1),
       grow=grow.GrowConfig(steps=1, max_sources=24, num_samples=2, batch_size=8,
                            shard_size=16),
-      improve=improve.ImproveConfig(
-          thresholds=rewards.ThresholdSchedule([0.0, 0.5], quantiles=True),
-          loss=losses.OfflineRLLoss("bc"), steps=3, batch_size=16,
-          selection=selection.SelectionConfig(eval_period=2)),
+      improve=_IMPROVE,
       evaluation=policy_eval.EvalConfig(max_examples=16, best_of_n=2),
       bc_selection=selection.SelectionConfig(eval_period=3),
       checkpoint_period=3, progress_bar=False,
@@ -45,7 +48,7 @@ def _steps(model_dir):
 
 
 @pytest.mark.slow
-def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys):
+def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
   assert jax.device_count() == 8
   rows = _run(tmp_path)
   assert [r["policy"].split(" (")[0] for r in rows] == ["BC", "BC+", "G1 I1", "G1 I2"]
@@ -62,6 +65,18 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys):
   assert rows[1]["optimizer_steps"] == rows[0]["optimizer_steps"] + selection.Selection(
       str(tmp_path / "bc_plus")).best[0]
   assert [r.get("kept_samples", 0) > 0 for r in rows] == [False, False, True, True]
+  # A finished run as POLICY_DIR of the single-step commands: its selected policy's best
+  # checkpoint; a step of it: that step's best, not its last.
+  ckpt, step = commands.policy_checkpoint(str(tmp_path))
+  chosen_dir = {"BC": "bc"}.get(chosen[0]["policy"], None) or "improve_1_" + chosen[0][
+      "policy"].split(" (")[0][-1]
+  assert ckpt.directory == str(tmp_path / chosen_dir / "best")
+  assert step == selection.Selection(str(tmp_path / chosen_dir)).best[0]
+  ckpt.close()
+  ckpt, step = commands.policy_checkpoint(str(tmp_path / "bc"))
+  assert step == selection.Selection(str(tmp_path / "bc")).best[0] and ckpt.directory.endswith(
+      "bc/best")
+  ckpt.close()
   report = (tmp_path / "report.md").read_text()
   assert "| BC" in report and "(selected)" in report and "## What was run" in report
   assert (tmp_path / "grow_1_rewards.png").exists()
@@ -88,3 +103,13 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys):
   assert _newest(tmp_path / "improve_1_1") == improve_1
   assert after["eval_bc"] == before["eval_bc"] and after["eval_1_1"] == before["eval_1_1"]
   capsys.readouterr()
+
+  # A changed threshold redoes only the step it changes, and the log says why.
+  improve_2 = _newest(tmp_path / "improve_1_2")
+  with caplog.at_level(logging.WARNING):
+    _run(tmp_path, improve=dataclasses.replace(
+        _IMPROVE, thresholds=rewards.ThresholdSchedule([0.0, 0.7], quantiles=True)))
+  assert _newest(tmp_path / "improve_1_1") == improve_1
+  assert _newest(tmp_path / "improve_1_2") > improve_2
+  redone = [r.getMessage() for r in caplog.records if "redoing" in r.getMessage()]
+  assert len(redone) == 1 and "improve_1_2" in redone[0] and "threshold" in redone[0], redone

@@ -130,29 +130,85 @@ def test_split_files_are_found_by_format_and_name(tmp_path):
     find("test")
 
 
-def test_own_corpus_from_the_command_line_as_the_readme_writes_it(tmp_path):
+BIBLE = os.path.join(ROOT, "..", "shared", "data", "bible_es_en")
+# What a user with a small corpus sets beside the README's flags: sizes only.
+SMALL_REST = ["--gin.BC_STEPS=20", "--gin.BATCH_SIZE=16", "--gin.BC_EVAL_PERIOD=10",
+              "--gin.THRESHOLDS=[0.5]", "--gin.IMPROVE_STEPS=4", "--gin.IMPROVE_EVAL_PERIOD=4",
+              "--gin.GROW_MAX_SOURCES=16", "--gin.NUM_SAMPLES=2", "--gin.GROW_BATCH_SIZE=16",
+              "--gin.EVAL_MAX_EXAMPLES=8", "--gin.BEST_OF_N=2", "--gin.EVAL_BATCH_SIZE=8",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 48}"]
+
+
+def _own_corpus_commands():
+  """The README's "Your own corpus" shell block, one argv per command, as written."""
+  import re
+  import shlex
+
+  with open(os.path.join(ROOT, "README.md")) as f:
+    section = f.read().split("## Your own corpus")[1].split("\n## ")[0]
+  block = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
+  return [shlex.split(line.split("  #")[0]) for line in block.replace("\\\n", " ").splitlines()
+          if line.strip()]
+
+
+def _corpus_slice(directory):
+  """train/valid/test TSVs (.xz, as the corpus ships): a slice of the Bible corpus when
+  ../shared has it, else generated pairs."""
+  import lzma
+
+  directory.mkdir()
+  sizes = {"train": 600, "valid": 24, "test": 24}
+  for split, n in sizes.items():
+    if os.path.isdir(BIBLE):
+      with lzma.open(os.path.join(BIBLE, f"{split}.tsv.xz"), "rt", encoding="utf-8") as f:
+        lines = [next(f) for _ in range(n)]
+    else:
+      lines = [f"la casa {i} es pequeña\tthe house {i} is small\n" for i in range(n)]
+    with lzma.open(directory / f"{split}.tsv.xz", "wt", encoding="utf-8") as f:
+      f.writelines(lines)
+  return [line.split("\t")[0] for line in lines[:3]]
+
+
+@pytest.mark.slow
+def test_own_corpus_end_to_end_as_the_readme_writes_it(tmp_path):
+  """vocab -> data stats -> rest -> report -> infer, the README's lines in a user's folder."""
+  import shutil
   import subprocess
   import sys
 
-  corpus = tmp_path / "corpus"
-  corpus.mkdir()
-  for split, n in (("train", 40), ("valid", 5), ("test", 5)):
-    (corpus / f"{split}.tsv").write_text("".join(f"uno {i} dos\tone {i} two\n" for i in range(n)))
-  config = tmp_path / "my_corpus.gin"
-  text = open(os.path.join(ROOT, "configs", "my_corpus.gin")).read()
-  text = text.replace("'../shared/data/bible_es_en'", f"'{corpus}'").replace(
-      "'/data/my_corpus/spm.model'", f"'{tmp_path / 'spm.model'}'")
-  config.write_text(text)
-  run = lambda *args: subprocess.run(  # noqa: E731
-      [sys.executable, "-m", "rest_jax.main", *args], cwd=ROOT, capture_output=True, text=True,
-      timeout=300)
-  vocab = run("vocab", f"--gin_file={config}", f"--gin.VOCAB_OUTPUT='{tmp_path / 'spm.model'}'",
-              "--gin.VOCAB_SIZE=40")
-  assert vocab.returncode == 0, vocab.stderr
-  stats = run("data", "stats", f"--gin_file={config}", "--split=validation")
-  assert stats.returncode == 0, stats.stderr
-  assert "bible_es_en/validation: 5 examples" in stats.stdout
-  (corpus / "test.tsv").unlink()
-  show = run("data", "show", f"--gin_file={config}", "--split=test")
+  sources = _corpus_slice(tmp_path / "corpus")
+  commands = _own_corpus_commands()
+  assert [c[0] if c[0] == "cp" else c[3] for c in commands] == [
+      "cp", "vocab", "data", "rest", "infer"]
+  cp, *python = commands
+  shutil.copy(os.path.join(ROOT, cp[1]), tmp_path / cp[2])
+  config = tmp_path / cp[2]  # "set the corpus block and the vocabulary path"
+  text = config.read_text().replace("'../shared/data/bible_es_en'", f"'{tmp_path / 'corpus'}'")
+  text = text.replace("'/data/my_corpus/spm.model'", f"'{tmp_path / 'spm.model'}'")
+  config.write_text(text.replace("VOCAB_SIZE = 4000", "VOCAB_SIZE = 256").replace(
+      "NUM_EMBEDDINGS = 4096", "NUM_EMBEDDINGS = 256"))
+  (tmp_path / "in.es").write_text("\n".join(sources) + "\n")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  outputs = {}
+  for argv in python:
+    argv = [a.replace("/data/my_corpus/spm.model", str(tmp_path / "spm.model")) for a in argv]
+    if argv[3] == "rest":
+      argv += SMALL_REST
+    if argv[3] == "infer":
+      argv += ["--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 48}", "--gin.NUM_SAMPLES=2"]
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{argv}\n{proc.stderr[-3000:]}"
+    outputs[argv[3]] = proc
+  assert "bible_es_en/train: 600 examples" in outputs["data"].stdout
+  report = (tmp_path / "runs" / "my_corpus" / "report.md").read_text()
+  assert "## What was run" in report and "bible_es_en" in report and "(selected)" in report
+  translations = (tmp_path / "out.en").read_text().splitlines()
+  assert len(translations) == len(sources)
+
+  (tmp_path / "corpus" / "test.tsv.xz").unlink()  # a missing split: one line, no traceback
+  show = subprocess.run([sys.executable, "-m", "rest_jax.main", "data", "show",
+                         f"--gin_file={config}", "--split=test"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
   assert show.returncode == 1 and "no test split in" in show.stderr and "Traceback" not in (
       show.stderr), show.stderr

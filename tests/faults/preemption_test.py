@@ -20,6 +20,7 @@ sets how many kills must happen (20 in CI).
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ import jax
 import numpy as np
 import pytest
 
-from rest_jax import checkpoints, preemption
+from rest_jax import checkpoints, preemption, rest
 from tests import multihost_test
 
 SEED = int(os.environ.get("REST_JAX_FAULT_SEED", "20261124"))
@@ -188,21 +189,38 @@ def test_sigterm_saves_at_a_step_boundary_and_the_rerun_ends_the_same(reference_
 
 
 @pytest.mark.slow
-def test_finished_steps_copied_into_a_new_run_are_reused_not_redone(reference_run):
-  """A finished `bc/` and `grow_1/` copied into a new MODEL_DIR (no rest_state.json)."""
+def test_a_new_run_starts_from_another_runs_bc_and_grown_dataset(reference_run):
+  """BC_FROM / GROW_FROM: read where they are, nothing written there, the same end.
+
+  (The documented way to reuse work. A finished step copied into a new MODEL_DIR is
+  reused too: the path a run killed between a step's end and its state write takes.)
+  """
   tmp_path, _, _, reference = reference_run
-  run = Runner(tmp_path)
-  model_dir = tmp_path / "copied"
-  model_dir.mkdir()
-  for step in ("bc", "grow_1"):
-    shutil.copytree(tmp_path / "reference" / step, model_dir / step)
-  grown_before = {p.name: (p.stat().st_mtime_ns, p.read_bytes())
-                  for p in (model_dir / "grow_1").iterdir()}
+  ref = tmp_path / "reference"
+  before = _snapshot(ref)
+  model_dir = tmp_path / "from"
+  run = Runner(tmp_path, [f"--gin.BC_FROM='{ref / 'bc'}'", f"--gin.GROW_FROM='{ref / 'grow_1'}'",
+                          "--gin.BC_PLUS=False"])
   assert run(model_dir) == 0
-  grown_after = {p.name: (p.stat().st_mtime_ns, p.read_bytes())
-                 for p in (model_dir / "grow_1").iterdir()}
-  assert grown_after == grown_before  # not sampled again, not rewritten
-  _assert_same_end_state(reference, model_dir, run.log)
+  assert not (model_dir / "bc").exists() and not (model_dir / "grow_1").exists()
+  assert _snapshot(ref) == before
+  with open(model_dir / "rest_state.json") as f:
+    steps = json.load(f)["steps"]
+  assert steps["bc"]["reused_from"] == str(ref / "bc")
+  assert "bc_plus" not in steps
+  assert {k: v["metrics"] for k, v in steps.items() if k.startswith("eval_")} == {
+      k: v for k, v in reference["evaluations"].items() if k != "eval_bc_plus"}
+  assert steps["thresholds"] == reference["thresholds"]
+  for step in ("improve_1_1", "improve_1_2"):
+    got = checkpoints.read_arrays(str(model_dir / step / "checkpoints"))
+    for (path, value), (_, want) in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                                        jax.tree_util.tree_flatten_with_path(reference[step])[0]):
+      np.testing.assert_array_equal(value, want, err_msg=f"{step}{jax.tree_util.keystr(path)}")
+  # A grown dataset of another policy than this run's BC is refused (before BC trains).
+  with pytest.raises(ValueError, match=re.escape(f"set BC_FROM = '{ref / 'bc'}'")):
+    rest._grown_from(str(ref / "grow_1"), str(model_dir / "bc"))  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="not a finished BC step"):
+    rest._finished_bc(str(model_dir))  # pylint: disable=protected-access
 
 
 @pytest.mark.slow
