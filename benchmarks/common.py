@@ -28,10 +28,11 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def report(rows: List[Dict], json_path: str | None) -> None:
-  keys = list(rows[0])
+  keys = list(dict.fromkeys(k for row in rows for k in row))  # every row's columns
   print(" | ".join(keys))
   for row in rows:
-    print(" | ".join(f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    print(" | ".join(f"{row[k]:.3g}" if isinstance(row.get(k), float) else str(row.get(k, ""))
+                     for k in keys))
   if json_path:
     with open(json_path, "w") as f:
       json.dump(rows, f, indent=2)
