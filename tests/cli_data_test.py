@@ -1,5 +1,7 @@
 """`data show` / `data stats`, and gin configs that name a task without importing its module."""
 
+import json
+
 import gin
 
 from rest_jax import main
@@ -62,3 +64,14 @@ def test_ratings_and_reward_model_commands(tmp_path, capsys):
               "--gin.REWARD_TRAIN_STEPS=20", "--gin.learned.RewardModelConfig.num_layers=1"], capsys)
   assert "spearman" in out
   assert (tmp_path / "rm" / "reward_model.json").exists()
+  # The task's own SentencePiece vocabulary, as gin/runs/reward_model.gin documents it.
+  from rest_jax.data import vocab  # pylint: disable=g-import-not-at-top
+
+  spm = vocab.train_sentencepiece([line.split("\t")[1] for line in lines],
+                                  str(tmp_path / "spm.model"), 100)
+  _run(["reward_model", "--gin_file=gin/runs/reward_model.gin",
+        f"--gin.RATINGS_FILE='{ratings_path}'", f"--gin.REWARD_MODEL_DIR='{tmp_path / 'rm2'}'",
+        "--gin.REWARD_TRAIN_STEPS=5", "--gin.learned.RewardModelConfig.num_layers=1",
+        f"--gin.REWARD_VOCAB_FILE='{spm}'"], capsys)
+  saved = json.loads((tmp_path / "rm2" / "reward_model.json").read_text())
+  assert saved["config"]["vocab_size"] == 128 and saved["vocabulary"]["kind"] == "sentencepiece"

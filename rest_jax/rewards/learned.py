@@ -34,7 +34,8 @@ CONFIG_FILE = "reward_model.json"
 
 @dataclasses.dataclass(frozen=True)
 class RewardModelConfig:
-  vocab_size: int
+  # None: the vocabulary's size rounded up to a multiple of 128 (`train_reward_model`).
+  vocab_size: int | None = None
   emb_dim: int = 128
   num_heads: int = 4
   head_dim: int = 32
@@ -253,17 +254,23 @@ def train_reward_model(
     partitioner: partitioning.Partitioner | None = None,
     seed: int = 0,
     ranking_weight: float = 0.0,
+    vocabulary_file: str | None = None,
 ) -> Dict[str, float]:
   """Trains a reward model on a ratings file; resumes from `model_dir` if present.
 
   `ranking_weight` adds a pairwise loss between the candidates of one source (see
-  `RewardModel`).
+  `RewardModel`). `vocabulary_file`, a SentencePiece model (the task's), replaces
+  `vocabulary`; with `config.vocab_size` None the embedding follows its size.
 
   Returns:
     Held-out metrics: `spearman` (rank correlation with the ratings), `pearson`,
     `mae`, and `pairwise_accuracy` (share of same-source pairs ranked rightly).
   """
-  config = config or RewardModelConfig(vocab_size=vocabulary.vocab_size)
+  if vocabulary_file:
+    vocabulary = seqio.SentencePieceVocabulary(vocabulary_file)
+  config = config or RewardModelConfig()
+  if config.vocab_size is None:  # the reward model reads the task's vocabulary as it is
+    config = dataclasses.replace(config, vocab_size=-(-vocabulary.vocab_size // 128) * 128)
   if config.vocab_size < vocabulary.vocab_size:
     raise ValueError(f"RewardModelConfig.vocab_size {config.vocab_size} is smaller than the"
                      f" vocabulary ({vocabulary.vocab_size})")
