@@ -369,11 +369,12 @@ def rest(
       return {**timings, "counts": counts, "seconds": time.perf_counter() - tick}
 
     if g == 1 and grow_from:
-      progress.run("grow_1", True, lambda: {
-          "seconds": 0.0, "reused_from": grow_dir,
-          "samples": grown.load_manifest(grow_dir, verify_counts=False)["num_samples"],
-          "counts": grown.load_manifest(grow_dir, verify_counts=False).get("counts", {})},
-                   config=grow_config)
+      def reuse_grow(grow_dir=grow_dir):
+        manifest = grown.load_manifest(grow_dir, verify_counts=False)
+        return {"seconds": 0.0, "reused_from": grow_dir, "samples": manifest["num_samples"],
+                "counts": manifest.get("counts", {})}
+
+      progress.run("grow_1", True, reuse_grow, config=grow_config)
     else:
       progress.run(f"grow_{g}", files.exists(files.join(grow_dir, grown.MANIFEST)), run_grow,
                    [grow_dir], config=grow_config)
