@@ -6,10 +6,12 @@ small-bench sampling (samples/s measured here): sampling / (sampling + scoring).
 MetricX runs at the architecture of its `large` checkpoints (mT5-large, random weights
 written in the Hugging Face layout and loaded as a user's download is; speed does not
 depend on the weights), on token ids of the length mT5's vocabulary gives these inputs
-(about 1.3 pieces a word, measured on mT5); its `peak_fraction` is XLA's flop count of the
-compiled forward over this run's matmul peak.
+(about 1.3 pieces a word, measured on mT5); its `peak_fraction` is the matmul work the
+inputs need (`metricx_gflops`, padding not counted) per second over this run's matmul peak,
+timed after every length bucket has compiled.
 
   python -m benchmarks.rewards [--json rows.json] [--sentences 8000] [--metricx_size large]
+      [--metricx_sentences 32] [--metricx_batch_size 8] [--metricx_dtypes float32,bfloat16]
 """
 
 import argparse
@@ -26,14 +28,19 @@ def main():
   parser.add_argument("--sentences", type=int, default=8000)
   parser.add_argument("--metricx_size", default="large", choices=sorted(METRICX_SIZES) + ["none"])
   parser.add_argument("--metricx_sentences", type=int, default=32)
+  parser.add_argument("--metricx_batch_size", type=int, default=8)
+  parser.add_argument("--rows", default="metrics,learned,embedding,metricx",
+                      help="which rows to measure (comma-separated)")
+  parser.add_argument("--metricx_dtypes", default="float32",
+                      help="comma-separated, e.g. float32,bfloat16: one row each")
   args = parser.parse_args()
   pairs = demo_corpus.generate_splits(args.sentences, 0, 0, seed=7)["train"]
   sources = [en for en, _ in pairs]
   references = [de for _, de in pairs]
   hypotheses = references[1:] + references[:1]  # other sentences: realistic partial overlap
   samples_per_s, _ = decode.run()
-  rows = []
-  for name in ("bleu", "chrf", "chrf++", "ter"):
+  rows, which = [], args.rows.split(",")
+  for name in ("bleu", "chrf", "chrf++", "ter") if "metrics" in which else ():
     for processes in (1, None):
       reward = rewards.MetricReward(name, processes=processes)
       reward(sources[:2000], hypotheses[:2000], references[:2000])  # warm up the workers
@@ -43,12 +50,16 @@ def main():
       rows.append({"config": f"{name} x{reward.processes} proc", "sentences_per_s": per_s,
                    "sampling_samples_per_s": samples_per_s,
                    "scoring_share": samples_per_s / (samples_per_s + per_s)})
-  rows.append(_learned_row(sources, hypotheses, references, samples_per_s))
-  rows.append(_embedding_row(sources, hypotheses, samples_per_s))
-  if args.metricx_size != "none":
+  if "learned" in which:
+    rows.append(_learned_row(sources, hypotheses, references, samples_per_s))
+  if "embedding" in which:
+    rows.append(_embedding_row(sources, hypotheses, samples_per_s))
+  if "metricx" in which and args.metricx_size != "none":
     n = args.metricx_sentences
-    rows.append(_metricx_row(args.metricx_size, sources[:n], hypotheses[:n], references[:n],
-                             samples_per_s, common.matmul_peak_gflops()))
+    peak = common.matmul_peak_gflops()
+    for dtype in args.metricx_dtypes.split(","):
+      rows.append(_metricx_row(args.metricx_size, sources[:n], hypotheses[:n], references[:n],
+                               samples_per_s, peak, args.metricx_batch_size, dtype))
   common.report(rows, args.json)
 
 
@@ -78,8 +89,12 @@ METRICX_SIZES = {
 }
 
 
-def _metricx_row(size, sources, hypotheses, references, samples_per_s, peak, batch_size=8):
-  """MetricX-24 (with reference) at mT5-`size`, float32, on this run's devices."""
+def _metricx_row(size, sources, hypotheses, references, samples_per_s, peak, batch_size=8,
+                 dtype="float32"):
+  """MetricX-24 (with reference) at mT5-`size` in `dtype`, on this run's devices.
+
+  `peak_fraction` is against the float32 matmul peak, so a bfloat16 row can exceed 1.
+  """
   import os  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
@@ -97,27 +112,37 @@ def _metricx_row(size, sources, hypotheses, references, samples_per_s, peak, bat
     start = time.perf_counter()
     hf_t5.random_checkpoint(directory, config, seed=0)
     shutil.copy(fixture, os.path.join(directory, "spiece.model"))  # tokenize is not timed
-    reward = metricx.MetricX(directory, version=24, batch_size=batch_size, progress_bar=False)
+    reward = metricx.MetricX(directory, version=24, batch_size=batch_size, dtype=dtype,
+                             progress_bar=False)
     load_s = time.perf_counter() - start
   rng = np.random.default_rng(0)
   ids = [list(rng.integers(3, 250000, size=int(1.3 * len(
       metricx.input_text(24, s, h, r).split())))) for s, h, r in zip(sources, hypotheses,
                                                                     references)]
-  reward._score_ids(ids[:batch_size])  # pylint: disable=protected-access (compile)
+  reward._score_ids(ids)  # pylint: disable=protected-access (compiles every length bucket)
   start = time.perf_counter()
   reward._score_ids(ids)  # pylint: disable=protected-access
   seconds = time.perf_counter() - start
-  flops = 0.0
-  lengths = sorted(len(x) for x in ids)  # the length-bucketed batches that ran
-  for i in range(0, len(ids), reward.batch_size):
-    length = -(-lengths[i:i + reward.batch_size][-1] // reward.bucket_length) * (
-        reward.bucket_length)
-    tokens = np.zeros((reward.batch_size, length), np.int32)
-    compiled = reward._predict.lower(reward.params, tokens).compile()  # pylint: disable=protected-access
-    flops += compiled.cost_analysis()["flops"]
-  return _row(f"metricx24 mT5-{size} f32 (random weights, ~{np.mean([len(x) for x in ids]):.0f}"
+  gflops = metricx_gflops(reward.config, [len(x) for x in ids])
+  return _row(f"metricx24 mT5-{size} {dtype} (random weights, ~{np.mean([len(x) for x in ids]):.0f}"
               f" tokens, batch {batch_size})", len(ids) / seconds, samples_per_s,
-              peak_fraction=flops / seconds / 1e9 / peak, load_s=load_s)
+              useful_gflops=gflops / seconds, peak_fraction=gflops / seconds / peak,
+              load_s=load_s)
+
+
+def metricx_gflops(cfg, lengths) -> float:
+  """Matmul GFLOPs MetricX must do for inputs of `lengths` tokens (padding not counted).
+
+  The encoder over every token; the decoder's one step: its cross-attention keys and
+  values over the encoder's tokens, its projections and MLP for one token, the logits.
+  """
+  d, hk, m, v = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
+  flops = 0
+  for n in lengths:
+    flops += n * cfg.num_encoder_layers * (2 * (4 * d * hk + 3 * d * m) + 2 * 2 * n * hk)
+    flops += n * cfg.num_decoder_layers * 2 * 2 * d * hk  # cross-attention keys, values
+    flops += cfg.num_decoder_layers * 2 * (6 * d * hk + 3 * d * m + 2 * n * hk) + 2 * d * v
+  return flops / 1e9
 
 
 def _learned_row(sources, hypotheses, references, samples_per_s):
