@@ -5,9 +5,11 @@ Commands:
   grow | improve | eval | infer   one ReST step on a policy checkpoint (gin/runs/steps.gin).
   train   behaviour cloning (the BC policy): `rest_jax.train.train` from gin.
   vocab   train a SentencePiece vocabulary on a seqio task's text.
-  ratings      build a ratings file by corrupting a task's references (gin/runs/ratings.gin).
-  demo_ratings build the demo's ratings file from its generator (configs/demo_reward.gin).
-  reward_model train the learned reward model on a ratings file (gin/runs/reward_model.gin).
+  ratings        build a ratings file by corrupting a task's references (gin/runs/ratings.gin).
+  demo_ratings   build the demo's ratings file from its generator (configs/demo_reward.gin).
+  policy_ratings rate a Grow step's samples, to validate a reward model on them
+                 (gin/runs/policy_ratings.gin).
+  reward_model   train the learned reward model on a ratings file (gin/runs/reward_model.gin).
   plan    `plan --mesh=4x2`: each parameter's sharding, bytes per device (params, optimizer
           state, KV cache, temporaries) and the collectives of the compiled train and
           sample steps (rest_jax/plan.py); the mesh is simulated on the CPU if needed.
@@ -208,6 +210,7 @@ COMMANDS = {
     "ratings": ("rest_jax.rewards.ratings", "build_ratings_file", False),
     "demo_ratings": ("rest_jax.rewards.ratings", "build_demo_ratings_file", False),
     "reward_model": ("rest_jax.rewards.learned", "train_reward_model", False),
+    "policy_ratings": ("rest_jax.rewards.ratings", "build_policy_ratings_file", False),
 }
 
 
@@ -217,7 +220,8 @@ RUN_FILES = {"rest": "gin/runs/rest.gin", "train": "gin/runs/train.gin",
              "eval": "gin/runs/steps.gin", "infer": "gin/runs/steps.gin",
              "plan": "gin/runs/rest.gin", "vocab": "gin/runs/vocab.gin",
              "ratings": "gin/runs/ratings.gin", "demo_ratings": "configs/demo_reward.gin",
-             "reward_model": "gin/runs/reward_model.gin"}
+             "reward_model": "gin/runs/reward_model.gin",
+             "policy_ratings": "gin/runs/policy_ratings.gin"}
 
 
 def _command_target(command: str):

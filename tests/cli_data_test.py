@@ -52,18 +52,55 @@ def test_vocab_command_trains_a_sentencepiece_model(tmp_path, capsys):
   assert vocab.eos_id == 1 and vocab.decode(vocab.encode("Der Hund.")) == "Der Hund."
 
 
-def test_ratings_and_reward_model_commands(tmp_path, capsys):
+def _grown_policy_samples(directory):
+  """A Grow step's rows: each source's reference and three samples, 0..2 word errors."""
+  import random  # pylint: disable=g-import-not-at-top
+
+  from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
+  from rest_jax.rewards import ratings  # pylint: disable=g-import-not-at-top
+  from tests.grown_test import _row  # pylint: disable=g-import-not-at-top
+
+  rng, rows = random.Random(0), []
+  for i, (en, de) in enumerate(demo_corpus.generate_splits(30, 0, 0, seed=3)["train"]):
+    for k in range(3):
+      rows.append(dict(_row(i, k, ratings.corrupt(de, rng, k), 0.5), inputs=en))
+    rows.append(dict(_row(i, 3, de, 0.9, is_reference=1), inputs=en))
+  grown.write_shard(str(directory), 0, 1, rows)
+  grown.write_manifest(str(directory), 1)
+
+
+def test_ratings_policy_ratings_and_reward_model_commands(tmp_path, capsys):
   ratings_path = tmp_path / "ratings.tsv"
   _run(["ratings", "--gin_file=gin/runs/ratings.gin",
         "--gin.MIXTURE_OR_TASK_NAME='rest_demo_en_de'", f"--gin.RATINGS_FILE='{ratings_path}'",
         "--gin.MAX_PAIRS=200"], capsys)
   lines = ratings_path.read_text().splitlines()
   assert len(lines) == 800 and all(len(line.split("\t")) == 4 for line in lines)
+  # A Grow step's samples, rated against their references: the README's command.
+  _grown_policy_samples(tmp_path / "grow_1")
+  policy_path = tmp_path / "policy.tsv"
+  _run(["policy_ratings", "--gin_file=gin/runs/policy_ratings.gin",
+        f"--gin.GROWN_DIR='{tmp_path / 'grow_1'}'", f"--gin.POLICY_RATINGS_FILE='{policy_path}'"],
+       capsys)
+  policy = [line.split("\t") for line in policy_path.read_text().splitlines()]
+  assert len(policy) == 90 and {row[4] for row in policy} == {"policy_sample"}
+  assert [float(row[3]) == 1.0 for row in policy[:3]] == [True, False, False]  # 0, 1, 2 errors
   out = _run(["reward_model", "--gin_file=gin/runs/reward_model.gin",
               f"--gin.RATINGS_FILE='{ratings_path}'", f"--gin.REWARD_MODEL_DIR='{tmp_path / 'rm'}'",
-              "--gin.REWARD_TRAIN_STEPS=20", "--gin.learned.RewardModelConfig.num_layers=1"], capsys)
+              "--gin.REWARD_TRAIN_STEPS=20", "--gin.learned.RewardModelConfig.num_layers=1",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 20, 'targets': 30}",
+              f"--gin.POLICY_RATINGS_FILE='{policy_path}'"], capsys)
   assert "spearman" in out
-  assert (tmp_path / "rm" / "reward_model.json").exists()
+  saved = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
+  # The segments follow the task's feature lengths (source, hypothesis, reference).
+  assert saved["config"]["segment_lengths"] == [20, 30, 30]
+  assert saved["config"]["max_length"] == 80
+  held_out = saved["held_out"]
+  assert held_out["policy_samples"]["examples"] == 90
+  assert -1 <= held_out["policy_samples"]["spearman"] <= 1
+  degenerate = held_out["degenerate"]
+  assert {"empty", "copy_of_source", "repetition_loop", "unrelated"} <= set(degenerate)
+  assert 0 <= degenerate["below_correct"] <= 1 and degenerate["empty"]["count"] >= 10
   # The task's own SentencePiece vocabulary, as gin/runs/reward_model.gin documents it.
   from rest_jax.data import vocab  # pylint: disable=g-import-not-at-top
 

@@ -1,13 +1,16 @@
-"""The README's commands, run as the README writes them (subprocess, its exact flags).
+"""The README's commands, run as the README writes them (its exact flags).
 
 Every `python -m rest_jax.main ...` line of the README's shell blocks is parsed with
---dry_run (or run, for `data`); lines that need a user's own files (`$T5X`, `my_configs/`,
-a copied `my_corpus.gin`, a grown dataset at `/path/...`) are left out. The single-step
-commands then run for real, in order, at small sizes: train -> grow -> improve -> eval
+--dry_run (or run, for `data`) by `rest_jax.main.main` on the line's argv, in this
+process (one start-up of TF and JAX instead of one per line); lines that need a user's
+own files (`$T5X`, `my_configs/`, a copied `my_corpus.gin`, a grown dataset at
+`/path/...`) are left out. The single-step commands then run for real as subprocesses
+(`python -m rest_jax.main`), in order, at small sizes: train -> grow -> improve -> eval
 -> infer, with only size bindings and directories added to the README's flags.
 """
 
-import concurrent.futures
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -40,18 +43,30 @@ def _run(argv, tmp_path, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-def test_every_readme_command_parses_as_written(tmp_path):
+def test_every_readme_command_parses_as_written(monkeypatch):
+  import gin  # pylint: disable=g-import-not-at-top
+
+  from rest_jax import main  # pylint: disable=g-import-not-at-top
+
   commands = [(line, argv) for line, argv in readme_commands()
               if not any(p in line for p in PLACEHOLDERS)
               and not (argv[0] == "data" and "/path/" in line)]  # data runs for real
   names = {argv[0] for _, argv in commands}
-  assert {"rest", "train", "vocab", "data", "grow", "improve", "eval", "infer", "plan"} <= names
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # each start-up imports TF and JAX
-    procs = list(pool.map(
-        lambda argv: _run(argv if argv[0] == "data" else [*argv, "--dry_run"], ROOT),
-        [argv for _, argv in commands]))
-  failed = [f"{line}\n  -> {proc.stderr.strip()[-500:]}"
-            for (line, _), proc in zip(commands, procs) if proc.returncode != 0]
+  assert {"rest", "train", "vocab", "data", "grow", "improve", "eval", "infer", "plan",
+          "policy_ratings", "reward_model"} <= names
+  monkeypatch.chdir(ROOT)
+  failed = []
+  for line, argv in commands:
+    gin.clear_config()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+      try:
+        code = main.main(argv if argv[0] == "data" else [*argv, "--dry_run"])
+      except SystemExit as e:
+        code = e.code
+    if code != 0:
+      failed.append(f"{line}\n  -> {err.getvalue().strip()[-500:]}")
+  gin.clear_config()
   assert not failed, "\n".join(failed)
 
 

@@ -105,6 +105,44 @@ def test_ratings_are_graded_corruptions():
   assert any("dem" in r[1].split() or "das" in r[1].split() for r in rows)  # agreement errors
 
 
+def test_degenerate_suite_tells_a_reference_metric_from_a_gullible_one():
+  """The reward model's degenerate validation: every kind, scored beside the correct one."""
+  import random
+
+  from rest_jax.data import demo_corpus
+  from rest_jax.rewards import learned
+
+  pairs = demo_corpus.generate_splits(12, 0, 0, seed=2)["train"]
+  variants = ratings.degenerate_variants(pairs[0][0], pairs[0][1], pairs[1][1], random.Random(0))
+  assert set(variants) == set(ratings.DEGENERATE_KINDS)
+  assert pairs[0][1] not in variants.values() and variants["empty"] == ""
+  assert variants["repetition_loop"].count(" ".join(pairs[0][1].split()[-3:-1])) == 5
+  sources = [en for en, _ in pairs for _ in range(2)]
+  hypotheses = [h for _, de in pairs for h in (de, ratings.corrupt(de, random.Random(1), 2))]
+  references = [de for _, de in pairs for _ in range(2)]
+  scores = np.array([1.0, 0.6] * len(pairs))
+  chrf = rewards.get("chrf")
+  good = learned.degenerate_agreement(chrf, sources, hypotheses, references, scores)
+  assert good["below_correct"] == 1.0 and good["empty"]["count"] == len(pairs)
+  gullible = learned.degenerate_agreement(lambda s, h, r: np.full(len(h), 0.9), sources,
+                                          hypotheses, references, scores)
+  assert gullible["below_correct"] == 0.0 and gullible["copy_of_source"]["mean_predicted"] == 0.9
+
+
+def test_demo_rater_rates_against_the_correct_translation_not_the_rows_reference():
+  from rest_jax.data import demo_corpus
+
+  pair = next(p for p in demo_corpus.generate_corpus(
+      300, 0, 0, 0, forms="simple", flaw="adjective", flaw_rate=1.0)["train"]
+      if p.kind == "flawed")
+  rater = rewards.get("demo_rater", train_size=300, validation_size=0, test_size=0)
+  # The flawed training target is the row's reference; the rater reads the correct one.
+  scores = rater([pair.source] * 2, [pair.correct, pair.target], [pair.target] * 2)
+  assert scores[0] == 1.0 and scores[1] < 1.0
+  with pytest.raises(rewards.RewardError, match="example 0 .*'A stranger.' is not a source"):
+    rater(["A stranger."], ["Ein Fremder."])
+
+
 @pytest.mark.slow
 def test_learned_reward_model_ranks_clean_above_corrupted(tmp_path):
   from rest_jax.data import demo_corpus, vocab

@@ -200,6 +200,24 @@ def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
   }
 
 
+def read_texts(paths: Sequence[str]) -> Dict[str, List]:
+  """Every row's source and sample texts (`inputs`, `targets`), `is_reference`, `source_id`."""
+  spec = {k: tf.io.FixedLenFeature([], tf.string) for k in TEXT_FIELDS}
+  spec.update({k: tf.io.FixedLenFeature([], tf.int64) for k in ("is_reference", "source_id")})
+  ds = tf.data.TFRecordDataset(list(paths)).map(lambda r: tf.io.parse_single_example(r, spec))
+  out: Dict[str, List] = {k: [] for k in spec}
+  try:
+    for row in ds.as_numpy_iterator():
+      for k in TEXT_FIELDS:
+        out[k].append(row[k].decode("utf-8"))
+      out["is_reference"].append(bool(row["is_reference"]))
+      out["source_id"].append(int(row["source_id"]))
+  except tf.errors.DataLossError as e:
+    raise GrownDatasetError(f"a shard of {os.path.dirname(paths[0])} is truncated or corrupt:"
+                            f" {e.message}") from None
+  return out
+
+
 def sample_rewards(paths: Sequence[str]) -> np.ndarray:
   """The rewards of the policy's samples (no references), in shard order.
 

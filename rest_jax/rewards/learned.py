@@ -13,7 +13,7 @@ trained model directory and scores batches with a jitted, data-sharded forward.
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -45,8 +45,8 @@ class RewardModelConfig:
   max_length: int = 128
   use_reference: bool = True
   eos_id: int = 1
-  # Tokens per segment (source, hypothesis[, reference]), e.g. the task's feature
-  # lengths; None gives each segment an equal share of `max_length`.
+  # Tokens per segment (source, hypothesis[, reference]). None: the task's feature
+  # lengths when `train_reward_model` is given them, else an equal share of `max_length`.
   segment_lengths: Tuple[int, ...] | None = None
   # Also max-pool the hypothesis's encodings (a local error shows; a mean hides it).
   max_pool: bool = False
@@ -255,20 +255,35 @@ def train_reward_model(
     seed: int = 0,
     ranking_weight: float = 0.0,
     vocabulary_file: str | None = None,
-) -> Dict[str, float]:
+    task_feature_lengths: Mapping[str, int] | None = None,
+    policy_ratings_file: str | None = None,
+) -> Dict[str, Any]:
   """Trains a reward model on a ratings file; resumes from `model_dir` if present.
 
   `ranking_weight` adds a pairwise loss between the candidates of one source (see
   `RewardModel`). `vocabulary_file`, a SentencePiece model (the task's), replaces
-  `vocabulary`; with `config.vocab_size` None the embedding follows its size.
+  `vocabulary`; with `config.vocab_size` None the embedding follows its size. With
+  `config.segment_lengths` None, `task_feature_lengths` (the policy's
+  TASK_FEATURE_LENGTHS) give them: inputs for the source, targets for the hypothesis
+  and the reference, so the reward sees what the policy can write.
 
   Returns:
-    Held-out metrics: `spearman` (rank correlation with the ratings), `pearson`,
-    `mae`, and `pairwise_accuracy` (share of same-source pairs ranked rightly).
+    Held-out metrics (also in `model_dir/reward_model.json` and the log): `spearman`
+    (rank correlation with the ratings), `pearson`, `mae`, `pairwise_accuracy` (share
+    of same-source pairs ranked rightly), `overlength_segments` (segments cut), `by_kind`
+    (per kind of candidate, when the ratings name kinds), `degenerate` (per kind of
+    `ratings.degenerate_variants` of the held-out correct translations: how often it
+    scores below the correct one) and, with `policy_ratings_file` (ratings of a
+    policy's samples, `ratings.build_policy_ratings_file`; never trained on),
+    `policy_samples`: the same agreement figures on them.
   """
   if vocabulary_file:
     vocabulary = seqio.SentencePieceVocabulary(vocabulary_file)
   config = config or RewardModelConfig()
+  if config.segment_lengths is None and task_feature_lengths:
+    lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
+    config = dataclasses.replace(
+        config, segment_lengths=lengths + lengths[1:] * config.use_reference)
   if config.vocab_size is None:  # the reward model reads the task's vocabulary as it is
     config = dataclasses.replace(config, vocab_size=-(-vocabulary.vocab_size // 128) * 128)
   if config.vocab_size < vocabulary.vocab_size:
@@ -319,6 +334,15 @@ def train_reward_model(
     metrics["by_kind"] = agreement_by_kind(predicted, scores[eval_idx],
                                            [sources[i] for i in eval_idx],
                                            [kinds[i] for i in eval_idx])
+  metrics["degenerate"] = degenerate_agreement(
+      lambda s, h, r: predictor(state.params, model.tokenize(s, h, r)),
+      [sources[i] for i in eval_idx], [hypotheses[i] for i in eval_idx],
+      [references[i] for i in eval_idx], scores[eval_idx], seed)
+  if policy_ratings_file:
+    p_sources, p_hypotheses, p_references, p_scores = read_ratings(policy_ratings_file)
+    p_predicted = predictor(state.params, model.tokenize(p_sources, p_hypotheses, p_references))
+    metrics["policy_samples"] = evaluate_ranking(p_predicted, p_scores, p_sources)
+    metrics["policy_samples"]["ratings_file"] = os.path.abspath(policy_ratings_file)
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
       json.dump({"config": dataclasses.asdict(config),
@@ -385,6 +409,49 @@ def agreement_by_kind(predicted: np.ndarray, target: np.ndarray, groups: Sequenc
     out[kind] = {"count": len(idx), "mean_rating": float(np.mean(target[idx])),
                  "mean_predicted": float(np.mean(predicted[idx])),
                  "pairwise_vs_correct": float(right / total) if total else float("nan")}
+  return out
+
+
+def degenerate_agreement(predict, sources: Sequence[str], hypotheses: Sequence[str],
+                         references: Sequence[str], scores: np.ndarray,
+                         seed: int = 0) -> Dict[str, Any]:
+  """How a reward model scores hand-made failures of correct translations.
+
+  For every source whose best-rated candidate is rated the maximum (a correct
+  translation), each `ratings.degenerate_variants` kind is scored beside it:
+  `below_correct` is the share scored lower than the correct translation (1.0 is
+  right for every kind), `mean_predicted` the mean score. `predict(sources,
+  hypotheses, references)` returns scores.
+  """
+  import random  # pylint: disable=g-import-not-at-top
+
+  from rest_jax.rewards import ratings  # pylint: disable=g-import-not-at-top
+
+  best: Dict[str, int] = {}
+  for i, source in enumerate(sources):
+    if scores[i] >= scores.max() and source not in best:
+      best[source] = i
+  if len(best) < 2:
+    return {}
+  rng = random.Random(seed)
+  correct = [hypotheses[i] for i in best.values()]
+  rows = []  # (pair index, kind, source, hypothesis, reference)
+  for n, (source, i) in enumerate(best.items()):
+    other = correct[(n + 1) % len(correct)]
+    for kind, text in ratings.degenerate_variants(source, hypotheses[i], other, rng).items():
+      rows.append((n, kind, source, text, references[i]))
+  predicted = predict([s for s in best] + [r[2] for r in rows],
+                      correct + [r[3] for r in rows],
+                      [references[i] for i in best.values()] + [r[4] for r in rows])
+  base, variant = predicted[:len(best)], predicted[len(best):]
+  out: Dict[str, Any] = {"correct_mean_predicted": float(np.mean(base))}
+  for kind in ratings.DEGENERATE_KINDS:
+    idx = [j for j, r in enumerate(rows) if r[1] == kind]
+    if idx:
+      out[kind] = {"count": len(idx),
+                   "below_correct": float(np.mean([variant[j] < base[rows[j][0]] for j in idx])),
+                   "mean_predicted": float(np.mean(variant[idx]))}
+  out["below_correct"] = float(np.mean([variant[j] < base[r[0]] for j, r in enumerate(rows)]))
   return out
 
 

@@ -11,6 +11,13 @@ on synthetic ones:
 - `build_demo_ratings_file` (the `demo_ratings` command): from the demo corpus's
   generator, which knows every source's correct translation and rates candidates
   that include the demo's systematic flaw and its noise (see `build_demo_ratings`).
+- `build_policy_ratings_file` (the `policy_ratings` command): a Grow step's own
+  samples, rated by a rater that reads references (chrF by default; with human
+  ratings, the same file format). The reward model is validated on them
+  (`train_reward_model(policy_ratings_file=)`), never trained on them.
+
+`degenerate_variants` builds the hand-made failures a reward model's validation
+checks it ranks below a correct translation (`train_reward_model`).
 
 A ratings file is TSV: source, hypothesis, reference, score[, kind].
 """
@@ -19,7 +26,7 @@ import os
 import random
 import re
 import tempfile
-from typing import Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import sacrebleu
 
@@ -59,6 +66,35 @@ def corrupt(sentence: str, rng: random.Random, edits: int) -> str:
     elif not _agreement_error(words, rng) and len(words) > 1:
       del words[rng.randrange(len(words))]
   return " ".join(words)
+
+
+# MetricX's documented failure modes, and the loops sampling policies fall into.
+DEGENERATE_KINDS = ("empty", "copy_of_source", "unrelated", "gibberish", "under_translation",
+                    "over_translation", "repetition_loop", "missing_punctuation")
+
+
+def degenerate_variants(source: str, translation: str, other: str,
+                        rng: random.Random) -> Dict[str, str]:
+  """Hand-made failures of a correct `translation` of `source`, by kind.
+
+  `other` is another sentence's translation (fluent but unrelated output, and the
+  text an over-translation adds). A kind that would equal the translation (no
+  final punctuation to drop, a one-word sentence to cut) is left out.
+  """
+  words = translation.split()
+  body = translation.rstrip(".!?;:")
+  phrase = " ".join(words[-3:-1]) if len(words) > 2 else body
+  variants = {
+      "empty": "",
+      "copy_of_source": source,
+      "unrelated": other,
+      "gibberish": " ".join("".join(rng.sample(w, len(w))) for w in reversed(words)),
+      "under_translation": " ".join(words[: len(words) // 2]),
+      "over_translation": f"{body}, {other[:1].lower()}{other[1:]}",
+      "repetition_loop": " ".join([body] + [phrase] * 4) + translation[len(body):],
+      "missing_punctuation": body,
+  }
+  return {k: v for k, v in variants.items() if v != translation}
 
 
 def build_ratings(pairs: Iterable[Tuple[str, str]], corruptions_per_pair: int = 3,
@@ -167,3 +203,43 @@ def build_ratings_file(*, mixture_or_task_name: str, output_path: str, split: st
 
   rows = build_ratings(pairs(), corruptions_per_pair, max_edits, seed)
   return write_ratings(output_path, rows)
+
+
+def build_policy_ratings(grown_dir: str, rater=None,
+                         max_rows: int | None = None) -> List[Tuple[str, str, str, float, str]]:
+  """(source, sample, reference, rating, "policy_sample") rows of a Grow step's samples.
+
+  Each sample is rated by `rater` (a `rewards.Reward`; chrF if None) against its
+  source's reference row in the grown dataset.
+  """
+  from rest_jax import rewards  # pylint: disable=g-import-not-at-top
+  from rest_jax.data import grown  # pylint: disable=g-import-not-at-top (imports TF)
+
+  manifest = grown.load_manifest(grown_dir)
+  if manifest is None:
+    raise FileNotFoundError(f"{grown_dir}: no {grown.MANIFEST}; not a finished Grow step")
+  texts = grown.read_texts(grown.shard_paths(grown_dir, manifest))
+  rater = rater or rewards.get("chrf")
+  references = {int(i): t for i, t, r in zip(texts["source_id"], texts["targets"],
+                                             texts["is_reference"]) if r}
+  rows = []
+  for source_id, source, sample, is_reference in zip(
+      texts["source_id"], texts["inputs"], texts["targets"], texts["is_reference"]):
+    if is_reference:
+      continue
+    if int(source_id) not in references and rater.needs_reference:
+      raise ValueError(f"{grown_dir}: source_id {int(source_id)} has no reference row, which"
+                       f" rater {rater.name} reads (grow.include_references was False)")
+    rows.append((source, sample, references.get(int(source_id), "")))
+    if max_rows and len(rows) == max_rows:
+      break
+  if not rows:
+    raise ValueError(f"{grown_dir}: no policy samples to rate")
+  scores = rater([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+  return [(s, h, r, round(float(v), 4), "policy_sample") for (s, h, r), v in zip(rows, scores)]
+
+
+def build_policy_ratings_file(*, grown_dir: str, output_path: str, rater=None,
+                              max_rows: int | None = None) -> str:
+  """Writes `build_policy_ratings` as a ratings TSV (kind `policy_sample`)."""
+  return write_ratings(output_path, build_policy_ratings(grown_dir, rater, max_rows))
