@@ -49,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check rest_jax tests benchmarks
 
 test: lint $(if $(T5X_WHEELS),$(T5X_STAMP))
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 -q -rs tests
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadgroup -q -rs --durations=20 tests
 
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.decode
