@@ -16,10 +16,6 @@ import pytest
 from rest_jax import partitioning, rewards
 from rest_jax.rewards import hf_t5, metricx
 
-# One worker runs the module (`make test` distributes by xdist group), so its
-# module fixture is built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("metricx")
-
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "metricx")
 
 

@@ -24,9 +24,7 @@ from rest_jax import checkpoints, convert, selection  # noqa: E402
 from rest_jax.data import grown, vocab  # noqa: E402
 from tests import multihost_test  # noqa: E402
 
-# One worker runs the module (`make test` distributes by xdist group): its checkpoints
-# fixture runs t5x.train once, not once per worker.
-pytestmark = [pytest.mark.t5x, pytest.mark.slow, pytest.mark.xdist_group("t5x")]
+pytestmark = [pytest.mark.t5x, pytest.mark.slow]
 
 T5X_ROOT = os.path.dirname(os.path.dirname(__import__("t5x").__file__))
 

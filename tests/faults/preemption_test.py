@@ -33,10 +33,6 @@ import pytest
 from rest_jax import checkpoints, preemption, rest
 from tests import multihost_test
 
-# One worker runs the module (`make test` distributes by xdist group), so its
-# module fixture is built once, not once per worker.
-pytestmark = pytest.mark.xdist_group("preemption")
-
 SEED = int(os.environ.get("REST_JAX_FAULT_SEED", "20261124"))
 KILLS = int(os.environ.get("REST_JAX_FAULT_KILLS", "20"))
 KILLS_PER_CHAIN = 10
