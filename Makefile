@@ -49,9 +49,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check rest_jax tests benchmarks
 
 # Two workers, each given whole test files (a module's fixture, e.g. the preemption reference
-# run, is built once); tests/conftest.py puts the longest files first.
+# run, is built once) in the order tests/conftest.py gives them: the longest files first.
 test: lint $(if $(T5X_WHEELS),$(T5X_STAMP))
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile -q -rs --durations=20 tests
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -rs --durations=20 tests
 
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m benchmarks.decode
