@@ -180,18 +180,22 @@ def shard_paths(directory: str, manifest: Mapping[str, Any]) -> List[str]:
   return [files.join(directory, s["file"]) for s in manifest["shards"]]
 
 
-def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
-  """Every row's `reward`, `scored`, `is_reference` and `source_id`, in shard order."""
-  spec = {"reward": tf.io.FixedLenFeature([], tf.float32),
-          "scored": tf.io.FixedLenFeature([], tf.int64),
-          "is_reference": tf.io.FixedLenFeature([], tf.int64),
-          "source_id": tf.io.FixedLenFeature([], tf.int64)}
+def _parsed_rows(paths: Sequence[str], spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
+  """Every row of the shards at `paths`, parsed by `spec`, in shard order."""
   ds = tf.data.TFRecordDataset(list(paths)).map(lambda r: tf.io.parse_single_example(r, spec))
   try:
-    rows = list(ds.as_numpy_iterator())
+    return list(ds.as_numpy_iterator())
   except tf.errors.DataLossError as e:
     raise GrownDatasetError(f"a shard of {os.path.dirname(paths[0])} is truncated or corrupt:"
                             f" {e.message}") from None
+
+
+def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
+  """Every row's `reward`, `scored`, `is_reference` and `source_id`, in shard order."""
+  rows = _parsed_rows(paths, {"reward": tf.io.FixedLenFeature([], tf.float32),
+                              "scored": tf.io.FixedLenFeature([], tf.int64),
+                              "is_reference": tf.io.FixedLenFeature([], tf.int64),
+                              "source_id": tf.io.FixedLenFeature([], tf.int64)})
   return {
       "reward": np.array([r["reward"] for r in rows], np.float32),
       "scored": np.array([r["scored"] for r in rows], bool),
@@ -204,17 +208,10 @@ def read_texts(paths: Sequence[str]) -> Dict[str, List]:
   """Every row's source and sample texts (`inputs`, `targets`), `is_reference`, `source_id`."""
   spec = {k: tf.io.FixedLenFeature([], tf.string) for k in TEXT_FIELDS}
   spec.update({k: tf.io.FixedLenFeature([], tf.int64) for k in ("is_reference", "source_id")})
-  ds = tf.data.TFRecordDataset(list(paths)).map(lambda r: tf.io.parse_single_example(r, spec))
-  out: Dict[str, List] = {k: [] for k in spec}
-  try:
-    for row in ds.as_numpy_iterator():
-      for k in TEXT_FIELDS:
-        out[k].append(row[k].decode("utf-8"))
-      out["is_reference"].append(bool(row["is_reference"]))
-      out["source_id"].append(int(row["source_id"]))
-  except tf.errors.DataLossError as e:
-    raise GrownDatasetError(f"a shard of {os.path.dirname(paths[0])} is truncated or corrupt:"
-                            f" {e.message}") from None
+  rows = _parsed_rows(paths, spec)
+  out: Dict[str, List] = {k: [r[k].decode("utf-8") for r in rows] for k in TEXT_FIELDS}
+  out["is_reference"] = [bool(r["is_reference"]) for r in rows]
+  out["source_id"] = [int(r["source_id"]) for r in rows]
   return out
 
 

@@ -428,8 +428,9 @@ def degenerate_agreement(predict, sources: Sequence[str], hypotheses: Sequence[s
   from rest_jax.rewards import ratings  # pylint: disable=g-import-not-at-top
 
   best: Dict[str, int] = {}
+  top = scores.max()
   for i, source in enumerate(sources):
-    if scores[i] >= scores.max() and source not in best:
+    if scores[i] >= top and source not in best:
       best[source] = i
   if len(best) < 2:
     return {}
@@ -444,14 +445,15 @@ def degenerate_agreement(predict, sources: Sequence[str], hypotheses: Sequence[s
                       correct + [r[3] for r in rows],
                       [references[i] for i in best.values()] + [r[4] for r in rows])
   base, variant = predicted[:len(best)], predicted[len(best):]
+  below = variant < base[[r[0] for r in rows]]
+  kinds = np.array([r[1] for r in rows])
   out: Dict[str, Any] = {"correct_mean_predicted": float(np.mean(base))}
   for kind in ratings.DEGENERATE_KINDS:
-    idx = [j for j, r in enumerate(rows) if r[1] == kind]
-    if idx:
-      out[kind] = {"count": len(idx),
-                   "below_correct": float(np.mean([variant[j] < base[rows[j][0]] for j in idx])),
-                   "mean_predicted": float(np.mean(variant[idx]))}
-  out["below_correct"] = float(np.mean([variant[j] < base[r[0]] for j, r in enumerate(rows)]))
+    idx = kinds == kind
+    if idx.any():
+      out[kind] = {"count": int(idx.sum()), "below_correct": float(below[idx].mean()),
+                   "mean_predicted": float(variant[idx].mean())}
+  out["below_correct"] = float(below.mean())
   return out
 
 
