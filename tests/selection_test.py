@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rest_jax import checkpoints, decoding, improve, partitioning, policy_eval, report
-from rest_jax import selection, train, trainer as trainer_lib
+from rest_jax import rewards as rewards_lib, selection, train, trainer as trainer_lib
 from rest_jax.data import metrics, pipeline, tasks, vocab
 from tests.conftest import make_model
 
@@ -128,3 +128,51 @@ def test_reward_agreement_on_policy_samples():
   assert same["agreement_spearman"] == pytest.approx(1.0) and same["agreement_pairwise"] == 1.0
   flipped = policy_eval.reward_agreement(-held_out, held_out, groups)
   assert flipped["agreement_pairwise"] == 0.0
+
+
+class _Counting(rewards_lib.Reward):
+  """A per-hypothesis reward that records every call's hypotheses and scores."""
+
+  def __init__(self, name, needs_reference):
+    self.name, self.needs_reference, self.calls = name, needs_reference, []
+
+  def score(self, sources, hypotheses, references):
+    if self.needs_reference:  # a character-overlap score against the reference
+      values = [len(set(h) & set(r)) / max(len(set(h) | set(r)), 1)
+                for h, r in zip(hypotheses, references)]
+    else:  # a length preference that reads no reference
+      values = [1.0 / (1.0 + abs(len(h) - 30)) for h in hypotheses]
+    self.calls.append((list(hypotheses), np.asarray(values)))
+    return values
+
+
+def test_an_evaluation_scores_each_sample_once_and_reads_its_split_once(setup, monkeypatch):
+  model, partitioner, trainer = setup
+  params = trainer.init_state(jax.random.PRNGKey(0)).params
+  reward, held_out = _Counting("length", False), _Counting("overlap", True)
+  reads = []
+  real = policy_eval.inference.source_batches
+  monkeypatch.setattr(policy_eval.inference, "source_batches",
+                      lambda *a, **k: reads.append(a) or real(*a, **k))
+  evaluator = policy_eval.PolicyEvaluator(
+      model, partitioner, trainer.params_sharding, reward,
+      policy_eval.EvalConfig(best_of_n=3, batch_size=8, held_out_reward=held_out))
+  assert evaluator.reranker is reward and evaluator.oracle is held_out
+  lengths = {"inputs": 48, "targets": 12}
+  out = evaluator(params, tasks.DEMO_TASK, "validation", lengths, max_examples=8)
+  # Greedy outputs, then the 8 x 3 samples: once per reward, whatever reads their scores.
+  assert [len(h) for h, _ in reward.calls] == [8, 24]
+  assert [len(h) for h, _ in held_out.calls] == [8, 24]
+  mine, theirs = reward.calls[1][1].reshape(8, 3), held_out.calls[1][1].reshape(8, 3)
+  rows = np.arange(8)
+  assert out["best_of_3_reward"] == pytest.approx(mine.max(axis=1).mean())
+  assert out["best_of_3_held_out_reward"] == pytest.approx(
+      theirs[rows, mine.argmax(axis=1)].mean())
+  assert out["oracle_best_of_3_reward"] == pytest.approx(mine[rows, theirs.argmax(axis=1)].mean())
+  assert out["oracle_best_of_3_held_out_reward"] == pytest.approx(theirs.max(axis=1).mean())
+  assert out["agreement_pairwise"] == policy_eval.reward_agreement(
+      mine.ravel(), theirs.ravel(), np.repeat(rows, 3))["agreement_pairwise"]
+  # Selection evaluates the same split again and again: it is read from seqio once.
+  first = evaluator.validation_reward(params, tasks.DEMO_TASK, "validation", lengths, 8)
+  assert evaluator.validation_reward(params, tasks.DEMO_TASK, "validation", lengths, 8) == first
+  assert len(reads) == 1
