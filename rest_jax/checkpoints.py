@@ -38,6 +38,13 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             save_interval_steps=save_every, max_to_keep=keep, create=True,
+            # Orbax names its cross-host barriers by this prefix and a per-process
+            # operation count only: two managers saving at once on several hosts (a
+            # run's checkpoints and the selection's best one) would meet at the same
+            # barrier and fail ("... is already ongoing"). The directory is the same
+            # string on every host and differs between managers.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f"rest_jax:{self.directory}"),
         ),
     )
 

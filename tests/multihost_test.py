@@ -84,6 +84,58 @@ def test_two_processes_share_one_mesh(tmp_path):
     assert "TOTAL 36.0" in out and f"ROWS {(4 * i, 4 * i + 4)}" in out
 
 
+# Two checkpointers saving in turn on two hosts, as a run's periodic checkpoints and the
+# selection's best checkpoint do: orbax finishes each save in a background thread with
+# cross-host barriers, so the two managers' barriers are in flight together.
+CHECKPOINT_WORKER = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax, jax.numpy as jnp
+    from rest_jax import checkpoints, partitioning
+    from rest_jax.trainer import TrainState
+    partitioning.initialize_multihost(sys.argv[1], 2, int(sys.argv[2]))
+    replicated = partitioning.Partitioner().replicated
+    ones = jax.jit(lambda: jnp.ones((256, 256)), out_shardings=replicated)()
+    step_of = jax.jit(lambda i: i, out_shardings=replicated)
+    run = checkpoints.Checkpointer(sys.argv[3], save_every=1, keep=2, subdir="checkpoints")
+    best = checkpoints.Checkpointer(sys.argv[3], save_every=1, keep=2, subdir="best")
+    for i in range(1, 11):
+      state = TrainState(step=step_of(jnp.asarray(i)), params={"w": ones * i}, opt_state={})
+      run.save(state, force=True)
+      best.save(state, force=True)
+    run.close()
+    best.close()
+    print("STEPS", sorted(run.all_steps()), sorted(best.all_steps()))
+""")
+
+
+@pytest.mark.slow
+def test_two_checkpointers_save_at_once_on_two_hosts(tmp_path):
+  """Regression: orbax named both managers' barriers alike and the second one failed
+  ("Barrier _async_write_complete.1 is already ongoing"), or both hosts hung."""
+  script = tmp_path / "worker.py"
+  script.write_text(CHECKPOINT_WORKER)
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, str(script), address, str(i), str(tmp_path)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outputs = []
+  for p in procs:
+    try:
+      outputs.append(p.communicate(timeout=120))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      outputs.append(p.communicate())
+      pytest.fail(f"a host hung saving checkpoints: {outputs[-1][1][-3000:]}")
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+    assert "STEPS [9, 10] [9, 10]" in out
+  params = checkpoints.read_arrays(str(tmp_path / "best"))["params"]
+  np.testing.assert_array_equal(params["w"], np.full((256, 256), 10, np.float32))
+
+
 # Runs rest_jax.main as `python -m` would, then says whether t5x was ever imported.
 PROBE = ("import runpy, sys; sys.argv = ['rest_jax.main'] + sys.argv[1:]\n"
          "try:\n  runpy.run_module('rest_jax.main', run_name='__main__')\nfinally:\n"
