@@ -41,13 +41,20 @@ SMALL = [a if not a.startswith("--gin.rest.rest.checkpoint_period") else
 
 
 class Runner:
-  """Runs `rest` on SMALL in a subprocess with 2 simulated devices and a compilation cache."""
+  """Runs `rest` on SMALL in a subprocess with 2 simulated devices.
+
+  The XLA compilation cache is the test session's (tests/conftest.py), or one under
+  `tmp_path` outside it: the soak test's run compiles mostly the programs the
+  reference run compiled. (Kills fire at fault points in Python, never inside a
+  cache write.)
+  """
 
   def __init__(self, tmp_path, extra=()):
     self.extra = list(extra)  # more gin bindings
     self.env = multihost_test._env(  # pylint: disable=protected-access
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                 str(tmp_path / "jax_cache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     self.log = []
