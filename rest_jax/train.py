@@ -182,8 +182,7 @@ def train(
         ckpt.save(state, force=True)
       selection.record(int(jax.device_get(state.step)), validate(state.params), state)
     selection.finish()
-  # Closing: a demo run once spent ~58 s between here and BC's end (5 s in others of the
-  # same config); these timings say where when it is long.
+  # Closing is normally seconds; when it is not, the warning below says which part.
   tick = time.perf_counter()
   ckpt.close()
   closed = time.perf_counter()

@@ -69,17 +69,33 @@ def _env(**extra):
   return env
 
 
+def _run_workers(code: str, tmp_path, *args, timeout: int = 240):
+  """Runs `code` as 2 processes (argv: coordinator address, process id, *args); their stdouts.
+
+  A host that hangs (e.g. at a barrier the other never reaches) fails the test with its log.
+  """
+  script = tmp_path / "worker.py"
+  script.write_text(code)
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, str(script), address, str(i), *map(str, args)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outputs = []
+  for p in procs:
+    try:
+      outputs.append(p.communicate(timeout=timeout))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail(f"a host hung: {p.communicate()[1][-3000:]}")
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outputs]
+
+
 @pytest.mark.slow
 def test_two_processes_share_one_mesh(tmp_path):
-  script = tmp_path / "worker.py"
-  script.write_text(WORKER)
-  address = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, str(script), address, str(i)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=240) for p in procs]
-  for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, err[-2000:]
+  for i, out in enumerate(_run_workers(WORKER, tmp_path)):
     # 4 rows of 1s and 4 rows of 2s, 3 columns each: (4 + 8) * 3.
     assert "TOTAL 36.0" in out and f"ROWS {(4 * i, 4 * i + 4)}" in out
 
@@ -114,23 +130,7 @@ CHECKPOINT_WORKER = textwrap.dedent("""
 def test_two_checkpointers_save_at_once_on_two_hosts(tmp_path):
   """Regression: orbax named both managers' barriers alike and the second one failed
   ("Barrier _async_write_complete.1 is already ongoing"), or both hosts hung."""
-  script = tmp_path / "worker.py"
-  script.write_text(CHECKPOINT_WORKER)
-  address = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, str(script), address, str(i), str(tmp_path)],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  outputs = []
-  for p in procs:
-    try:
-      outputs.append(p.communicate(timeout=120))
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      outputs.append(p.communicate())
-      pytest.fail(f"a host hung saving checkpoints: {outputs[-1][1][-3000:]}")
-  for p, (out, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  for out in _run_workers(CHECKPOINT_WORKER, tmp_path, tmp_path, timeout=120):
     assert "STEPS [9, 10] [9, 10]" in out
   params = checkpoints.read_arrays(str(tmp_path / "best"))["params"]
   np.testing.assert_array_equal(params["w"], np.full((256, 256), 10, np.float32))
