@@ -262,17 +262,43 @@ def _data_command(args) -> None:
     raise SystemExit("data needs an action: show or stats")
 
 
-def _mesh_binding(mesh: str) -> str:
-  """`--mesh=4x2` -> the MESH_SHAPE binding; simulates the devices on the CPU if jax is unused."""
+def _mesh_shape(mesh: str):
   try:
     data, model = (int(x) for x in mesh.lower().split("x"))
   except ValueError:
     raise SystemExit(f"--mesh={mesh}: expected DATAxMODEL, e.g. 4x2") from None
-  if "jax" not in sys.modules and "JAX_PLATFORMS" not in os.environ:
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={data * model}").strip()
+  return data, model
+
+
+def _mesh_binding(mesh: str) -> str:
+  """`--mesh=4x2` -> the MESH_SHAPE binding."""
+  data, model = _mesh_shape(mesh)
   return f"MESH_SHAPE = ({data}, {model})"
+
+
+def simulate_plan_mesh(argv: Sequence[str]) -> None:
+  """`plan --mesh=DxM` on a machine without D x M accelerators: simulate them on the CPU.
+
+  XLA reads its flags when the first backend starts, so this runs before anything
+  touches a device (importing jax is fine). The plan is made on the CPU backend
+  unless the user chose JAX_PLATFORMS (e.g. to plan on a slice they are on); an
+  XLA_FLAGS that already forces a device count is replaced, so the plan's mesh is
+  the one asked for.
+  """
+  args = list(argv)
+  if not args or args[0] != "plan" or "JAX_PLATFORMS" in os.environ:
+    return
+  mesh = next((a.split("=", 1)[1] for a in args if a.startswith("--mesh=")), None)
+  if mesh is None and "--mesh" in args[:-1]:
+    mesh = args[args.index("--mesh") + 1]
+  if mesh is None:
+    return
+  data, model = _mesh_shape(mesh)
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join(
+      flags + [f"--xla_force_host_platform_device_count={data * model}"])
+  os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -407,6 +433,7 @@ def _quiet_startup() -> None:
 
 def run() -> None:
   argv = sys.argv[1:]
+  simulate_plan_mesh(argv)
   if not verbose(argv):
     _quiet_startup()
   from rest_jax import preemption  # pylint: disable=g-import-not-at-top
