@@ -7,7 +7,6 @@ Each takes a policy directory (a finished `rest` MODEL_DIR: its selected policy;
 """
 
 import json
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -16,6 +15,7 @@ import numpy as np
 from rest_jax import checkpoints, files, grow as grow_lib, improve as improve_lib
 from rest_jax import inference, partitioning, policy_eval, trainer as trainer_lib
 from rest_jax import sampling as sampling_lib, selection as selection_lib
+from rest_jax.context import Policy, StepContext
 from rest_jax.rewards import Reward
 
 
@@ -62,69 +62,97 @@ def _policy(model, policy_dir: str, feature_lengths, partitioner, batch_size: in
   return trainer, params
 
 
+def _context(model, task_name, feature_lengths, reward, seed, partitioner,
+             validate=None) -> StepContext:
+  return StepContext(model=model, partitioner=partitioner, task=task_name,
+                     feature_lengths=dict(feature_lengths), reward=reward, seed=seed,
+                     validate=validate)
+
+
 def grow_command(*, model, policy_dir: str, output_dir: str, task_name: str,
                  feature_lengths: Mapping[str, int], reward: Reward,
                  grow: grow_lib.GrowConfig = grow_lib.GrowConfig(), grow_step: int = 1,
                  seed: int = 0,
                  partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, Any]:
-  """One Grow step from a policy checkpoint (resumable: finished shards are kept)."""
+  """Grow step `grow_step` from a policy checkpoint, as `rest` runs it (resumable: finished
+  shards are kept)."""
   partitioner = partitioner or partitioning.Partitioner()
   trainer, params = _policy(model, policy_dir, feature_lengths, partitioner)
-  return grow_lib.grow(
-      model=model, params=params, partitioner=partitioner,
-      params_sharding=trainer.params_sharding, task_name=task_name, split=grow.split,
-      feature_lengths=feature_lengths, output_dir=output_dir, reward=reward,
-      num_samples=grow.num_samples, sampling=grow.sampling, max_sources=grow.max_sources,
-      batch_size=grow.batch_size, shard_size=grow.shard_size, seed=seed, grow_step=grow_step,
-      overlength=grow.overlength, metadata={"policy": os.path.abspath(policy_dir)})
+  return grow_lib.grow_step(
+      Policy(params, None, policy_dir), grow,
+      _context(model, task_name, feature_lengths, reward, seed, partitioner),
+      output_dir=output_dir, grow_step=grow_step, params_sharding=trainer.params_sharding)
 
 
 def improve_command(*, model, policy_dir: str, grown_dir: str, threshold: float,
                     output_dir: str, feature_lengths: Mapping[str, int],
                     improve: improve_lib.ImproveConfig = improve_lib.ImproveConfig(),
-                    bc_dir: Optional[str] = None, kl_weight: float = 1.0, seed: int = 0,
-                    mix_task: Optional[str] = None, reward_high: float = 1.0,
+                    bc_dir: Optional[str] = None, seed: int = 0,
+                    task_name: Optional[str] = None, reward: Optional[Reward] = None,
+                    evaluation: Optional[policy_eval.EvalConfig] = None,
+                    grow: grow_lib.GrowConfig = grow_lib.GrowConfig(),
+                    grow_step: int = 1, step: int = 1,
                     partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, Any]:
-  """One Improve step from a policy checkpoint on a grown dataset (resumable).
+  """Improve step `step` of Grow step `grow_step` from a policy checkpoint, exactly as
+  `rest` runs it (resumable).
 
-  The policy's optimizer state is continued or started fresh as
-  `improve.optimizer_state` says; a loss with a KL term reads the frozen BC
-  policy from `bc_dir` (default: the policy itself) with weight `kl_weight`.
+  The same function as `rest`'s Improve step with the same objects: the policy's
+  optimizer state is continued or started fresh as `improve.optimizer_state` says;
+  the data order and dropout follow (`seed`, `grow_step`, `step`); a loss with a KL
+  term reads the frozen BC policy from `bc_dir` (default: the policy itself) with
+  the weight `rest` gives this step of `grow.steps` x I; and with `evaluation` (and
+  the task and reward) the step keeps its best checkpoint on validation, as in `rest`.
   """
   partitioner = partitioner or partitioning.Partitioner()
   loss = improve.loss
-  trainer = trainer_lib.Trainer(model, partitioner,
-                                trainer_lib.batch_input_shapes(improve.batch_size,
-                                                               feature_lengths),
-                                optimizer=improve.optimizer, loss_fn=loss,
-                                learning_rate=improve.learning_rate)
   if improve.optimizer_state == "continue":  # the policy's own optimizer state (BC's)
     _, state = _policy_state(model, policy_dir, feature_lengths, partitioner)
-    init_params, init_opt_state = state.params, state.opt_state
+    start = Policy(state.params, state.opt_state, policy_dir)
   else:
-    init_params = _policy(model, policy_dir, feature_lengths, partitioner)[1]
-    init_opt_state = None
+    start = Policy(_policy(model, policy_dir, feature_lengths, partitioner)[1], None,
+                   policy_dir)
   reference = None
   if loss.uses_reference_policy:
     reference = _policy(model, bc_dir or policy_dir, feature_lengths, partitioner)[1]
-  result = improve_lib.improve(
-      model=model, init_params=init_params, partitioner=partitioner, grown_dir=grown_dir,
-      threshold=threshold, model_dir=output_dir, feature_lengths=feature_lengths, loss=loss,
-      train_steps=improve.steps, batch_size=improve.batch_size,
-      references=improve.references, mix_task=mix_task if improve.mix_ratio else None,
-      mix_ratio=improve.mix_ratio, reward_high=reward_high, seed=seed, trainer=trainer,
-      init_opt_state=init_opt_state, reference_params=reference, kl_weight=kl_weight)
-  return result["metrics"]
+  validate = None
+  if evaluation is not None and task_name and reward is not None:
+    trainer = trainer_lib.Trainer(model, partitioner, trainer_lib.batch_input_shapes(
+        improve.batch_size, feature_lengths))
+    evaluator = policy_eval.PolicyEvaluator(model, partitioner, trainer.params_sharding,
+                                            reward, evaluation, seed=seed)
+
+    def validate(params):
+      return evaluator.validation_reward(params, task_name, "validation", feature_lengths,
+                                         evaluation.max_examples)
+
+  if reward is None:  # only the scale's top matters (unscored rows carry it)
+    reward = _UnitScale()
+  per_grow = len(improve.thresholds.values)
+  context = _context(model, task_name, feature_lengths, reward, seed, partitioner, validate)
+  result = improve_lib.improve_step(
+      start, improve, context, grown_dir=grown_dir, threshold=threshold,
+      output_dir=output_dir, grow_step=grow_step, step=step,
+      improve_index=(grow_step - 1) * per_grow + step - 1,
+      num_improve_steps=max(grow.steps, grow_step) * per_grow, reference_params=reference)
+  return dict(result.metrics)
+
+
+class _UnitScale:
+  """The reward scale [0, 1] when no reward is configured."""
+
+  range = (0.0, 1.0)
 
 
 def eval_command(*, model, policy_dir: str, task_name: str, feature_lengths: Mapping[str, int],
                  reward: Reward, evaluation: policy_eval.EvalConfig = policy_eval.EvalConfig(),
+                 seed: int = 0,
                  partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, float]:
-  """Reward, BLEU and chrF of a policy's greedy/beam and best-of-N output."""
+  """Reward, BLEU and chrF of a policy's greedy/beam and best-of-N output (best-of-N's
+  samples drawn with keys from `seed`, as in `rest`)."""
   partitioner = partitioner or partitioning.Partitioner()
   trainer, params = _policy(model, policy_dir, feature_lengths, partitioner)
   evaluator = policy_eval.PolicyEvaluator(model, partitioner, trainer.params_sharding, reward,
-                                          evaluation)
+                                          evaluation, seed=seed)
   out = {}
   for split in evaluation.splits:
     for key, value in evaluator(params, task_name, split, feature_lengths,

@@ -15,6 +15,7 @@ against itself).
 """
 
 import dataclasses
+import inspect
 import os
 import time
 from typing import Any, Dict, Mapping, Optional
@@ -26,6 +27,7 @@ import numpy as np
 import tqdm
 
 from rest_jax import faults, inference, partitioning, preemption, sampling as sampling_lib
+from rest_jax.context import Policy, StepContext
 from rest_jax.data import grown
 from rest_jax.rewards import Reward
 
@@ -294,9 +296,15 @@ def grow(
         " policy may be near-deterministic there, or the sampler greedy", grow_step,
         timings["identical_sample_sources"], num_samples, sampling)
   if timings["score_mismatch"] > 1e-2:
-    logging.warning("grow %d: the sampler's sequence scores differ from the sum of the"
-                    " per-token behaviour log-probabilities by up to %.3g", grow_step,
-                    timings["score_mismatch"])
+    logging.warning(
+        "grow %d: the sampler's sequence scores differ from the sum of the stored per-token"
+        " behaviour log-probabilities by up to %.3g nats. The stored values are %s, so the"
+        " importance ratios Improve computes are 1 at the behaviour policy; the difference is"
+        " the sampler's own rounding (e.g. a bfloat16 cached decode), not an error in them.",
+        grow_step, timings["score_mismatch"],
+        "the sampler's own float32 values" if inference.computes_in_float32(model) and
+        "return_token_log_probs" in inspect.signature(decoders.sampler.decode_fn).parameters
+        else "from one teacher-forced pass, the computation Improve trains with")
   logging.info("grow %d: %s", grow_step, timings)
   return timings
 
@@ -342,3 +350,38 @@ def _rows(sources, hypotheses, rewards, scored, meta):
       value_loo = (float(np.sum(others)) - float(r)) / (len(others) - 1)
     yield {"inputs": src, "targets": hyp, "reward": float(r), "scored": int(is_scored),
            "value": value, "value_loo": value_loo, **m}
+
+
+def grow_step(policy: Policy, config: GrowConfig, context: StepContext, *, output_dir: str,
+              grow_step: int = 1, params_sharding: Any = None,
+              decoders: Optional[Decoders] = None) -> Dict[str, Any]:
+  """Grow step `grow_step` from `policy`, as `rest` and the `grow` command run it.
+
+  Args:
+    policy: the policy that samples (its directory is recorded in the manifest).
+    config: Grow's settings.
+    context: the run's model, mesh, task, reward, seed.
+    output_dir: the grown dataset's directory.
+    grow_step: g (1-based): with the seed, source id and sample index, every
+      sample's key.
+    params_sharding: the policy parameters' shardings.
+    decoders: `Decoders(...)` compiled once per run (built here if None).
+
+  Returns:
+    Timings and counts (`grow`'s), with the rows counted over every shard.
+  """
+  tick = time.perf_counter()
+  decoders = decoders or Decoders(context.model, context.partitioner, params_sharding,
+                                  config.num_samples, config.sampling)
+  timings = grow(
+      model=context.model, params=policy.params, partitioner=context.partitioner,
+      params_sharding=params_sharding, task_name=context.task, split=config.split,
+      feature_lengths=context.feature_lengths, output_dir=output_dir, reward=context.reward,
+      num_samples=config.num_samples, sampling=config.sampling, batch_size=config.batch_size,
+      shard_size=config.shard_size, max_sources=config.max_sources, include_references=True,
+      seed=context.seed, grow_step=grow_step, overlength=config.overlength,
+      metadata={"policy": os.path.abspath(policy.directory)},
+      progress_bar=context.progress_bar, decoders=decoders)
+  # Summed over every shard, whichever run or host wrote it (e.g. reward guards fired).
+  counts = grown.load_manifest(output_dir, verify_counts=False).get("counts", {})
+  return {**timings, "counts": counts, "seconds": time.perf_counter() - tick}

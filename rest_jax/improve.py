@@ -26,6 +26,7 @@ import tqdm
 from rest_jax import checkpoints, faults, files, losses, partitioning, preemption
 from rest_jax import selection as selection_lib
 from rest_jax import trainer as trainer_lib
+from rest_jax.context import Policy, StepContext, StepResult
 from rest_jax.data import grown, grown_tasks, pipeline
 from rest_jax.rewards import ThresholdSchedule
 
@@ -46,9 +47,14 @@ class ImproveConfig:
       unscored ones kept at every threshold) or "drop" them.
     mix_ratio: share of each batch drawn from the original parallel data.
     optimizer: Improve's optax optimizer for a model that carries an optax one
-      (rest_jax's), its learning rate below BC's; None: the model's own.
-    learning_rate: Improve's rate or schedule for a model that carries a t5x
-      `OptimizerDef` (t5x's Adafactor), which trains with its own optimizer at it.
+      (rest_jax's): a function of the learning rate (gin:
+      `@improve/trainer.default_optimizer`, unevaluated), built for each run with
+      `learning_rate` over that run's steps; or a built optax transformation; None:
+      the model's own.
+    learning_rate: Improve's rate: a `trainer.LearningRateConfig` (its schedule
+      spans each run that uses it: an Improve step, or BC+'s G x I x `steps`), a
+      float, or a schedule. A model that carries a t5x `OptimizerDef` (t5x's
+      Adafactor) trains with its own optimizer at this rate.
     optimizer_state: "fresh" (a new optimizer state every Improve step) or
       "continue" (the previous step's, BC's for the first).
     selection: how often each Improve step (and BC+) is evaluated on validation to
@@ -65,6 +71,27 @@ class ImproveConfig:
   learning_rate: Any = None
   optimizer_state: str = "fresh"
   selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(eval_period=100)
+
+  def learning_rate_for(self, steps: int):
+    """The rate (or schedule) of a run of `steps` optimizer steps."""
+    if isinstance(self.learning_rate, trainer_lib.LearningRateConfig):
+      return self.learning_rate.schedule_for(steps)
+    return self.learning_rate
+
+  def optimizer_for(self, steps: int) -> Optional[optax.GradientTransformation]:
+    """Improve's optax optimizer for a run of `steps` optimizer steps (None: the model's)."""
+    if self.optimizer is None or isinstance(self.optimizer, optax.GradientTransformation):
+      return self.optimizer
+    return self.optimizer(learning_rate=self.learning_rate_for(steps))
+
+  def trainer(self, context: StepContext, steps: int,
+              loss: Optional[losses.OfflineRLLoss] = None) -> trainer_lib.Trainer:
+    """The compiled train step of a run of `steps` steps with `loss` (default this loss)."""
+    return trainer_lib.Trainer(
+        context.model, context.partitioner,
+        trainer_lib.batch_input_shapes(self.batch_size, context.feature_lengths),
+        optimizer=self.optimizer_for(steps), loss_fn=loss or self.loss,
+        learning_rate=self.learning_rate_for(steps))
 
   def __post_init__(self):
     if self.references not in REFERENCE_MODES:
@@ -119,7 +146,7 @@ def _as_unscored_references(ds: tf.data.Dataset, lengths: Mapping[str, int],
       **{k: tf.zeros([lengths["targets"]], tf.float32) for k in grown_tasks.TOKEN_FEATURES}})
 
 
-def _original_pairs(task: str, lengths: Mapping[str, int], seed: int, reward_high: float):
+def original_pairs(task: str, lengths: Mapping[str, int], seed: int, reward_high: float):
   ds = seqio.get_dataset(task, dict(lengths), dataset_split="train", shuffle=True,
                          num_epochs=None, seed=seed,
                          feature_converter=seqio.EncDecFeatureConverter(pack=False))
@@ -134,7 +161,7 @@ def _mixed_dataset(name: str, lengths: Mapping[str, int], batch_size: int, seed:
   ds = seqio.get_dataset(name, dict(lengths), dataset_split="train", shuffle=True, num_epochs=None,
                          feature_converter=converter, seed=seed)
   if mix_task and mix_ratio > 0:
-    original = _original_pairs(mix_task, lengths, seed, reward_high)
+    original = original_pairs(mix_task, lengths, seed, reward_high)
     ds = tf.data.Dataset.sample_from_datasets([ds, original], [1 - mix_ratio, mix_ratio],
                                               seed=seed)
   # The same global batches on any number of hosts, each host keeping its rows.
@@ -177,7 +204,6 @@ def improve(
     train_steps: int = 500,
     batch_size: int = 64,
     references: str = "keep",
-    deduplicate: bool = False,
     mix_task: Optional[str] = None,
     mix_ratio: float = 0.0,
     reward_high: float = 1.0,
@@ -207,7 +233,6 @@ def improve(
     batch_size: global batch size.
     references: "keep" the reference rows (scored ones are filtered like
       samples, unscored ones kept at every threshold) or "drop" them.
-    deduplicate: drop repeated samples of one source.
     mix_task: a task of original parallel data to mix in.
     mix_ratio: share of each batch drawn from `mix_task`.
     reward_high: the reward scale's top, given to unscored references and
@@ -241,7 +266,7 @@ def improve(
   task = grown_tasks.register_grown_task(
       f"rest_grown_{zlib.crc32(f'{grown_dir}@{threshold}@{references}'.encode())}", grown_dir,
       model.output_vocabulary, threshold=threshold, include_references=include_references,
-      deduplicate=deduplicate, unscored_reward=reward_high, verify_counts=False)
+      unscored_reward=reward_high, verify_counts=False)
   if trainer is None:
     trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
@@ -276,8 +301,11 @@ def finetune(*, trainer: trainer_lib.Trainer, init_params: Any, init_opt_state: 
              dataset: Callable[[], tf.data.Dataset], train_steps: int, model_dir: str,
              checkpoint_period: int, seed: int, progress_bar: bool, name: str,
              loss_args: Mapping[str, Any], selection: Optional[selection_lib.Selection],
-             validate: Optional[Callable[[Any], float]]):
+             validate: Optional[Callable[[Any], float]], include_start: bool = False):
   """The training loop of Improve and of the BC+ control: resumable, selected on validation.
+
+  With `include_start`, the starting parameters (step 0) are a candidate of the
+  selection too: the run can end where it started, never below it on validation.
 
   Returns:
     `(state, accumulated metrics, seconds)`; the state is the best one on
@@ -293,6 +321,8 @@ def finetune(*, trainer: trainer_lib.Trainer, init_params: Any, init_opt_state: 
     if validate is None:
       raise ValueError(f"{name}: a selection needs a validate function")
     selection.resume_from(start)
+    if include_start and start == 0 and not any(s == 0 for s, _ in selection.history):
+      selection.record(0, validate(state.params), state)
   batches = dataset().skip(start).as_numpy_iterator()
   accumulator = _load_metrics(model_dir, start)
   dropout_rng = jax.random.PRNGKey(seed + 17)
@@ -334,55 +364,44 @@ def finetune(*, trainer: trainer_lib.Trainer, init_params: Any, init_opt_state: 
   return state, accumulator, time.perf_counter() - tick
 
 
-def bc_plus(*, model, init_params: Any, partitioner: partitioning.Partitioner, task: str,
-            model_dir: str, feature_lengths: Mapping[str, int], train_steps: int,
-            batch_size: int, trainer: Optional[trainer_lib.Trainer] = None,
-            optimizer: Optional[optax.GradientTransformation] = None,
-            init_opt_state: Any = None, reward_high: float = 1.0,
-            checkpoint_period: int = 200, seed: int = 0, progress_bar: bool = True,
-            selection: Optional[selection_lib.Selection] = None,
-            validate: Optional[Callable[[Any], float]] = None) -> Dict[str, Any]:
-  """The equal-compute control: BC continued on the original data, selected on validation.
-
-  It starts from the BC policy and trains with Improve's optimizer for as many
-  optimizer steps, of as many examples each, as all the run's Improve steps
-  together, on the original pairs instead of the grown and filtered ones.
+def improve_step(policy: Policy, config: ImproveConfig, context: StepContext, *,
+                 grown_dir: str, threshold: float, output_dir: str, grow_step: int = 1,
+                 step: int = 1, improve_index: int = 0, num_improve_steps: int = 1,
+                 reference_params: Any = None,
+                 trainer: Optional[trainer_lib.Trainer] = None) -> StepResult:
+  """Improve step `step` of Grow step `grow_step`, as `rest` runs it.
 
   Args:
-    model: the policy (t5x API).
-    init_params: the BC policy.
-    partitioner: the mesh.
-    task: the original parallel data (its train split).
-    model_dir: the control's directory.
-    feature_lengths: task feature lengths.
-    train_steps: all Improve steps' optimizer steps together.
-    batch_size: Improve's batch size.
-    trainer: a `Trainer` with the BC loss and Improve's optimizer (the run's
-      Improve trainer when its loss is BC); built here if None.
-    optimizer: Improve's optimizer, for a trainer built here.
-    init_opt_state: an optimizer state to continue from (BC's, when Improve continues).
-    reward_high: the reward scale's top (carried by the rows; BC ignores it).
-    checkpoint_period: steps between checkpoints.
-    seed: data order and dropout.
-    progress_bar: tqdm bar.
-    selection: keeps the best checkpoint on validation.
-    validate: the validation score of parameters.
+    policy: the policy it starts from (its optimizer state is continued when
+      `config.optimizer_state` is "continue").
+    config: Improve's settings.
+    context: the run's model, mesh, task, reward, seed and validation.
+    grown_dir: the Grow step's dataset.
+    threshold: this step's tau.
+    output_dir: the step's directory.
+    grow_step: g (1-based), with `step` (i, 1-based) the step's data order and
+      dropout seed (`seed + 1000 g + i`).
+    improve_index: the step's place among all the run's Improve steps (0-based)
+      and `num_improve_steps` their number: BVMPO's annealed KL weight.
+    reference_params: the frozen BC policy, for a loss with a KL term.
+    trainer: `config.trainer(context, config.steps)`, compiled once per run.
   """
-  if trainer is None:
-    trainer = trainer_lib.Trainer(
-        model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
-        optimizer=optimizer, loss_fn=losses.OfflineRLLoss("bc"))
-  state, accumulator, seconds = finetune(
-      trainer=trainer, init_params=init_params, init_opt_state=init_opt_state,
-      dataset=lambda: pipeline.host_rows(
-          _original_pairs(task, feature_lengths, seed, reward_high), batch_size,
-          partitioner.process_rows(batch_size), drop_remainder=True),
-      train_steps=train_steps, model_dir=model_dir, checkpoint_period=checkpoint_period,
-      seed=seed, progress_bar=progress_bar, name="BC+", loss_args={}, selection=selection,
-      validate=validate)
-  results = accumulator.compute() if accumulator else {}
-  results["train_steps"] = train_steps
-  if selection is not None:
-    results["selection"] = selection.summary()
-  return {"state": state, "params": state.params, "metrics": results, "seconds": seconds,
-          "model_dir": os.path.abspath(model_dir)}
+  loss = config.loss
+  kl_weight = loss.kl_weight(improve_index, num_improve_steps)
+  selection = (selection_lib.Selection(output_dir, config.selection)
+               if context.validate is not None else None)
+  result = improve(
+      model=context.model, init_params=policy.params, partitioner=context.partitioner,
+      grown_dir=grown_dir, threshold=threshold, model_dir=output_dir,
+      feature_lengths=context.feature_lengths, loss=loss, train_steps=config.steps,
+      batch_size=config.batch_size, references=config.references,
+      mix_task=context.task if config.mix_ratio else None, mix_ratio=config.mix_ratio,
+      reward_high=context.reward.range[1], checkpoint_period=context.checkpoint_period,
+      seed=context.seed + 1000 * grow_step + step, progress_bar=context.progress_bar,
+      name=f"improve {grow_step}.{step}",
+      trainer=trainer or config.trainer(context, config.steps),
+      init_opt_state=policy.opt_state if config.optimizer_state == "continue" else None,
+      reference_params=reference_params if loss.uses_reference_policy else None,
+      kl_weight=kl_weight, selection=selection, validate=context.validate)
+  return StepResult(metrics=result["metrics"], seconds=result["seconds"],
+                    directory=result["model_dir"])

@@ -103,6 +103,12 @@ def teacher_forced_log_probs(model, params, encoder_tokens: jax.Array, targets: 
   return behaviour, policy
 
 
+def computes_in_float32(model) -> bool:
+  """Whether the model's network computes in float32 (its config's `dtype`; t5x's too)."""
+  config = getattr(getattr(model, "module", None), "config", None)
+  return jnp.dtype(getattr(config, "dtype", jnp.float32)) == jnp.float32
+
+
 class PolicyDecoder:
   """`predict_batch_with_aux` compiled once for a batch shape, mesh and decode settings.
 
@@ -120,8 +126,8 @@ class PolicyDecoder:
     token_log_probs: also return each sampled token's log-probability under the
       distribution sampled from (`behaviour_log_probs`) and under the policy at
       temperature 1 (`policy_log_probs`), `[rows, num_decodes, length]`: from the
-      sampler itself when it can give them (rest_jax's), else by one
-      teacher-forced pass over the samples.
+      sampler itself when it can give them (rest_jax's, in float32), else by one
+      teacher-forced pass over the samples (t5x's sampler; any bfloat16 model).
   """
 
   def __init__(self, model, partitioner: partitioning.Partitioner, params_sharding: PyTree,
@@ -137,8 +143,13 @@ class PolicyDecoder:
     self._rows = None  # the first call's (padded) local row count; later calls pad to it
     self._global_rows = None  # the same for `decode_global`
     params = {} if sampling is None else sampling.decoder_params(decode_fn)
-    native = token_log_probs and "return_token_log_probs" in inspect.signature(
-        decode_fn).parameters
+    # The sampler's own per-token values only where they are the training pass's numbers:
+    # in bfloat16 the cached decode and the teacher-forced pass round differently (a few
+    # hundredths of a nat per sequence of a tiny model), and an importance ratio at the
+    # behaviour policy would not be 1. Otherwise (and for t5x's sampler, which returns sums
+    # only) one teacher-forced pass, the computation Improve trains with, gives them.
+    native = (token_log_probs and computes_in_float32(model) and "return_token_log_probs"
+              in inspect.signature(decode_fn).parameters)
     if native:
       params["return_token_log_probs"] = True
     eos_id = model.output_vocabulary.eos_id

@@ -148,16 +148,32 @@ class OfflineRLLoss:
 
   def __call__(self, model, params, batch, dropout_rng, reference_params=None,
                kl_weight=None) -> Tuple[Array, Dict[str, Any]]:
+    """The loss of a batch; with dropout on, the importance weights and the KL to BC
+    come from a second, dropout-free pass.
+
+    The stored behaviour log-probabilities were computed without dropout, and the
+    frozen BC policy is evaluated without it: a ratio or KL against the dropout-on
+    pass would be off by the dropout noise even at the behaviour (or BC) policy.
+    The gradient of the policy-gradient term still goes through the dropout pass.
+    """
     logits = model._compute_logits(params, batch, dropout_rng)  # pylint: disable=protected-access
     reference_logits = None
-    if reference_params is not None and self.uses_reference_policy:
+    uses_kl = reference_params is not None and self.uses_reference_policy
+    if uses_kl:
       reference_logits = jax.lax.stop_gradient(
           model._compute_logits(reference_params, batch))  # pylint: disable=protected-access
-    return self.from_logits(logits, batch, reference_logits, kl_weight)
+    deterministic = None
+    if (dropout_rng is not None and (uses_kl or self.name in ("gold", "oac"))
+        and _has_dropout(model)):
+      deterministic = model._compute_logits(params, batch)  # pylint: disable=protected-access
+    return self.from_logits(
+        logits, batch, reference_logits, kl_weight,
+        weight_logits=None if deterministic is None else jax.lax.stop_gradient(deterministic),
+        kl_logits=deterministic)
 
   def from_logits(self, logits: Array, batch: Mapping[str, Array],
                   reference_logits: Array | None = None, kl_weight=None,
-                  weight_logits: Array | None = None):
+                  weight_logits: Array | None = None, kl_logits: Array | None = None):
     """The loss and metrics from teacher-forced logits.
 
     Args:
@@ -166,9 +182,12 @@ class OfflineRLLoss:
       reference_logits: the frozen BC policy's, for BVMPO's KL term.
       kl_weight: that term's lambda.
       weight_logits: the policy that computes the importance weights (GOLD's
-        pi-tilde, OAC's pi in the ratio); default the current policy itself. Pang
-        & He use a periodically synced copy; the tests use the unperturbed policy
-        to check gradients against finite differences.
+        pi-tilde, OAC's pi in the ratio); default the current policy itself (its
+        dropout-free pass when training with dropout). Pang & He use a periodically
+        synced copy; the tests use the unperturbed policy to check gradients
+        against finite differences.
+      kl_logits: the current policy's logits that the KL to BC is taken against
+        (with gradient); default `logits` (the dropout-free pass under dropout).
     """
     targets = batch["decoder_target_tokens"]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
@@ -212,7 +231,8 @@ class OfflineRLLoss:
       loss = -jnp.sum(psi * sequence_lp) / mean_length
       extra["kept_fraction"] = jnp.sum(top) / num_rows
       if reference_logits is not None:
-        kl = kl_to_reference(reference_logits, logits, weights)
+        kl = kl_to_reference(reference_logits, logits if kl_logits is None else kl_logits,
+                             weights)
         loss = loss + jnp.asarray(kl_weight, jnp.float32) * kl
         extra["kl_to_bc"] = kl
         extra["kl_weight"] = jnp.asarray(kl_weight, jnp.float32)
@@ -242,6 +262,13 @@ class OfflineRLLoss:
     }
     metrics.update({k: clu_metrics.Average(total=v, count=one) for k, v in extra.items()})
     return loss, metrics
+
+
+def _has_dropout(model) -> bool:
+  """Whether the model's network drops out (unknown: assume it does)."""
+  config = getattr(getattr(model, "module", None), "config", None)
+  rate = getattr(config, "dropout_rate", None)
+  return rate is None or float(rate) > 0
 
 
 def _picked_log_probs(logits: Array, targets: Array) -> Array:

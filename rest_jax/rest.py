@@ -34,10 +34,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rest_jax import files, grow as grow_lib, improve as improve_lib, losses
-from rest_jax import partitioning, policy_eval, report, selection as selection_lib
+from rest_jax import controls, files, grow as grow_lib, improve as improve_lib
+from rest_jax import partitioning, policy_eval, records, report, selection as selection_lib
 from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
+from rest_jax.context import Policy, StepContext
 from rest_jax.data import grown, pipeline
 from rest_jax.rewards import Reward
 
@@ -97,7 +98,7 @@ class _Progress:
     """
     config = json.loads(json.dumps(config, default=str)) if config is not None else None
     recorded = self.configs.get(name)
-    changed = _config_changes(recorded, config)
+    changed = ", ".join(records.changes(recorded, config))
     if finished and name in self.steps and not self.upstream_changed and not changed:
       logging.info("rest: %s already done", name)
       return self.steps[name]
@@ -127,16 +128,6 @@ class _Progress:
       self.upstream_changed = name
     self.save()
     return result
-
-
-def _config_changes(recorded: Optional[Mapping[str, Any]],
-                    config: Optional[Mapping[str, Any]]) -> str:
-  """'key old -> new, ...' for the values that differ; '' when either is unknown."""
-  if recorded is None or config is None:
-    return ""
-  keys = sorted(set(recorded) | set(config))
-  return ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in keys
-                   if recorded.get(k) != config.get(k))
 
 
 def rest(
@@ -219,29 +210,33 @@ def rest(
       model, partitioner, policy.params_sharding, reward, evaluation, seed=seed)
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, "rest"), just_logging=jax.process_index() != 0)
+  def validate(params) -> float:
+    return evaluator.validation_reward(params, task, select_split, lengths,
+                                       evaluation.max_examples)
+
+  context = StepContext(model=model, partitioner=partitioner, task=task,
+                        feature_lengths=lengths, reward=reward, seed=seed,
+                        checkpoint_period=checkpoint_period, progress_bar=progress_bar,
+                        validate=validate)
+  improve_total = grow.steps * len(thresholds.values) * improve.steps
   # Compiled once for the run: every Grow step samples, every Improve step trains with them.
   compiled: Dict[str, Any] = {}
 
   def improve_trainer() -> trainer_lib.Trainer:
     if "improve" not in compiled:
-      compiled["improve"] = trainer_lib.Trainer(
-          model, partitioner, trainer_lib.batch_input_shapes(improve.batch_size, lengths),
-          optimizer=improve.optimizer, loss_fn=loss, learning_rate=improve.learning_rate)
+      compiled["improve"] = improve.trainer(context, improve.steps)
     return compiled["improve"]
 
   def bc_plus_trainer() -> trainer_lib.Trainer:
-    if loss.name == "bc":  # the same compiled step as Improve's
+    if loss.name == "bc" and _schedule_ignores_length(improve):  # Improve's compiled step
       return improve_trainer()
     if "bc_plus" not in compiled:
-      compiled["bc_plus"] = trainer_lib.Trainer(
-          model, partitioner, trainer_lib.batch_input_shapes(improve.batch_size, lengths),
-          optimizer=improve.optimizer, loss_fn=losses.OfflineRLLoss("bc"),
-          learning_rate=improve.learning_rate)
+      compiled["bc_plus"] = controls.bc_plus_trainer(improve, context, improve_total)
     return compiled["bc_plus"]
 
-  def validate(params) -> float:
-    return evaluator.validation_reward(params, task, select_split, lengths,
-                                       evaluation.max_examples)
+  # What each step's record holds besides its own config (records.describe of all of it).
+  model_record = {"model": records.describe(model), "task": task, "lengths": lengths,
+                  "seed": seed}
 
   def selected_state(step_dir: str, trainer: trainer_lib.Trainer):
     sel = selection_lib.Selection(step_dir)
@@ -273,10 +268,12 @@ def rest(
     inside = os.path.relpath(os.path.abspath(path), os.path.abspath(model_dir))
     return os.path.abspath(path) if inside.startswith("..") else inside
 
-  bc_config = {"from": where(bc_dir) if bc_from else None, "bc_steps": bc_steps, "seed": seed,
+  bc_config = {"from": where(bc_dir) if bc_from else None, "bc_steps": bc_steps,
                "initial_checkpoint_path": initial_checkpoint_path,
-               "batch_size": train_dataset_cfg.batch_size, "task": task, "lengths": lengths,
-               "selection": dataclasses.asdict(bc_selection)}
+               "data": records.describe(train_dataset_cfg),
+               "selection": records.describe(bc_selection),
+               "learning_rate": records.describe(bc_learning_rate),
+               "optimizer": records.describe(policy.optimizer), **model_record}
 
   def reuse_bc():
     sel = selection_lib.Selection(bc_dir)
@@ -313,26 +310,21 @@ def rest(
            "role": "BC", "optimizer_steps": bc_step, "dir": bc_dir}]
 
   # --- BC+, the equal-compute control -----------------------------------------
-  improve_total = grow.steps * len(thresholds.values) * improve.steps
+  bc_policy = Policy(bc_params, bc_opt_state, bc_dir)
   bc_plus_dir = os.path.join(model_dir, "bc_plus")
   if bc_plus and improve_total:
-    def run_bc_plus():
-      result = improve_lib.bc_plus(
-          model=model, init_params=bc_params, partitioner=partitioner, task=task,
-          model_dir=bc_plus_dir, feature_lengths=lengths, train_steps=improve_total,
-          batch_size=improve.batch_size, trainer=bc_plus_trainer(),
-          init_opt_state=bc_opt_state if improve.optimizer_state == "continue" else None,
-          reward_high=reward.range[1], checkpoint_period=checkpoint_period, seed=seed + 999,
-          progress_bar=progress_bar,
-          selection=selection_lib.Selection(bc_plus_dir, improve.selection), validate=validate)
-      return {"metrics": result["metrics"], "seconds": result["seconds"]}
-
-    progress.run("bc_plus", selection_lib.Selection(bc_plus_dir).finished, run_bc_plus,
-                 [bc_plus_dir], upstream=False,
-                 config={"steps": improve_total, "batch_size": improve.batch_size,
-                         "learning_rate": _rates(improve.learning_rate, improve_total),
-                         "optimizer_state": improve.optimizer_state})
-    plus_state, plus_summary = selected_state(bc_plus_dir, bc_plus_trainer())
+    plus_trainer = bc_plus_trainer()
+    progress.run(
+        "bc_plus", selection_lib.Selection(bc_plus_dir).finished,
+        lambda: _step_summary(controls.bc_plus_step(
+            bc_policy, improve, context, output_dir=bc_plus_dir, total_steps=improve_total,
+            trainer=plus_trainer)),
+        [bc_plus_dir], upstream=False,
+        config={"steps": improve_total, "improve": _improve_record(improve),
+                "optimizer": records.describe(plus_trainer.optimizer),
+                "learning_rate": _rates(improve.learning_rate_for(improve_total), improve_total),
+                **model_record})
+    plus_state, plus_summary = selected_state(bc_plus_dir, plus_trainer)
     rows.append({**progress.run("eval_bc_plus", True,
                                 lambda: evaluate("BC+", -1, plus_state.params)),
                  "role": "BC+", "optimizer_steps": bc_step + plus_summary["best_step"],
@@ -340,33 +332,21 @@ def rest(
 
   # --- Grow / Improve ---------------------------------------------------------
   num_improve = grow.steps * len(thresholds.values)
-  params, opt_state, policy_dir, steps_behind = bc_params, bc_opt_state, bc_dir, bc_step
-  index = 0
+  current, steps_behind, index = bc_policy, bc_step, 0
   for g in range(1, grow.steps + 1):
     grow_dir = os.path.join(model_dir, f"grow_{g}")
-    grow_config = {"policy": where(policy_dir), "num_samples": grow.num_samples,
-                   "sampling": dataclasses.asdict(grow.sampling), "split": grow.split,
-                   "max_sources": grow.max_sources, "reward": reward.name, "seed": seed}
+    grow_config = {"policy": where(current.directory), "grow": records.describe(grow),
+                   "reward": reward.identity, **model_record}
     if g == 1 and grow_from:
       grow_dir, grow_config["from"] = grow_from, where(grow_from)
 
-    def run_grow(grow_dir=grow_dir, grow_params=params, g=g, policy_dir=policy_dir):
-      tick = time.perf_counter()
+    def run_grow(grow_dir=grow_dir, start=current, g=g):
       if "grow" not in compiled:
         compiled["grow"] = grow_lib.Decoders(model, partitioner, policy.params_sharding,
                                              grow.num_samples, grow.sampling)
-      timings = grow_lib.grow(
-          model=model, params=grow_params, partitioner=partitioner,
-          params_sharding=policy.params_sharding, task_name=task, split=grow.split,
-          feature_lengths=lengths, output_dir=grow_dir, reward=reward,
-          num_samples=grow.num_samples, sampling=grow.sampling, batch_size=grow.batch_size,
-          shard_size=grow.shard_size, max_sources=grow.max_sources, include_references=True,
-          seed=seed, grow_step=g, overlength=grow.overlength,
-          metadata={"policy": os.path.abspath(policy_dir)}, progress_bar=progress_bar,
-          decoders=compiled["grow"])
-      # Summed over every shard, whichever run or host wrote it (e.g. reward guards fired).
-      counts = grown.load_manifest(grow_dir, verify_counts=False).get("counts", {})
-      return {**timings, "counts": counts, "seconds": time.perf_counter() - tick}
+      return grow_lib.grow_step(start, grow, context, output_dir=grow_dir, grow_step=g,
+                                params_sharding=policy.params_sharding,
+                                decoders=compiled["grow"])
 
     if g == 1 and grow_from:
       def reuse_grow(grow_dir=grow_dir):
@@ -385,36 +365,26 @@ def rest(
     for i, tau in enumerate(taus, start=1):
       index += 1
       step_dir = os.path.join(model_dir, f"improve_{g}_{i}")
-      kl_weight = loss.kl_weight(index - 1, num_improve)
 
-      def run_improve(step_dir=step_dir, tau=tau, start_params=params, start_opt=opt_state,
-                      g=g, i=i, kl_weight=kl_weight):
-        result = improve_lib.improve(
-            model=model, init_params=start_params, partitioner=partitioner,
-            grown_dir=grow_dir, threshold=tau, model_dir=step_dir, feature_lengths=lengths,
-            loss=loss, train_steps=improve.steps, batch_size=improve.batch_size,
-            references=improve.references, mix_task=task if improve.mix_ratio else None,
-            mix_ratio=improve.mix_ratio, reward_high=reward.range[1],
-            checkpoint_period=checkpoint_period, seed=seed + 1000 * g + i,
-            progress_bar=progress_bar, name=f"improve {g}.{i}", trainer=improve_trainer(),
-            init_opt_state=start_opt if improve.optimizer_state == "continue" else None,
-            reference_params=bc_params if loss.uses_reference_policy else None,
-            kl_weight=kl_weight,
-            selection=selection_lib.Selection(step_dir, improve.selection), validate=validate)
-        return {"metrics": result["metrics"], "seconds": result["seconds"]}
+      def run_improve(step_dir=step_dir, tau=tau, start=current, g=g, i=i, index=index):
+        return _step_summary(improve_lib.improve_step(
+            start, improve, context, grown_dir=grow_dir, threshold=tau, output_dir=step_dir,
+            grow_step=g, step=i, improve_index=index - 1, num_improve_steps=num_improve,
+            reference_params=bc_params, trainer=improve_trainer()))
 
       step = progress.run(
           f"improve_{g}_{i}", selection_lib.Selection(step_dir).finished, run_improve,
-          [step_dir], config={"grown": where(grow_dir), "threshold": tau, "loss": loss.name,
-                              "steps": improve.steps, "batch_size": improve.batch_size,
-                              "learning_rate": _rates(improve.learning_rate, improve.steps),
-                              "references": improve.references, "mix_ratio": improve.mix_ratio,
-                              "kl_weight": kl_weight,
-                              "optimizer_state": improve.optimizer_state})
+          [step_dir], config={"grown": where(grow_dir), "threshold": tau,
+                              "kl_weight": loss.kl_weight(index - 1, num_improve),
+                              "improve": _improve_record(improve),
+                              "optimizer": records.describe(improve_trainer().optimizer),
+                              "learning_rate": _rates(improve.learning_rate_for(improve.steps),
+                                                      improve.steps),
+                              "reward_range": list(reward.range), **model_record})
       state, summary = selected_state(step_dir, improve_trainer())
-      params, opt_state, policy_dir = state.params, state.opt_state, step_dir
+      current = Policy(state.params, state.opt_state, step_dir)
       steps_behind += summary["best_step"]
-      row = progress.run(f"eval_{g}_{i}", True, lambda g=g, i=i, tau=tau, p=params:
+      row = progress.run(f"eval_{g}_{i}", True, lambda g=g, i=i, tau=tau, p=current.params:
                          evaluate(f"G{g} I{i} (tau={tau:.3f})", index, p))
       rows.append({**row, "role": "ReST", "optimizer_steps": steps_behind, "dir": step_dir,
                    "kept_samples": step["metrics"]["kept_samples"],
@@ -505,6 +475,25 @@ def _header(model, policy, task, lengths, reward, grow, improve, evaluation, row
 
 
 SELECTION_SPLIT = "validation"
+
+
+def _step_summary(result) -> Dict[str, Any]:
+  """A training step's result as the state file keeps it."""
+  return {"metrics": dict(result.metrics), "seconds": result.seconds}
+
+
+def _improve_record(config: improve_lib.ImproveConfig) -> Any:
+  """ImproveConfig as a record, less its thresholds: each step records its own tau."""
+  described = records.describe(config)
+  described.pop("thresholds", None)
+  return described
+
+
+def _schedule_ignores_length(config: improve_lib.ImproveConfig) -> bool:
+  """Whether Improve's rate is the same for a run of any length (then BC+ can share its
+  compiled step)."""
+  rate = config.learning_rate
+  return not isinstance(rate, trainer_lib.LearningRateConfig) or rate.schedule == "constant"
 
 
 def _rates(learning_rate, steps: int) -> List[float]:

@@ -81,6 +81,74 @@ def learning_rate_schedule(base_learning_rate: float, schedule: str = "constant"
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+@dataclasses.dataclass(frozen=True)
+class LearningRateConfig:
+  """A learning rate that fits the run it is used for: `schedule_for(steps)`.
+
+  A decaying schedule decays over the optimizer steps of the run that uses it, so
+  one config serves an Improve step (`IMPROVE_STEPS`) and the BC+ control (all
+  Improve steps together) alike.
+
+  Attributes:
+    base_learning_rate: the rate after warmup.
+    schedule: "constant", "linear" or "cosine" (see `learning_rate_schedule`).
+    warmup_steps: steps of linear warmup from 0.
+    end_factor: the final rate as a share of `base_learning_rate`.
+  """
+
+  base_learning_rate: float = 1e-3
+  schedule: str = "constant"
+  warmup_steps: int = 0
+  end_factor: float = 0.0
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"learning-rate schedule {self.schedule!r}: use one of {SCHEDULES}")
+
+  def schedule_for(self, total_steps: int) -> optax.Schedule:
+    """The rate of each step of a run of `total_steps` optimizer steps."""
+    return learning_rate_schedule(
+        self.base_learning_rate, self.schedule, self.warmup_steps,
+        decay_steps=max(total_steps - self.warmup_steps, 1), end_factor=self.end_factor)
+
+
+# Optimizer states that count the steps of a learning-rate schedule: a state continued
+# into a new run (IMPROVE_OPTIMIZER_STATE = 'continue') starts them afresh, so that the new
+# run's schedule starts at its beginning; everything else (moments, their step counts) goes on.
+_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectHyperparamsState)
+
+
+def carry_optimizer_state(fresh: PyTree, previous: PyTree) -> PyTree:
+  """`fresh` (this optimizer's new state) with the statistics of `previous` carried over.
+
+  The two optimizers may differ: BC's constant rate and Improve's decaying schedule
+  give states of different structure. Every node of `fresh` that `previous` has at
+  the same place, of the same type, shape and dtype, takes `previous`'s value (e.g.
+  Adafactor's factored second moments and their count); schedule counters, and
+  whatever `previous` lacks, stay fresh.
+  """
+  if isinstance(fresh, _SCHEDULE_STATES) or type(fresh) is not type(previous):
+    return fresh
+  if isinstance(fresh, dict):
+    return type(fresh)({k: carry_optimizer_state(v, previous[k]) if k in previous else v
+                        for k, v in fresh.items()})
+  if isinstance(fresh, (tuple, list)):
+    if len(fresh) != len(previous):
+      return fresh
+    children = [carry_optimizer_state(a, b) for a, b in zip(fresh, previous)]
+    return type(fresh)(*children) if hasattr(fresh, "_fields") else type(fresh)(children)
+  if dataclasses.is_dataclass(fresh) or not hasattr(fresh, "shape"):
+    # Another library's state node (e.g. a t5x OptimizerDef's): carried whole when its
+    # structure and shapes match, else fresh.
+    same = (jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(previous) and
+            all(np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(fresh),
+                                                          jax.tree_util.tree_leaves(previous))))
+    return previous if same else fresh
+  if np.shape(fresh) == np.shape(previous) and fresh.dtype == previous.dtype:
+    return previous
+  return fresh
+
+
 def model_loss(model, params, batch, dropout_rng):
   return model.loss_fn(params, batch, dropout_rng)
 
@@ -172,25 +240,24 @@ class Trainer:
     Args:
       params: the parameters.
       opt_state: an optimizer state to continue from (e.g. the previous Improve
-        step's); None starts a fresh one.
+        step's, or BC's of another optimizer): `carry_optimizer_state` says what
+        carries over; None starts a fresh one.
     """
     # A copy: the train step donates its state, and the caller keeps its parameters
     # (e.g. the BC policy that a KL term reads in every Improve step).
     params = jax.tree_util.tree_map(jnp.copy, jax.device_put(params, self.params_sharding))
-    if opt_state is None:
-      if self._opt_init is None:
-        self._opt_init = self.partitioner.partition(
-            self.optimizer.init, in_shardings=(self.params_sharding,),
-            out_shardings=self.state_sharding.opt_state,
-        )
-      opt_state = self._opt_init(params)
-    else:
-      expected = jax.tree_util.tree_structure(self.state_sharding.opt_state)
-      if jax.tree_util.tree_structure(opt_state) != expected:
-        raise ValueError("the optimizer state to continue from does not fit this optimizer"
-                         f" ({type(self.optimizer).__name__}); start it fresh instead")
+    if self._opt_init is None:
+      self._opt_init = self.partitioner.partition(
+          self.optimizer.init, in_shardings=(self.params_sharding,),
+          out_shardings=self.state_sharding.opt_state,
+      )
+    fresh = self._opt_init(params)
+    if opt_state is not None:  # another optimizer's state (BC's) fits as far as it goes
       opt_state = jax.tree_util.tree_map(
-          jnp.copy, jax.device_put(opt_state, self.state_sharding.opt_state))
+          jnp.copy, jax.device_put(carry_optimizer_state(fresh, opt_state),
+                                   self.state_sharding.opt_state))
+    else:
+      opt_state = fresh
     step = jax.device_put(jnp.array(0, jnp.int32), self.partitioner.replicated)
     return TrainState(step=step, params=params, opt_state=opt_state)
 

@@ -113,3 +113,35 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
   assert _newest(tmp_path / "improve_1_2") > improve_2
   redone = [r.getMessage() for r in caplog.records if "redoing" in r.getMessage()]
   assert len(redone) == 1 and "improve_1_2" in redone[0] and "threshold" in redone[0], redone
+
+  # A changed loss knob (not a threshold) redoes the Improve steps, not Grow or BC, and the
+  # log names the field: the record is derived from the whole ImproveConfig.
+  caplog.clear()
+  grow_manifest = os.path.getmtime(tmp_path / "grow_1" / "manifest.json")
+  changed = dataclasses.replace(
+      _IMPROVE, thresholds=rewards.ThresholdSchedule([0.0, 0.7], quantiles=True),
+      loss=losses.OfflineRLLoss("bc", gold_min_weight=0.9))
+  with caplog.at_level(logging.WARNING):
+    _run(tmp_path, improve=changed)
+  redone = [r.getMessage() for r in caplog.records if "redoing" in r.getMessage()]
+  assert any("improve_1_1" in m and "loss.gold_min_weight 0.1 -> 0.9" in m for m in redone), redone
+  assert os.path.getmtime(tmp_path / "grow_1" / "manifest.json") == grow_manifest
+
+  # The `improve` command is rest's Improve step: the same inputs give the same policy.
+  state = json.loads((tmp_path / rest.STATE_FILE).read_text())
+  tau = state["steps"]["thresholds"]["1"][0]
+  commands.improve_command(
+      model=make_model(decoding.beam_search, vocabulary=vocab.DemoVocabulary(), vocab_size=384),
+      policy_dir=str(tmp_path / "bc"), grown_dir=str(tmp_path / "grow_1"), threshold=tau,
+      output_dir=str(tmp_path / "alone"), feature_lengths=LENGTHS, improve=changed,
+      task_name=tasks.DEMO_TASK, reward=rewards.get("chrf", processes=1),
+      evaluation=policy_eval.EvalConfig(max_examples=16, best_of_n=2),
+      grow=grow.GrowConfig(steps=1), partitioner=partitioning.Partitioner(mesh_shape=(4, 2)))
+  alone, in_rest = selection.Selection(str(tmp_path / "alone")), selection.Selection(
+      str(tmp_path / "improve_1_1"))
+  assert alone.history == in_rest.history and alone.best == in_rest.best
+  ours = checkpoints.read_arrays(str(tmp_path / "alone" / "best"), alone.best[0])
+  theirs = checkpoints.read_arrays(str(tmp_path / "improve_1_1" / "best"), alone.best[0])
+  for a, b in zip(jax.tree_util.tree_leaves(ours["params"]),
+                  jax.tree_util.tree_leaves(theirs["params"])):
+    assert (a == b).all()

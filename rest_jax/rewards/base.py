@@ -36,6 +36,16 @@ class Reward(abc.ABC):
             references: Sequence[str]) -> np.ndarray:
     """One score per hypothesis (no validation)."""
 
+  @property
+  def identity(self) -> str:
+    """What the scores depend on, as text: equal identities give equal scores.
+
+    Score caches and `rest`'s step records key on it, so a reward whose scores
+    depend on more than its name (a trained model's parameters, a checkpoint, a
+    penalty) says so here.
+    """
+    return self.name
+
   def __call__(self, sources: Sequence[str], hypotheses: Sequence[str],
                references: Sequence[str] | None = None) -> np.ndarray:
     n = len(hypotheses)
@@ -90,6 +100,10 @@ class Ensemble(Reward):
     self.needs_reference = any(r.needs_reference for r in self.rewards)
     self.range = (sum(w * r.range[0] for r, w in zip(self.rewards, self.weights)),
                   sum(w * r.range[1] for r, w in zip(self.rewards, self.weights)))
+
+  @property
+  def identity(self) -> str:
+    return "+".join(f"{w!r}*{r.identity}" for r, w in zip(self.rewards, self.weights))
 
   def score(self, sources, hypotheses, references):
     return sum(w * r(sources, hypotheses, references) for r, w in zip(self.rewards, self.weights))

@@ -52,8 +52,12 @@ class Cached(Reward):
     self._db.commit()
     self.hits = self.misses = 0
 
+  @property
+  def identity(self) -> str:
+    return self.reward.identity
+
   def _key(self, source: str, hypothesis: str, reference: str) -> str:
-    parts = [getattr(self.reward, "identity", self.reward.name), self.version, source, hypothesis,
+    parts = [self.reward.identity, self.version, source, hypothesis,
              reference if self.needs_reference else ""]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 

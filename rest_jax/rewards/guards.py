@@ -95,6 +95,13 @@ class Guarded(Reward):
     self.needs_reference = reward.needs_reference
     self.fired: Dict[str, int] = dict.fromkeys(GUARDS, 0)  # of the last call
 
+  @property
+  def identity(self) -> str:
+    settings = (self.target_language, self.languages, self.min_language_words,
+                self.min_length_ratio, self.max_length_ratio, self.ngram,
+                sorted(self.factors.items()))
+    return f"guarded({self.reward.identity}; {settings!r})"
+
   def flags(self, sources: Sequence[str], hypotheses: Sequence[str]) -> Dict[str, np.ndarray]:
     """Which guards fire on each hypothesis: {guard: bool array}."""
     n = len(hypotheses)

@@ -11,6 +11,7 @@ trained model directory and scores batches with a jitted, data-sharded forward.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -505,7 +506,17 @@ class LearnedReward(Reward):
     ckpt = checkpoints.Checkpointer(model_dir)
     self.params = ckpt.restore(trainer.abstract_state).params
     ckpt.close()
+    # A model retrained in the same directory is another reward: its scores (cached, or
+    # in a grown dataset that `rest` would reuse) are not this one's.
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(trainer_lib.to_host(self.params)):
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+    self._identity = f"{self.name}:{os.path.abspath(model_dir)}:{digest.hexdigest()[:16]}"
     self._scorer = Scorer(self.model, partitioner, trainer.params_sharding, batch_size)
+
+  @property
+  def identity(self) -> str:
+    return self._identity
 
   def score(self, sources, hypotheses, references):
     return self._scorer(self.params, self.model.tokenize(sources, hypotheses, references))

@@ -240,7 +240,7 @@ class MetricX(Reward):
     self.name = f"metricx{version}" + ("" if use_reference else "-qe")
     self.max_input_length = max_input_length or DEFAULT_MAX_INPUT_LENGTH[version]
     # What the scores depend on (rewards.Cached keys on it): another checkpoint, another cache.
-    self.identity = (f"{self.name}:{os.path.abspath(checkpoint_dir)}:{self.max_input_length}:"
+    self._identity = (f"{self.name}:{os.path.abspath(checkpoint_dir)}:{self.max_input_length}:"
                      f"{dtype}")
     self.bucket_length = bucket_length
     self.progress_bar = progress_bar
@@ -282,6 +282,10 @@ class MetricX(Reward):
     logits = self.network.apply({"params": params}, tokens, start, jnp.ones_like(start),
                                 enable_dropout=False)
     return jnp.clip(logits[:, 0, PREDICTION_TOKEN].astype(jnp.float32), 0.0, MAX_ERROR)
+
+  @property
+  def identity(self) -> str:
+    return self._identity
 
   def tokenize(self, sources: Sequence[str], hypotheses: Sequence[str],
                references: Optional[Sequence[str]]) -> list:
