@@ -102,8 +102,9 @@ class _Progress:
     if finished and name in self.steps and not self.upstream_changed and not changed:
       logging.info("rest: %s already done", name)
       return self.steps[name]
-    why = (f"{self.upstream_changed} was redone in this run" if self.upstream_changed else
-           f"its configuration changed ({changed})" if changed else "")
+    why = "; ".join(([f"{self.upstream_changed} was redone in this run"]
+                     if self.upstream_changed else []) +
+                    ([f"its configuration changed ({changed})"] if changed else []))
     reused = finished and not why
     if reused and outputs and name not in self.steps:
       logging.warning("rest: %s is finished in %s (not recorded in this run's state): reusing it",
@@ -115,6 +116,8 @@ class _Progress:
       if jax.process_index() == 0:
         for path in existing:  # outputs of an older upstream or config
           files.rmtree(path)
+    elif why and name in self.steps:
+      logging.warning("rest: redoing %s: %s", name, why)
     if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
       multihost_utils.sync_global_devices(f"rest: {name} starts")
     if config is not None and recorded != config:

@@ -111,7 +111,7 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
         _IMPROVE, thresholds=rewards.ThresholdSchedule([0.0, 0.7], quantiles=True)))
   assert _newest(tmp_path / "improve_1_1") == improve_1
   assert _newest(tmp_path / "improve_1_2") > improve_2
-  redone = [r.getMessage() for r in caplog.records if "redoing" in r.getMessage()]
+  redone = [r.getMessage() for r in caplog.records if "configuration changed" in r.getMessage()]
   assert len(redone) == 1 and "improve_1_2" in redone[0] and "threshold" in redone[0], redone
 
   # A changed loss knob (not a threshold) redoes the Improve steps, not Grow or BC, and the

@@ -1,0 +1,147 @@
+"""The step record: derived from every field of a step's configuration, so that changing
+any one redoes exactly that step and the ones after it, and the log names the field; the
+optimizer state carried between BC and Improve; BC+'s schedule over its whole run."""
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rest_jax import grow, improve, losses, records, rest, rewards, sampling, selection
+from rest_jax import trainer as trainer_lib
+from rest_jax.data import pipeline
+
+GROW = grow.GrowConfig()
+IMPROVE = improve.ImproveConfig(
+    optimizer=trainer_lib.default_optimizer,
+    learning_rate=trainer_lib.LearningRateConfig(3e-4, "linear"))
+BC_DATA = pipeline.DatasetConfig("task", {"inputs": 8, "targets": 8}, "train", 16)
+BC_SELECTION = selection.SelectionConfig(eval_period=100, patience=5)
+
+# A value to change each field to (a field missing here fails the test: add it).
+OTHER = {
+    "steps": 2, "split": "validation", "max_sources": 7, "num_samples": 9,
+    "sampling": sampling.SamplingConfig(temperature=0.5), "batch_size": 3, "shard_size": 5,
+    "overlength": "error", "references": "drop", "mix_ratio": 0.25,
+    "optimizer": lambda learning_rate: optax.adam(learning_rate),
+    "learning_rate": trainer_lib.LearningRateConfig(3e-4, "cosine"),
+    "optimizer_state": "continue", "selection": selection.SelectionConfig(eval_period=7),
+    "eval_period": 9, "patience": 2, "min_delta": 0.5,
+    "mixture_or_task_name": "other", "task_feature_lengths": {"inputs": 4, "targets": 8},
+    "shuffle": False, "seed": 3, "pack": True, "module": "other.module", "use_cached": True,
+    "num_epochs": 2, "thresholds": rewards.ThresholdSchedule((0.1, 0.2)),
+    "name": "gold", "gold_min_weight": 0.9, "gold_max_weight": 2.0,
+    "gold_behaviour": "uniform", "temperature": 0.3, "top_fraction": 0.25, "kl_start": 0.5,
+    "kl_end": 0.01, "max_ratio": 3.0, "loss": losses.OfflineRLLoss("oac"),
+}
+
+
+def _records(bc_selection=BC_SELECTION, bc_data=BC_DATA, grow_config=GROW,
+             improve_config=IMPROVE):
+  """The records of BC, Grow 1 and Improve 1/1 as `rest` derives them."""
+  improve_record = rest._improve_record(improve_config)  # pylint: disable=protected-access
+  return {
+      "bc": {"data": records.describe(bc_data), "selection": records.describe(bc_selection)},
+      "grow_1": {"grow": records.describe(grow_config)},
+      "improve_1_1": {"improve": improve_record,
+                      "optimizer": records.describe(improve_config.optimizer_for(60))},
+  }
+
+
+def _variants():
+  """(step, field path, records) with one field of one step's config changed."""
+  out = []
+  for step, (key, config) in {"bc": ("bc_selection", BC_SELECTION),
+                              "bc/data": ("bc_data", BC_DATA),
+                              "grow_1": ("grow_config", GROW),
+                              "improve_1_1": ("improve_config", IMPROVE),
+                              "improve_1_1/loss": ("improve_config", IMPROVE)}.items():
+    target = config.loss if step.endswith("/loss") else config
+    for field in dataclasses.fields(target):
+      if field.name not in OTHER:
+        raise AssertionError(f"{type(target).__name__}.{field.name}: give it a value in OTHER")
+      changed = dataclasses.replace(target, **{field.name: OTHER[field.name]})
+      if step.endswith("/loss"):
+        changed = dataclasses.replace(config, loss=changed)
+      path = f"loss.{field.name}" if step.endswith("/loss") else field.name
+      out.append((step.split("/")[0], path, _records(**{key: changed})))
+  return out
+
+
+ORDER = ["bc", "grow_1", "improve_1_1"]
+
+
+@pytest.mark.parametrize("step,field,changed", _variants(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_each_field_redoes_its_step_and_the_ones_after(step, field, changed, tmp_path, caplog):
+  base = _records()
+  if field == "thresholds":  # each Improve step records its own tau instead
+    assert records.changes(base["improve_1_1"], changed["improve_1_1"]) == []
+    return
+  progress = rest._Progress.load(str(tmp_path))  # pylint: disable=protected-access
+  for name in ORDER:
+    progress.run(name, False, lambda: {"done": 1}, config=base[name])
+  progress = rest._Progress.load(str(tmp_path))  # pylint: disable=protected-access
+  ran = []
+  with caplog.at_level(logging.WARNING):
+    for name in ORDER:
+      progress.run(name, True, lambda name=name: ran.append(name) or {"done": 2},
+                   [str(tmp_path / name)], config=changed[name])
+  assert ran == ORDER[ORDER.index(step):], (field, ran)
+  # The log line of the changed step names the field (by its dotted path).
+  named = [m for m in caplog.messages if "its configuration changed" in m]
+  assert named and f"{step}" in named[0] and field in named[0], named
+
+
+def test_a_retrained_learned_reward_is_another_reward():
+  """Rewards record their identity, not just their name."""
+  assert records.describe(rewards.get("chrf", processes=1)) == {"identity": "chrf"}
+  guarded = rewards.Guarded(rewards.get("chrf", processes=1), length_factor=0.1)
+  assert records.describe(guarded) != records.describe(
+      rewards.Guarded(rewards.get("chrf", processes=1)))
+
+
+def _state_after(optimizer, params, steps=2):
+  state = optimizer.init(params)
+  for _ in range(steps):
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    _, state = optimizer.update(grads, state, params)
+  return state
+
+
+def test_continue_carries_bcs_moments_into_improves_other_schedule():
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  bc = _state_after(optax.adafactor(3e-3), params)  # BC: a constant rate
+  improve_opt = IMPROVE.optimizer_for(60)  # Improve: a linear schedule, another structure
+  fresh = improve_opt.init(params)
+  assert jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(bc)
+  carried = trainer_lib.carry_optimizer_state(fresh, bc)
+  assert jax.tree_util.tree_structure(carried) == jax.tree_util.tree_structure(fresh)
+  np.testing.assert_array_equal(carried[0].v["b"], bc[0].v["b"])  # second moments go on
+  assert int(carried[0].count) == 2
+  # Between Improve steps: the moments go on, the schedule starts at its beginning.
+  after = _state_after(improve_opt, params, steps=5)
+  again = trainer_lib.carry_optimizer_state(improve_opt.init(params), after)
+  assert int(again[0].count) == 5 and int(again[2].count) == 0
+
+
+def test_bc_plus_schedule_spans_its_whole_run():
+  """BC+ runs G x I x IMPROVE_STEPS steps: its linear decay reaches 0 at its end, not after
+  the first IMPROVE_STEPS."""
+  steps, total = 60, 180
+  improve_rate = IMPROVE.learning_rate_for(steps)
+  plus_rate = IMPROVE.learning_rate_for(total)
+  assert float(improve_rate(steps)) == 0.0
+  assert float(plus_rate(steps)) == pytest.approx(3e-4 * (1 - steps / total))
+  assert float(plus_rate(total)) == 0.0
+  params = {"w": jnp.ones((2, 2))}
+  optimizer = IMPROVE.optimizer_for(total)
+  state = optimizer.init(params)
+  grads = {"w": jnp.ones((2, 2))}
+  for _ in range(steps + 1):
+    updates, state = optimizer.update(grads, state, params)
+  assert float(jnp.abs(updates["w"]).max()) > 0  # still learning after IMPROVE_STEPS
