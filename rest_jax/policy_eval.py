@@ -65,6 +65,7 @@ class PolicyEvaluator:
     self.reward = reward
     self.config = config
     self.seed = seed
+    self._bleu = metrics_lib.bleu
     self.reranker = reward if not reward.needs_reference else config.reranker
     if self.reranker is not None and self.reranker.needs_reference:
       raise ValueError(f"EvalConfig.reranker '{self.reranker.name}' reads references; best-of-N"
@@ -124,6 +125,7 @@ class PolicyEvaluator:
         keys = inference.sample_keys(self.seed, 10**6, batch["source_id"], n)
         out = self.sampler.decode_global(params, batch["encoder_input_tokens"], length, keys)
         samples += inference.decode_texts(self.model.output_vocabulary, out["tokens"])[:valid]
+    self._bleu = metrics_lib.task_bleu(task_name)  # the target language's tokenizer
     results = self._scores(sources, hyps, references, "")
     results.update(metrics_lib.degeneracy(sources, references, hyps))
     if samples:
@@ -167,7 +169,7 @@ class PolicyEvaluator:
     if reward is None:
       reward = self.reward(sources, hyps, refs)
     out = {f"{prefix}reward": float(np.mean(reward))}
-    out.update({f"{prefix}{k}": v for k, v in metrics_lib.bleu(refs, hyps).items()})
+    out.update({f"{prefix}{k}": v for k, v in self._bleu(refs, hyps).items()})
     out.update({f"{prefix}{k}": v for k, v in metrics_lib.chrf(refs, hyps).items()})
     if not prefix:
       out.update(metrics_lib.ter(refs, hyps))

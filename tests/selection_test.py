@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from rest_jax import checkpoints, decoding, improve, partitioning, policy_eval, report
+from rest_jax import checkpoints, controls, decoding, improve, partitioning, policy_eval, report
 from rest_jax import rewards as rewards_lib, selection, train, trainer as trainer_lib
 from rest_jax.data import metrics, pipeline, tasks, vocab
 from tests.conftest import make_model
@@ -36,14 +36,14 @@ def setup():
 def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp_path):
   model, partitioner, trainer = setup
   init = trainer.init_state(jax.random.PRNGKey(0)).params
-  validate, calls = _scripted([0.2, 0.9, 0.4])  # evaluated at steps 2, 4, 6
-  result = improve.bc_plus(
+  validate, calls = _scripted([0.1, 0.2, 0.9, 0.4])  # evaluated at its start, steps 2, 4, 6
+  result = controls.bc_plus(
       model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
       model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
       trainer=trainer, checkpoint_period=2, progress_bar=False,
       selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
       validate=validate)
-  assert len(calls) == 3 and result["metrics"]["train_steps"] == 6
+  assert len(calls) == 4 and result["metrics"]["train_steps"] == 6
   assert result["metrics"]["selection"]["best_step"] == 4
   assert int(result["state"].step) == 4  # the state used downstream is step 4's
   last = checkpoints.read_arrays(str(tmp_path / "checkpoints"))
@@ -52,10 +52,10 @@ def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp
   assert any(not np.array_equal(a, b) for a, b in zip(chosen, jax.tree_util.tree_leaves(
       last["params"])))
   saved = selection.Selection(str(tmp_path))
-  assert saved.finished and saved.history == [(2, 0.2), (4, 0.9), (6, 0.4)]
+  assert saved.finished and saved.history == [(0, 0.1), (2, 0.2), (4, 0.9), (6, 0.4)]
   # Re-running the finished step changes nothing and evaluates nothing.
   validate, calls = _scripted([])
-  again = improve.bc_plus(
+  again = controls.bc_plus(
       model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
       model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
       trainer=trainer, checkpoint_period=2, progress_bar=False,
@@ -176,3 +176,21 @@ def test_an_evaluation_scores_each_sample_once_and_reads_its_split_once(setup, m
   first = evaluator.validation_reward(params, tasks.DEMO_TASK, "validation", lengths, 8)
   assert evaluator.validation_reward(params, tasks.DEMO_TASK, "validation", lengths, 8) == first
   assert len(reads) == 1
+
+
+def test_bc_plus_is_never_below_its_start_on_validation(setup, tmp_path):
+  """BC+'s selection includes the BC policy it starts from: if training only hurts on
+  validation, the control is BC itself (step 0), never worse."""
+  model, partitioner, trainer = setup
+  init = trainer.init_state(jax.random.PRNGKey(0)).params
+  validate, calls = _scripted([0.5, 0.2, 0.3, 0.4])
+  result = controls.bc_plus(
+      model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
+      model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
+      trainer=trainer, checkpoint_period=2, progress_bar=False,
+      selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
+      validate=validate)
+  assert len(calls) == 4 and result["metrics"]["selection"]["best_step"] == 0
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(result["params"])),
+                  jax.tree_util.tree_leaves(jax.device_get(init))):
+    np.testing.assert_array_equal(a, b)

@@ -212,3 +212,15 @@ def test_own_corpus_end_to_end_as_the_readme_writes_it(tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert show.returncode == 1 and "no test split in" in show.stderr and "Traceback" not in (
       show.stderr), show.stderr
+
+
+def test_bleu_tokenizes_by_the_target_language():
+  """Chinese targets are scored with sacrebleu's `zh` tokenizer, others with 13a."""
+  from rest_jax.data import metrics, tasks  # noqa: F401  (registers the tasks)
+
+  refs, hyps = ["我们今天去北京看朋友。"], ["我们明天去北京看朋友。"]
+  to_zh = metrics.task_bleu("wmt19_en_zh")
+  assert to_zh(refs, hyps)["bleu"] == metrics.bleu(refs, hyps, tokenize="zh")["bleu"]
+  assert to_zh(refs, hyps)["bleu"] > metrics.bleu(refs, hyps)["bleu"]  # 13a: one "word"
+  assert metrics.task_bleu("wmt20_en_zh")(refs, hyps) == to_zh(refs, hyps)
+  assert metrics.task_bleu("wmt19_zh_en") is metrics.bleu

@@ -1,14 +1,39 @@
 """Corpus-level translation metrics (sacrebleu), as seqio metric functions."""
 
+import functools
 import re
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import sacrebleu
 
+# sacrebleu's tokenizer for a target language whose words are not separated by spaces (its
+# own recommendations; Japanese and Korean need MeCab, which is not a dependency here).
+BLEU_TOKENIZERS = {"zh": "zh"}
 
-def bleu(targets: Sequence[str], predictions: Sequence[str]) -> dict:
-  """Corpus BLEU (sacrebleu defaults, 13a tokenisation), 0-100."""
-  return {"bleu": sacrebleu.corpus_bleu(list(predictions), [list(targets)]).score}
+
+def bleu(targets: Sequence[str], predictions: Sequence[str], tokenize: str = "13a") -> dict:
+  """Corpus BLEU (sacrebleu; 13a tokenisation unless `tokenize` says otherwise), 0-100."""
+  return {"bleu": sacrebleu.corpus_bleu(list(predictions), [list(targets)],
+                                        tokenize=tokenize).score}
+
+
+def bleu_for(target_language: Optional[str]) -> Callable[..., dict]:
+  """BLEU with the tokenizer of `target_language` (sacrebleu's `zh` for Chinese)."""
+  tokenize = BLEU_TOKENIZERS.get((target_language or "").split("-")[0].lower(), "13a")
+  if tokenize == "13a":
+    return bleu
+  return functools.update_wrapper(functools.partial(bleu, tokenize=tokenize), bleu)
+
+
+def task_bleu(task_name: str) -> Callable[..., dict]:
+  """The BLEU function among a seqio task's `metric_fns` (its target language's tokenizer)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  try:
+    fns = seqio.get_mixture_or_task(task_name).metric_fns
+  except (ValueError, AttributeError):
+    return bleu
+  return next((fn for fn in fns if getattr(fn, "__name__", "") == "bleu"), bleu)
 
 
 def chrf(targets: Sequence[str], predictions: Sequence[str]) -> dict:

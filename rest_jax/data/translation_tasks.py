@@ -95,7 +95,8 @@ def _output_features(vocabulary: seqio.Vocabulary) -> Dict[str, seqio.Feature]:
   }
 
 
-def _add(name: str, source: seqio.DataSource, pair_preprocessor, vocabulary) -> seqio.Task:
+def _add(name: str, source: seqio.DataSource, pair_preprocessor, vocabulary,
+         target_lang: str | None = None) -> seqio.Task:
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
@@ -108,7 +109,7 @@ def _add(name: str, source: seqio.DataSource, pair_preprocessor, vocabulary) -> 
           seqio.preprocessors.append_eos_after_trim,
       ],
       output_features=_output_features(vocabulary),
-      metric_fns=[metrics.bleu, metrics.chrf],
+      metric_fns=[metrics.bleu_for(target_lang), metrics.chrf],
   )
 
 
@@ -118,7 +119,7 @@ def register_tfds_task(name: str, tfds_name: str, source_lang: str, target_lang:
   """A task over a TFDS `Translation` dataset (e.g. `wmt14_translate/de-en:1.0.0`)."""
   return _add(name, seqio.TfdsDataSource(tfds_name=tfds_name, splits=splits),
               functools.partial(preprocessors.select_pair, source_key=source_lang,
-                                target_key=target_lang), vocabulary)
+                                target_key=target_lang), vocabulary, target_lang)
 
 
 def register_ted_task(name: str, source_lang: str, target_lang: str,
@@ -126,7 +127,7 @@ def register_ted_task(name: str, source_lang: str, target_lang: str,
   """A task over TFDS `ted_multi_translate` (IWSLT-style TED talks), one language pair."""
   return _add(name, seqio.TfdsDataSource(tfds_name="ted_multi_translate:1.1.0"),
               functools.partial(preprocessors.ted_multi_pair, source_lang=source_lang,
-                                target_lang=target_lang), vocabulary)
+                                target_lang=target_lang), vocabulary, target_lang)
 
 
 # The file stems tried for each split, in order, when `split_files` does not name them.
@@ -227,7 +228,7 @@ def register_local_task(name: str, source_lang: str, target_lang: str,
     return tf.data.Dataset.from_generator(generate, output_signature=spec)
 
   return _add(name, seqio.FunctionDataSource(dataset_fn, splits=splits),
-              preprocessors.identity, vocabulary)
+              preprocessors.identity, vocabulary, target_lang)
 
 
 @gin.configurable(module="rest_jax.data.translation_tasks")
