@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from rest_jax import checkpoints, files, grow as grow_lib, improve as improve_lib
-from rest_jax import inference, partitioning, policy_eval, trainer as trainer_lib
+from rest_jax import inference, layout, partitioning, policy_eval, trainer as trainer_lib
 from rest_jax import sampling as sampling_lib, selection as selection_lib
 from rest_jax.context import Policy, StepContext
 from rest_jax.rewards import Reward
@@ -28,9 +28,9 @@ def policy_checkpoint(policy_dir: str) -> Tuple[checkpoints.Checkpointer, Option
   - any other directory of checkpoints (`train` without validation, `convert`'s
     output): its latest checkpoint.
   """
-  state_file = files.join(policy_dir, "rest_state.json")
-  if files.exists(state_file):
-    selected = json.loads(files.read_text(state_file))["steps"].get("selected_dir")
+  state = layout.read_state(policy_dir)
+  if state is not None:
+    selected = state["steps"].get("selected_dir")
     if selected is None:
       raise ValueError(f"{policy_dir} is a `rest` run that has not selected a policy yet (it"
                        " selects when every step is done): point POLICY_DIR at one of its"

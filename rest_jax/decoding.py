@@ -33,6 +33,8 @@ Array = jax.Array
 Cache = Any
 TokensToLogits = Callable[[Array, Array, Cache, int], Tuple[Array, Cache]]
 
+# A log-probability that is never chosen: beam scores of dead beams, logits filtered out by
+# top-k or top-p (rest_jax/sampling.py). exp() of it is 0 in float32 and bfloat16 alike.
 NEG_INF = -1.0e7
 
 

@@ -32,6 +32,7 @@ SITES = (
     "grow.manifest",       # every shard is written, the manifest not yet begun
     "grown.manifest",      # the manifest's temporary file is written, not yet renamed
     "improve.step",        # after an Improve optimizer step
+    "reward_model.step",   # after a reward-model optimizer step
     "eval.batch",          # during an evaluation
     "rest.state",          # rest_state.json's temporary file written, not yet renamed
     "selection.write",     # selection.json's temporary file written, not yet renamed

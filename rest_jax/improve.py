@@ -11,7 +11,6 @@ fresh or continues from the previous step's (`init_opt_state`).
 import dataclasses
 import json
 import os
-import time
 import zlib
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -21,9 +20,8 @@ import numpy as np
 import optax
 import seqio
 import tensorflow as tf
-import tqdm
 
-from rest_jax import checkpoints, faults, files, losses, partitioning, preemption
+from rest_jax import checkpoints, files, losses, loop, partitioning
 from rest_jax import selection as selection_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext, StepResult
@@ -317,51 +315,23 @@ def finetune(*, trainer: trainer_lib.Trainer, init_params: Any, init_opt_state: 
   else:
     state = trainer.state_from_params(init_params, init_opt_state)
   start = int(jax.device_get(state.step))
-  if selection is not None:
-    if validate is None:
-      raise ValueError(f"{name}: a selection needs a validate function")
-    selection.resume_from(start)
-    if include_start and start == 0 and not any(s == 0 for s, _ in selection.history):
-      selection.record(0, validate(state.params), state)
-  batches = dataset().skip(start).as_numpy_iterator()
   accumulator = _load_metrics(model_dir, start)
-  dropout_rng = jax.random.PRNGKey(seed + 17)
-  bar = tqdm.tqdm(total=train_steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
-                  disable=not (progress_bar and jax.process_index() == 0))
-  tick, tokens = time.perf_counter(), 0
-  for _ in range(start, train_steps):
-    batch = next(batches)
-    state, metrics = trainer.train_step(state, trainer.partitioner.shard_batch(batch),
-                                        dropout_rng, loss_args)
-    faults.point("improve.step")
-    accumulator.add(metrics)
-    tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
-    done = int(jax.device_get(state.step))
-    if ckpt.due(done) or done == train_steps:
+  result = loop.run(
+      name=name, trainer=trainer, state=state,
+      batches=dataset().skip(start).as_numpy_iterator(), total_steps=train_steps,
+      checkpointer=ckpt, dropout_rng=jax.random.PRNGKey(seed + 17),
+      fault_point="improve.step", loss_args=loss_args, selection=selection,
+      validate=validate, include_start=include_start,
+      after_step=lambda done, new_state, metrics, batch: accumulator.add(metrics),
       # The metrics so far, saved with (just before) the checkpoint of the same step, so
       # that a resumed step reports what an uninterrupted one would.
-      _save_metrics(model_dir, done, accumulator)
-    ckpt.save(state, force=done == train_steps)
-    if selection is not None and selection.due(done, train_steps):
-      selection.record(done, validate(state.params), state)
-    if preemption.reached(done):
-      if not (ckpt.due(done) or done == train_steps):
-        _save_metrics(model_dir, done, accumulator)
-        ckpt.save(state, force=True)
-      ckpt.close()
-      raise preemption.Preempted(f"preempted during {name} at step {done}: saved; run the"
-                                 " same command again to continue")
-    bar.update(1)
-    bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - tick, 1e-9):.0f}")
-  bar.close()
-  ckpt.close()
+      before_checkpoint=lambda done: _save_metrics(model_dir, done, accumulator),
+      progress_bar=progress_bar)
+  state = result.state
   if selection is not None:
-    if not selection.history:  # resumed a finished run whose selection file was lost
-      selection.record(train_steps, validate(state.params), state)
-    selection.finish()
     state = selection.restore_best(trainer.abstract_state)
     selection.close()
-  return state, accumulator, time.perf_counter() - tick
+  return state, accumulator, result.seconds
 
 
 def improve_step(policy: Policy, config: ImproveConfig, context: StepContext, *,

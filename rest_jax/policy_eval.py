@@ -5,7 +5,7 @@ For a split of a task, each evaluated policy reports:
 - `reward`: the training reward of its greedy (or beam) translations;
 - held-out metrics that are not the training reward: `bleu`, `chrf`, `ter` against
   the references, and `held_out_reward` when a second reward is configured;
-- degeneracy rates (`data.metrics.degeneracy`): `length_ratio`, `repeated_ngram_rate`
+- degeneracy rates (`data.corpus_metrics.degeneracy`): `length_ratio`, `repeated_ngram_rate`
   (beside the references' own), `empty_rate`, `copy_rate`;
 - best-of-N: N samples per source (the run's sampling configuration), the one a
   *reference-free* reward prefers kept (`best_of_N_*`; the training reward when it
@@ -25,7 +25,7 @@ import numpy as np
 import scipy.stats
 
 from rest_jax import faults, inference, partitioning, sampling as sampling_lib
-from rest_jax.data import metrics as metrics_lib
+from rest_jax.data import corpus_metrics as metrics_lib
 from rest_jax.rewards import Reward
 
 

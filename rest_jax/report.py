@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from rest_jax import files
+from rest_jax import files, layout
 from rest_jax.data import grown
 
 # Held-out metrics watched for a fall while the training reward rises (name, higher is better).
@@ -114,7 +114,7 @@ def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
   for name, step in steps.items():
     if not isinstance(step, dict):
       continue
-    if name.startswith("grow_"):
+    if layout.grow_index(name) is not None:
       shares["sampling"] += step.get("sample_s", 0.0)
       shares["scoring"] += step.get("score_s", 0.0)
       shares["writing"] += step.get("write_s", 0.0)
@@ -122,7 +122,7 @@ def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
       shares["bc_training"] += step.get("seconds", 0.0)
     elif name == "bc_plus":
       shares["bc_plus_training"] += step.get("seconds", 0.0)
-    elif name.startswith("improve_"):
+    elif layout.is_improve(name):
       shares["improve_training"] += step.get("seconds", 0.0)
     elif name.startswith(("eval_", "test_")):
       shares["evaluation"] += step.get("seconds", 0.0)
@@ -143,8 +143,8 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
 
   written = []
   g = 1
-  while files.exists(files.join(model_dir, f"grow_{g}", grown.MANIFEST)):
-    directory = files.join(model_dir, f"grow_{g}")
+  while files.exists(files.join(model_dir, layout.grow_name(g), grown.MANIFEST)):
+    directory = files.join(model_dir, layout.grow_name(g))
     rewards = grown.sample_rewards(grown.shard_paths(directory, grown.load_manifest(
         directory, verify_counts=False)))
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -154,7 +154,7 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
     ax.set_xlabel("reward of a sample")
     ax.set_ylabel("samples")
     ax.set_title(f"Grow step {g}: {rewards.size} samples; Improve thresholds dashed")
-    path = files.join(model_dir, f"grow_{g}_rewards.png")
+    path = files.join(model_dir, layout.rewards_plot(g))
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
@@ -184,6 +184,61 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
   plt.close(fig)
   written.append(path)
   return written
+
+
+def _guard_lines(steps) -> List[str]:
+  """Per Grow step, the rows each reward guard fired on (rewards/guards.py)."""
+  lines = []
+  for name, step in sorted(steps.items()):
+    if layout.grow_index(name) is None or not isinstance(step, dict):
+      continue
+    fired = {k[len("guard_"):]: v for k, v in step.get("counts", {}).items()
+             if k.startswith("guard_")}
+    if fired:
+      lines.append(f"- Grow step {layout.grow_index(name)}: reward guards fired on "
+                   + ", ".join(f"{guard} {n}" for guard, n in fired.items())
+                   + f" of {step.get('samples', 0)} samples.")
+  return lines
+
+
+def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, evaluation, rows,
+                 steps) -> List[str]:
+  """'What was run': the lines a reader needs before the tables."""
+  counts = {split: int(r["metrics"].get(f"{split}/examples", 0))
+            for r in rows for split in evaluation.splits if f"{split}/examples" in r["metrics"]}
+  cut = {split: int(r["metrics"].get(f"{split}/overlength", 0))
+         for r in rows for split in evaluation.splits if f"{split}/overlength" in r["metrics"]}
+  sampling = grow.sampling
+  bc = steps.get("bc", {})
+  bc_sel = bc.get("selection", {}) if isinstance(bc, dict) else {}
+  grow_cut = sum(s.get("overlength_sources", 0) for k, s in steps.items()
+                 if layout.grow_index(k) is not None and isinstance(s, dict))
+  held_out = evaluation.held_out_reward
+  lines = [
+      "## What was run", "",
+      f"- Task `{task}`, feature lengths {dict(lengths)}; evaluated sentences per split:"
+      f" {counts}.",
+      f"- Model `{type(model).__module__}.{type(model).__name__}`, {n_params:,} parameters.",
+      f"- Metrics decode {'greedily' if evaluation.beam_size == 1 else f'with beam {evaluation.beam_size}'};"
+      f" best-of-{evaluation.best_of_n} samples at temperature {evaluation.sampling.temperature}.",
+      f"- Training reward `{reward.name}` on {list(reward.range)},"
+      f" {'reads references' if reward.needs_reference else 'reference-free'};"
+      f" held-out reward: {f'`{held_out.name}`' if held_out else 'none'}.",
+      f"- Grow: G = {grow.steps}, N = {grow.num_samples} samples per source at temperature"
+      f" {sampling.temperature}, top-k {sampling.topk or 'off'}, top-p {sampling.topp or 'off'}.",
+      f"- Improve: loss `{improve.loss.name}`, {improve.steps} steps of {improve.batch_size}"
+      f" per Improve step, optimizer state {improve.optimizer_state}, references"
+      f" {improve.references}; thresholds per Grow step {steps.get('thresholds', {})}.",
+      f"- Selection on validation reward: BC evaluated every few steps, best at step"
+      f" {bc_sel.get('best_step')} of {bc_sel.get('last_step')}"
+      f"{' (stopped early)' if bc_sel.get('stopped_early') else ''}; each Improve step and"
+      f" BC+ keep their best checkpoint; test is evaluated for the selected policies only.",
+      *_guard_lines(steps),
+      f"- Over-long examples cut to the feature lengths: BC training"
+      f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
+      f" references {grow_cut}, evaluation {cut}.", ""]
+  return lines
+
 
 
 def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] = (),
@@ -231,7 +286,7 @@ def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] 
   body.append("")
   body += [f"![{os.path.basename(p)}]({os.path.basename(p)})"
            for p in _plots(model_dir, rows, steps, selection_split)]
-  files.atomic_write_text(files.join(model_dir, "report.md"), "\n".join(body) + "\n")
+  files.atomic_write_text(files.join(model_dir, layout.REPORT_FILE), "\n".join(body) + "\n")
   text = "\n".join([f"{selection_split}:\n" + metrics_table(rows, selection_split, n)] + summary)
   print("\n" + text + "\n")
   print("time: " + ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in shares.items()))

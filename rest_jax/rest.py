@@ -1,136 +1,295 @@
 """The ReST loop: BC, then G Grow steps, each followed by I Improve steps at rising thresholds.
 
-    MODEL_DIR/
-      bc/                          the behaviour-cloning policy: checkpoints/ to resume,
-                                   best/ (its best validation checkpoint), selection.json
-      bc_plus/                     the equal-compute control (BC continued), likewise
-      grow_1/                      grown dataset of Grow step 1 (shards + manifest)
-      improve_1_1/                 Improve step 1 of Grow step 1, likewise ...
-      rest_state.json              what is done, with every evaluation and timing
-      report.md, *.png             the final table and plots
+    policy_0 = BC                                   stage `bc`
+    controls beside it: BC+                         stage `bc_plus` (rest_jax/controls.py)
+    for g in 1..G:  D_g = Grow(policy)              stage `grow`
+      for i in 1..I:  policy = Improve(policy, D_g filtered at tau_i)   stage `improve`
+    select on validation; test for the selected policies; the report
 
 Every policy is chosen on validation: BC trains until its validation reward stops
 improving and keeps its best checkpoint; every Improve step keeps its best
 checkpoint, and the next step (and the next Grow step) starts from it; the run's
 ReST policy is the best on validation over BC and every Improve step. Test is
-evaluated only for the selected policies (BC, BC+, ReST) and never chooses.
+evaluated only for the selected policies (BC, the controls, ReST) and never chooses.
 
-Every step's output is a file, so `rest` re-run after a crash continues where it
-stopped: a finished step (its selection file says so, or its manifest exists) is
-skipped, an unfinished one resumes (checkpoints, finished shards), and once a step
-has been (re)done, every later step is redone from scratch on top of it.
+Every step's output is a file (the run's folder: `rest_jax/layout.py`), so `rest`
+re-run after a crash continues where it stopped: a finished step whose record is
+unchanged is skipped, an unfinished one resumes (checkpoints, finished shards), and
+once a step has been (re)done, every later step is redone on top of it
+(`rest_jax/run_state.py`).
 """
 
-import dataclasses
-import json
 import os
-import resource
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from clu import metric_writers
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from rest_jax import controls, files, grow as grow_lib, improve as improve_lib
+from rest_jax import controls, files, grow as grow_lib, improve as improve_lib, layout
 from rest_jax import partitioning, policy_eval, records, report, selection as selection_lib
 from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext
 from rest_jax.data import grown, pipeline
 from rest_jax.rewards import Reward
+from rest_jax.run_state import RunState
 
-STATE_FILE = "rest_state.json"
-
-
-def memory_mb() -> Dict[str, float]:
-  """This process's resident memory now and its peak so far, in MiB (Linux)."""
-  out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-  try:
-    with open("/proc/self/statm") as f:
-      out["rss_mb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-  except OSError:
-    pass
-  return out
+STATE_FILE = layout.STATE_FILE
+SELECTION_SPLIT = "validation"
+Row = Dict[str, Any]
 
 
-@dataclasses.dataclass
-class _Progress:
-  """The state file: finished steps with their results and configs; written atomically."""
+class _Run:
+  """One `rest` run's stages over its shared state (context, evaluator, compiled steps)."""
 
-  path: str
-  steps: Dict[str, Any] = dataclasses.field(default_factory=dict)
-  # Each step's configuration as it was when the step started (what makes a result stale).
-  configs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-  upstream_changed: str = ""  # the first step this run (re)did that later steps build on
+  def __init__(self, *, model, model_dir: str, train_dataset_cfg: pipeline.DatasetConfig,
+               bc_steps: int, reward: Reward, grow: grow_lib.GrowConfig,
+               improve: improve_lib.ImproveConfig, evaluation: policy_eval.EvalConfig,
+               bc_selection: selection_lib.SelectionConfig, bc_learning_rate: Any,
+               initial_checkpoint_path: Optional[str], partitioner: partitioning.Partitioner,
+               checkpoint_period: int, seed: int, progress_bar: bool):
+    self.model, self.model_dir = model, model_dir
+    self.train_dataset_cfg, self.bc_steps = train_dataset_cfg, bc_steps
+    self.reward, self.grow_config, self.improve_config = reward, grow, improve
+    self.evaluation, self.bc_selection = evaluation, bc_selection
+    self.bc_learning_rate, self.initial_checkpoint_path = bc_learning_rate, initial_checkpoint_path
+    self.task = train_dataset_cfg.mixture_or_task_name
+    self.lengths = dict(train_dataset_cfg.task_feature_lengths)
+    self.state = RunState.load(model_dir)
+    self.policy_trainer = trainer_lib.Trainer(
+        model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size,
+                                                           self.lengths),
+        learning_rate=bc_learning_rate)
+    self.evaluator = policy_eval.PolicyEvaluator(
+        model, partitioner, self.policy_trainer.params_sharding, reward, evaluation, seed=seed)
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(model_dir, layout.SUMMARIES), just_logging=jax.process_index() != 0)
+    self.context = StepContext(
+        model=model, partitioner=partitioner, task=self.task, feature_lengths=self.lengths,
+        reward=reward, seed=seed, checkpoint_period=checkpoint_period,
+        progress_bar=progress_bar, validate=self.validate)
+    self.num_improve = grow.steps * len(improve.thresholds.values)
+    self.improve_total = self.num_improve * improve.steps
+    # What every step's record holds besides its own config.
+    self.model_record = {"model": records.describe(model), "task": self.task,
+                         "lengths": self.lengths, "seed": seed}
+    self._compiled: Dict[str, Any] = {}  # once per run: every Grow and Improve step uses them
 
-  @classmethod
-  def load(cls, model_dir: str) -> "_Progress":
-    path = files.join(model_dir, STATE_FILE)
-    if jax.process_index() == 0:  # a state file a killed run did not rename into place
-      files.remove_temporaries(model_dir, [files.temporary_prefix(STATE_FILE)])
-    state = {}
-    if files.exists(path):
-      state = json.loads(files.read_text(path))
-    return cls(path, state.get("steps", {}), state.get("configs", {}))
+  # --- shared -----------------------------------------------------------------
 
-  def save(self) -> None:
-    if jax.process_index() != 0:
-      return
-    files.atomic_write_text(
-        self.path, json.dumps({"steps": self.steps, "configs": self.configs}, indent=2),
-        "rest.state")
+  def validate(self, params) -> float:
+    return self.evaluator.validation_reward(params, self.task, SELECTION_SPLIT, self.lengths,
+                                            self.evaluation.max_examples)
 
-  def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = (),
-          upstream: bool = True, config: Optional[Mapping[str, Any]] = None) -> Any:
-    """Runs step `name` unless it is finished and nothing it depends on changed.
+  def where(self, path: str) -> str:
+    """A step's input as its record holds it (`layout.relative`)."""
+    return layout.relative(self.model_dir, path)
 
-    A step is redone, its `outputs` removed first, when a step before it was redone
-    in this run, or when its `config` differs from the one it was started with (the
-    log says which of the two, and which values changed). A step whose outputs are
-    finished on disk but which this state file does not record (a killed run, or a
-    finished `bc/` or `grow_1/` copied from another run) is run again to read its
-    result back (it finds its work done), and does not make the steps after it start
-    afresh: only a step that did work does, and only if it is `upstream` of them
-    (BC+, a control beside the chain, is not).
-    """
-    config = json.loads(json.dumps(config, default=str)) if config is not None else None
-    recorded = self.configs.get(name)
-    changed = ", ".join(records.changes(recorded, config))
-    if finished and name in self.steps and not self.upstream_changed and not changed:
-      logging.info("rest: %s already done", name)
-      return self.steps[name]
-    why = "; ".join(([f"{self.upstream_changed} was redone in this run"]
-                     if self.upstream_changed else []) +
-                    ([f"its configuration changed ({changed})"] if changed else []))
-    reused = finished and not why
-    if reused and outputs and name not in self.steps:
-      logging.warning("rest: %s is finished in %s (not recorded in this run's state): reusing it",
-                      name, ", ".join(outputs))
-    existing = [p for p in outputs if files.exists(p)] if why else []
-    if existing:
-      logging.warning("rest: redoing %s from scratch (removing %s): %s", name,
-                      ", ".join(existing), why)
-      if jax.process_index() == 0:
-        for path in existing:  # outputs of an older upstream or config
-          files.rmtree(path)
-    elif why and name in self.steps:
-      logging.warning("rest: redoing %s: %s", name, why)
-    if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
-      multihost_utils.sync_global_devices(f"rest: {name} starts")
-    if config is not None and recorded != config:
-      self.configs[name] = config
-      self.save()  # before any work: a killed step resumes only under the same config
-    result = fn()
-    if isinstance(result, dict):  # memory after each step: a leak shows as a rising line
-      result = {**result, **memory_mb()}
-    self.steps[name] = result
-    if upstream and not reused and not self.upstream_changed:
-      self.upstream_changed = name
-    self.save()
-    return result
+  def improve_trainer(self) -> trainer_lib.Trainer:
+    if "improve" not in self._compiled:
+      self._compiled["improve"] = self.improve_config.trainer(self.context,
+                                                              self.improve_config.steps)
+    return self._compiled["improve"]
+
+  def bc_plus_trainer(self) -> trainer_lib.Trainer:
+    config = self.improve_config
+    if config.loss.name == "bc" and _schedule_ignores_length(config):  # Improve's own step
+      return self.improve_trainer()
+    if "bc_plus" not in self._compiled:
+      self._compiled["bc_plus"] = controls.bc_plus_trainer(config, self.context,
+                                                           self.improve_total)
+    return self._compiled["bc_plus"]
+
+  def trainer_of(self, role: str) -> trainer_lib.Trainer:
+    return {"BC": self.policy_trainer, "BC+": None, "ReST": None}[role] or (
+        self.bc_plus_trainer() if role == "BC+" else self.improve_trainer())
+
+  def evaluate(self, label: str, index: int, params, splits=(SELECTION_SPLIT,)) -> Row:
+    tick = time.perf_counter()
+    out = {}
+    for split in splits:
+      for key, value in self.evaluator(params, self.task, split, self.lengths,
+                                       self.evaluation.max_examples).items():
+        out[f"{split}/{key}"] = value
+    self.writer.write_scalars(index, {k: v for k, v in out.items()
+                                      if k.endswith(("reward", "bleu", "chrf"))})
+    logging.info("rest eval %s: %s", label, out)
+    return {"policy": label, "index": index, "metrics": out,
+            "seconds": time.perf_counter() - tick}
+
+  # --- stages -----------------------------------------------------------------
+
+  def bc(self, bc_from: Optional[str]) -> Policy:
+    """BC to convergence on validation (or another run's finished BC): the BC policy."""
+    bc_dir = _finished_bc(bc_from) if bc_from else os.path.join(self.model_dir, layout.BC)
+    record = {"from": self.where(bc_dir) if bc_from else None, "bc_steps": self.bc_steps,
+              "initial_checkpoint_path": self.initial_checkpoint_path,
+              "data": records.describe(self.train_dataset_cfg),
+              "selection": records.describe(self.bc_selection),
+              "learning_rate": records.describe(self.bc_learning_rate),
+              "optimizer": records.describe(self.policy_trainer.optimizer), **self.model_record}
+    overlength = lambda: pipeline.overlength_count(self.train_dataset_cfg)  # noqa: E731
+
+    def reuse():
+      return {"seconds": 0.0, "selection": _summary(bc_dir), "reused_from": bc_dir,
+              "overlength_examples": overlength()}
+
+    def train():
+      tick = time.perf_counter()
+      sel = selection_lib.Selection(bc_dir, self.bc_selection)
+      train_lib.train(model=self.model, train_dataset_cfg=self.train_dataset_cfg,
+                      model_dir=bc_dir, total_steps=self.bc_steps,
+                      partitioner=self.context.partitioner,
+                      checkpoint_period=self.context.checkpoint_period, seed=self.context.seed,
+                      progress_bar=self.context.progress_bar, selection=sel,
+                      validate=self.validate, learning_rate=self.bc_learning_rate,
+                      initial_checkpoint_path=self.initial_checkpoint_path)
+      summary = sel.summary()
+      # Early means before BC_STEPS: patience running out at the last step is not early.
+      summary["stopped_early"] = bool(summary["stopped_early"] and
+                                      (summary["last_step"] or 0) < self.bc_steps)
+      sel.close()
+      return {"seconds": time.perf_counter() - tick, "selection": summary,
+              "overlength_examples": overlength()}
+
+    if bc_from:
+      self.state.run(layout.BC, True, reuse, config=record)
+    else:
+      self.state.run(layout.BC, selection_lib.Selection(bc_dir).finished, train, [bc_dir],
+                     config=record)
+    state = _selected_state(bc_dir, self.policy_trainer)
+    return Policy(state.params, state.opt_state, bc_dir)
+
+  def bc_row(self, bc: Policy) -> Row:
+    row = self.state.run("eval_bc", True, lambda: self.evaluate("BC", 0, bc.params))
+    return {**row, "role": "BC", "optimizer_steps": _best_step(bc.directory),
+            "dir": bc.directory}
+
+  def bc_plus(self, bc: Policy) -> Row:
+    """The equal-compute control: BC continued for as many steps as all Improve steps."""
+    out_dir = os.path.join(self.model_dir, layout.BC_PLUS)
+    config, trainer = self.improve_config, self.bc_plus_trainer()
+    self.state.run(
+        layout.BC_PLUS, selection_lib.Selection(out_dir).finished,
+        lambda: _step_summary(controls.bc_plus_step(
+            bc, config, self.context, output_dir=out_dir, total_steps=self.improve_total,
+            trainer=trainer)),
+        [out_dir], upstream=False,
+        config={"steps": self.improve_total, "improve": _improve_record(config),
+                "optimizer": records.describe(trainer.optimizer),
+                "learning_rate": _rates(config.learning_rate_for(self.improve_total),
+                                        self.improve_total), **self.model_record})
+    params = _selected_state(out_dir, trainer).params
+    row = self.state.run("eval_bc_plus", True, lambda: self.evaluate("BC+", -1, params))
+    return {**row, "role": "BC+", "dir": out_dir,
+            "optimizer_steps": _best_step(bc.directory) + _best_step(out_dir)}
+
+  def grow(self, g: int, policy: Policy, grow_from: Optional[str]) -> str:
+    """Grow step g from `policy` (or, for g = 1, another run's grown dataset): its folder."""
+    out_dir = os.path.join(self.model_dir, layout.grow_name(g))
+    record = {"policy": self.where(policy.directory),
+              "grow": records.describe(self.grow_config), "reward": self.reward.identity,
+              **self.model_record}
+    if g == 1 and grow_from:
+      out_dir, record["from"] = grow_from, self.where(grow_from)
+
+      def reuse():
+        manifest = grown.load_manifest(out_dir, verify_counts=False)
+        return {"seconds": 0.0, "reused_from": out_dir, "samples": manifest["num_samples"],
+                "counts": manifest.get("counts", {})}
+
+      self.state.run(layout.grow_name(1), True, reuse, config=record)
+      return out_dir
+
+    def sample():
+      if "grow" not in self._compiled:
+        self._compiled["grow"] = grow_lib.Decoders(
+            self.model, self.context.partitioner, self.policy_trainer.params_sharding,
+            self.grow_config.num_samples, self.grow_config.sampling)
+      return grow_lib.grow_step(policy, self.grow_config, self.context, output_dir=out_dir,
+                                grow_step=g, params_sharding=self.policy_trainer.params_sharding,
+                                decoders=self._compiled["grow"])
+
+    self.state.run(layout.grow_name(g), files.exists(files.join(out_dir, grown.MANIFEST)),
+                   sample, [out_dir], config=record)
+    return out_dir
+
+  def thresholds(self, g: int, grow_dir: str) -> List[float]:
+    """tau_1 < ... < tau_I of Grow step g (quantiles are over its samples, never references)."""
+    manifest = grown.load_manifest(grow_dir, verify_counts=False)
+    taus = self.improve_config.thresholds.resolve(
+        grown.sample_rewards(grown.shard_paths(grow_dir, manifest)))
+    self.state.steps.setdefault("thresholds", {})[str(g)] = taus
+    return taus
+
+  def improve(self, g: int, i: int, index: int, tau: float, policy: Policy, grow_dir: str,
+              bc: Policy) -> Row:
+    """Improve step i of Grow step g (the run's `index`-th, 1-based) from `policy`."""
+    out_dir = os.path.join(self.model_dir, layout.improve_name(g, i))
+    config = self.improve_config
+    result = self.state.run(
+        layout.improve_name(g, i), selection_lib.Selection(out_dir).finished,
+        lambda: _step_summary(improve_lib.improve_step(
+            policy, config, self.context, grown_dir=grow_dir, threshold=tau,
+            output_dir=out_dir, grow_step=g, step=i, improve_index=index - 1,
+            num_improve_steps=self.num_improve, reference_params=bc.params,
+            trainer=self.improve_trainer())),
+        [out_dir], config={"grown": self.where(grow_dir), "threshold": tau,
+                           "kl_weight": config.loss.kl_weight(index - 1, self.num_improve),
+                           "improve": _improve_record(config),
+                           "optimizer": records.describe(self.improve_trainer().optimizer),
+                           "learning_rate": _rates(config.learning_rate_for(config.steps),
+                                                   config.steps),
+                           "reward_range": list(self.reward.range), **self.model_record})
+    state = _selected_state(out_dir, self.improve_trainer())
+    row = self.state.run(f"eval_{g}_{i}", True, lambda: self.evaluate(
+        f"G{g} I{i} (tau={tau:.3f})", index, state.params))
+    return {**row, "role": "ReST", "dir": out_dir, "policy_state": state,
+            "kept_samples": result["metrics"]["kept_samples"],
+            "kept_references": result["metrics"]["kept_references"]}
+
+  def select(self, rows: List[Row], bc_from: Optional[str]) -> Row:
+    """The ReST policy: the best on validation over BC and every Improve step."""
+    key = f"{SELECTION_SPLIT}/reward"
+    chosen = max((r for r in rows if r["role"] in ("BC", "ReST")),
+                 key=lambda r: r["metrics"][key])  # the first of the best
+    chosen["selected"] = True
+    self.state.steps["selected"] = chosen["policy"]
+    # Where the selected policy is, relative to the run (`commands.policy_checkpoint`).
+    self.state.steps["selected_dir"] = (
+        os.path.abspath(chosen["dir"]) if bc_from and chosen["role"] == "BC"
+        else os.path.relpath(chosen["dir"], self.model_dir))
+    return chosen
+
+  def test(self, rows: List[Row]) -> None:
+    """The other splits (test), for BC, the controls and the selected policy only."""
+    others = [s for s in self.evaluation.splits if s != SELECTION_SPLIT]
+    for row in rows:
+      if row["role"] == "ReST" and not row.get("selected"):
+        continue
+      params = _selected_state(row["dir"], self.trainer_of(row["role"])).params
+      extra = self.state.run("test_" + os.path.basename(row["dir"]), True,
+                             lambda p=params, row=row: self.evaluate(
+                                 row["policy"], row["index"], p, others))
+      row["metrics"] = {**row["metrics"], **extra["metrics"]}
+
+  def write_report(self, rows: List[Row]) -> None:
+    self.state.steps["rows"] = [
+        {k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps") if k in r}
+        | {"selected": bool(r.get("selected"))} for r in rows]
+    self.state.save()
+    self.writer.flush()
+    if jax.process_index() == 0:
+      n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+          self.policy_trainer.abstract_state.params))
+      header = report.what_was_run(self.model, n_params, self.task, self.lengths, self.reward,
+                                   self.grow_config, self.improve_config, self.evaluation,
+                                   rows, self.state.steps)
+      report.write_report(self.model_dir, rows, self.state.steps, self.evaluation, header,
+                          SELECTION_SPLIT)
 
 
 def rest(
@@ -154,12 +313,12 @@ def rest(
     checkpoint_period: int = 200,
     seed: int = 0,
     progress_bar: bool = True,
-) -> List[Dict[str, Any]]:
+) -> List[Row]:
   """Runs (or resumes) the whole ReST loop, its BC+ control, and writes the report.
 
   Args:
     model: the policy (t5x API).
-    model_dir: everything of the run goes here.
+    model_dir: everything of the run goes here (`rest_jax/layout.py`).
     train_dataset_cfg: BC data (its task also provides Grow's sources and evaluation).
     bc_steps: BC's most training steps; it stops earlier once its validation reward
       has not improved for `bc_selection.patience` evaluations, and keeps its best
@@ -173,7 +332,7 @@ def rest(
     bc_selection: BC's validation period and patience.
     bc_plus: also run the equal-compute control BC+ (BC continued on the original
       data for as many steps and examples as all Improve steps, with Improve's
-      optimizer, selected on validation the same way).
+      optimizer, selected on validation the same way, its start included).
     bc_learning_rate: BC's rate or schedule for a model that carries a t5x
       `OptimizerDef` (rest_jax's models carry an optax optimizer with its rate).
     initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax
@@ -193,291 +352,59 @@ def rest(
     The report's rows: BC, BC+ and one per Improve step, each with its validation
     metrics; BC, BC+ and the selected ReST policy also with the other splits'.
   """
-  thresholds = improve.thresholds
-  thresholds.validate(reward.range)
-  loss = improve.loss
-  if loss.name == "oac" and grow.num_samples < 2:
+  improve.thresholds.validate(reward.range)
+  if improve.loss.name == "oac" and grow.num_samples < 2:
     raise ValueError("OAC's baseline is the mean reward of a source's other samples: it needs"
                      f" NUM_SAMPLES >= 2, not {grow.num_samples}")
   if improve.mix_ratio > 0:
-    loss.validate_rows(1, f"mixed-in original pairs (MIX_RATIO {improve.mix_ratio})")
-  partitioner = partitioner or partitioning.Partitioner()
+    improve.loss.validate_rows(1, f"mixed-in original pairs (MIX_RATIO {improve.mix_ratio})")
   files.makedirs(model_dir)
-  task, lengths = train_dataset_cfg.mixture_or_task_name, dict(train_dataset_cfg.task_feature_lengths)
-  select_split = SELECTION_SPLIT
-  progress = _Progress.load(model_dir)
-  policy = trainer_lib.Trainer(
-      model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size, lengths),
-      learning_rate=bc_learning_rate)
-  evaluator = policy_eval.PolicyEvaluator(
-      model, partitioner, policy.params_sharding, reward, evaluation, seed=seed)
-  writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, "rest"), just_logging=jax.process_index() != 0)
-  def validate(params) -> float:
-    return evaluator.validation_reward(params, task, select_split, lengths,
-                                       evaluation.max_examples)
-
-  context = StepContext(model=model, partitioner=partitioner, task=task,
-                        feature_lengths=lengths, reward=reward, seed=seed,
-                        checkpoint_period=checkpoint_period, progress_bar=progress_bar,
-                        validate=validate)
-  improve_total = grow.steps * len(thresholds.values) * improve.steps
-  # Compiled once for the run: every Grow step samples, every Improve step trains with them.
-  compiled: Dict[str, Any] = {}
-
-  def improve_trainer() -> trainer_lib.Trainer:
-    if "improve" not in compiled:
-      compiled["improve"] = improve.trainer(context, improve.steps)
-    return compiled["improve"]
-
-  def bc_plus_trainer() -> trainer_lib.Trainer:
-    if loss.name == "bc" and _schedule_ignores_length(improve):  # Improve's compiled step
-      return improve_trainer()
-    if "bc_plus" not in compiled:
-      compiled["bc_plus"] = controls.bc_plus_trainer(improve, context, improve_total)
-    return compiled["bc_plus"]
-
-  # What each step's record holds besides its own config (records.describe of all of it).
-  model_record = {"model": records.describe(model), "task": task, "lengths": lengths,
-                  "seed": seed}
-
-  def selected_state(step_dir: str, trainer: trainer_lib.Trainer):
-    sel = selection_lib.Selection(step_dir)
-    state = sel.restore_best(trainer.abstract_state)
-    sel.close()
-    return state, sel.summary()
-
-  def evaluate(label: str, index: int, params, splits=(select_split,)) -> Dict[str, Any]:
-    tick = time.perf_counter()
-    out = {}
-    for split in splits:
-      for key, value in evaluator(params, task, split, lengths, evaluation.max_examples).items():
-        out[f"{split}/{key}"] = value
-    writer.write_scalars(index, {k: v for k, v in out.items()
-                                 if k.endswith(("reward", "bleu", "chrf"))})
-    logging.info("rest eval %s: %s", label, out)
-    return {"policy": label, "index": index, "metrics": out,
-            "seconds": time.perf_counter() - tick}
-
-  # --- BC, to convergence on validation ---------------------------------------
-  bc_dir = os.path.join(model_dir, "bc")
-  if bc_from:
-    bc_dir = _finished_bc(bc_from)
+  run = _Run(model=model, model_dir=model_dir, train_dataset_cfg=train_dataset_cfg,
+             bc_steps=bc_steps, reward=reward, grow=grow, improve=improve,
+             evaluation=evaluation, bc_selection=bc_selection,
+             bc_learning_rate=bc_learning_rate, initial_checkpoint_path=initial_checkpoint_path,
+             partitioner=partitioner or partitioning.Partitioner(),
+             checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar)
   if grow_from:  # checked before BC trains
-    grow_from = _grown_from(grow_from, bc_dir)
-  def where(path: str) -> str:
-    """A step's input as its config records it: relative to the run when inside it (a
-    copied or moved run is the same run), absolute when it is another run's."""
-    inside = os.path.relpath(os.path.abspath(path), os.path.abspath(model_dir))
-    return os.path.abspath(path) if inside.startswith("..") else inside
+    grow_from = _grown_from(grow_from, bc_from or os.path.join(model_dir, layout.BC))
 
-  bc_config = {"from": where(bc_dir) if bc_from else None, "bc_steps": bc_steps,
-               "initial_checkpoint_path": initial_checkpoint_path,
-               "data": records.describe(train_dataset_cfg),
-               "selection": records.describe(bc_selection),
-               "learning_rate": records.describe(bc_learning_rate),
-               "optimizer": records.describe(policy.optimizer), **model_record}
-
-  def reuse_bc():
-    sel = selection_lib.Selection(bc_dir)
-    summary = sel.summary()
-    sel.close()
-    return {"seconds": 0.0, "selection": summary, "reused_from": bc_dir,
-            "overlength_examples": pipeline.overlength_count(train_dataset_cfg)}
-
-  def run_bc():
-    tick = time.perf_counter()
-    sel = selection_lib.Selection(bc_dir, bc_selection)
-    train_lib.train(model=model, train_dataset_cfg=train_dataset_cfg, model_dir=bc_dir,
-                    total_steps=bc_steps, partitioner=partitioner,
-                    checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar,
-                    selection=sel, validate=validate, learning_rate=bc_learning_rate,
-                    initial_checkpoint_path=initial_checkpoint_path)
-    summary = sel.summary()
-    # Early means before BC_STEPS: patience running out at the last step is not early.
-    summary["stopped_early"] = bool(summary["stopped_early"] and
-                                    (summary["last_step"] or 0) < bc_steps)
-    sel.close()
-    return {"seconds": time.perf_counter() - tick, "selection": summary,
-            "overlength_examples": pipeline.overlength_count(train_dataset_cfg)}
-
-  if bc_from:
-    progress.run("bc", True, reuse_bc, config=bc_config)
-  else:
-    progress.run("bc", selection_lib.Selection(bc_dir).finished, run_bc, [bc_dir],
-                 config=bc_config)
-  bc_state, bc_summary = selected_state(bc_dir, policy)
-  bc_params, bc_opt_state = bc_state.params, bc_state.opt_state
-  bc_step = bc_summary["best_step"]
-  rows = [{**progress.run("eval_bc", True, lambda: evaluate("BC", 0, bc_params)),
-           "role": "BC", "optimizer_steps": bc_step, "dir": bc_dir}]
-
-  # --- BC+, the equal-compute control -----------------------------------------
-  bc_policy = Policy(bc_params, bc_opt_state, bc_dir)
-  bc_plus_dir = os.path.join(model_dir, "bc_plus")
-  if bc_plus and improve_total:
-    plus_trainer = bc_plus_trainer()
-    progress.run(
-        "bc_plus", selection_lib.Selection(bc_plus_dir).finished,
-        lambda: _step_summary(controls.bc_plus_step(
-            bc_policy, improve, context, output_dir=bc_plus_dir, total_steps=improve_total,
-            trainer=plus_trainer)),
-        [bc_plus_dir], upstream=False,
-        config={"steps": improve_total, "improve": _improve_record(improve),
-                "optimizer": records.describe(plus_trainer.optimizer),
-                "learning_rate": _rates(improve.learning_rate_for(improve_total), improve_total),
-                **model_record})
-    plus_state, plus_summary = selected_state(bc_plus_dir, plus_trainer)
-    rows.append({**progress.run("eval_bc_plus", True,
-                                lambda: evaluate("BC+", -1, plus_state.params)),
-                 "role": "BC+", "optimizer_steps": bc_step + plus_summary["best_step"],
-                 "dir": bc_plus_dir})
-
-  # --- Grow / Improve ---------------------------------------------------------
-  num_improve = grow.steps * len(thresholds.values)
-  current, steps_behind, index = bc_policy, bc_step, 0
+  bc = run.bc(bc_from)
+  rows = [run.bc_row(bc)]
+  if bc_plus and run.improve_total:
+    rows.append(run.bc_plus(bc))
+  policy, index = bc, 0
   for g in range(1, grow.steps + 1):
-    grow_dir = os.path.join(model_dir, f"grow_{g}")
-    grow_config = {"policy": where(current.directory), "grow": records.describe(grow),
-                   "reward": reward.identity, **model_record}
-    if g == 1 and grow_from:
-      grow_dir, grow_config["from"] = grow_from, where(grow_from)
-
-    def run_grow(grow_dir=grow_dir, start=current, g=g):
-      if "grow" not in compiled:
-        compiled["grow"] = grow_lib.Decoders(model, partitioner, policy.params_sharding,
-                                             grow.num_samples, grow.sampling)
-      return grow_lib.grow_step(start, grow, context, output_dir=grow_dir, grow_step=g,
-                                params_sharding=policy.params_sharding,
-                                decoders=compiled["grow"])
-
-    if g == 1 and grow_from:
-      def reuse_grow(grow_dir=grow_dir):
-        manifest = grown.load_manifest(grow_dir, verify_counts=False)
-        return {"seconds": 0.0, "reused_from": grow_dir, "samples": manifest["num_samples"],
-                "counts": manifest.get("counts", {})}
-
-      progress.run("grow_1", True, reuse_grow, config=grow_config)
-    else:
-      progress.run(f"grow_{g}", files.exists(files.join(grow_dir, grown.MANIFEST)), run_grow,
-                   [grow_dir], config=grow_config)
-    manifest = grown.load_manifest(grow_dir, verify_counts=False)
-    # Quantile thresholds are taken over the policy's samples, never the references.
-    taus = thresholds.resolve(grown.sample_rewards(grown.shard_paths(grow_dir, manifest)))
-    progress.steps.setdefault("thresholds", {})[str(g)] = taus
-    for i, tau in enumerate(taus, start=1):
+    grow_dir = run.grow(g, policy, grow_from)
+    for i, tau in enumerate(run.thresholds(g, grow_dir), start=1):
       index += 1
-      step_dir = os.path.join(model_dir, f"improve_{g}_{i}")
-
-      def run_improve(step_dir=step_dir, tau=tau, start=current, g=g, i=i, index=index):
-        return _step_summary(improve_lib.improve_step(
-            start, improve, context, grown_dir=grow_dir, threshold=tau, output_dir=step_dir,
-            grow_step=g, step=i, improve_index=index - 1, num_improve_steps=num_improve,
-            reference_params=bc_params, trainer=improve_trainer()))
-
-      step = progress.run(
-          f"improve_{g}_{i}", selection_lib.Selection(step_dir).finished, run_improve,
-          [step_dir], config={"grown": where(grow_dir), "threshold": tau,
-                              "kl_weight": loss.kl_weight(index - 1, num_improve),
-                              "improve": _improve_record(improve),
-                              "optimizer": records.describe(improve_trainer().optimizer),
-                              "learning_rate": _rates(improve.learning_rate_for(improve.steps),
-                                                      improve.steps),
-                              "reward_range": list(reward.range), **model_record})
-      state, summary = selected_state(step_dir, improve_trainer())
-      current = Policy(state.params, state.opt_state, step_dir)
-      steps_behind += summary["best_step"]
-      row = progress.run(f"eval_{g}_{i}", True, lambda g=g, i=i, tau=tau, p=current.params:
-                         evaluate(f"G{g} I{i} (tau={tau:.3f})", index, p))
-      rows.append({**row, "role": "ReST", "optimizer_steps": steps_behind, "dir": step_dir,
-                   "kept_samples": step["metrics"]["kept_samples"],
-                   "kept_references": step["metrics"]["kept_references"]})
-
-  # --- selection on validation, then the other splits for the selected policies ---
-  key = f"{select_split}/reward"
-  rest_rows = [r for r in rows if r["role"] in ("BC", "ReST")]
-  chosen = max(rest_rows, key=lambda r: r["metrics"][key])  # the first of the best
-  chosen["selected"] = True
-  others = [s for s in evaluation.splits if s != select_split]
-  for row in rows:
-    if row["role"] in ("BC", "BC+") or row.get("selected"):
-      name = "test_" + os.path.basename(row["dir"])
-      params = _load_selected(row, policy, improve_trainer, bc_plus_trainer)
-      extra = progress.run(name, True, lambda p=params, row=row: evaluate(
-          row["policy"], row["index"], p, others))
-      row["metrics"] = {**row["metrics"], **extra["metrics"]}
-  progress.steps["selected"] = chosen["policy"]
-  # Where the selected policy is, relative to the run (`commands.policy_checkpoint`).
-  progress.steps["selected_dir"] = (os.path.relpath(chosen["dir"], model_dir)
-                                    if not bc_from or chosen["role"] != "BC"
-                                    else os.path.abspath(chosen["dir"]))
-  progress.steps["rows"] = [{k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps")
-                             if k in r} | {"selected": bool(r.get("selected"))} for r in rows]
-  progress.save()
-  writer.flush()
-  if jax.process_index() == 0:
-    header = _header(model, policy, task, lengths, reward, grow, improve, evaluation, rows,
-                     progress.steps)
-    report.write_report(model_dir, rows, progress.steps, evaluation, header, select_split)
+      row = run.improve(g, i, index, tau, policy, grow_dir, bc)
+      state = row.pop("policy_state")
+      policy = Policy(state.params, state.opt_state, row["dir"])
+      row["optimizer_steps"] = rows[-1 if rows[-1]["role"] == "ReST" else 0][
+          "optimizer_steps"] + _best_step(row["dir"])
+      rows.append(row)
+  run.select(rows, bc_from)
+  run.test(rows)
+  run.write_report(rows)
   return rows
 
 
-def _guard_lines(steps) -> List[str]:
-  """Per Grow step, the rows each reward guard fired on (rewards/guards.py)."""
-  lines = []
-  for name, step in sorted(steps.items()):
-    if not (name.startswith("grow_") and isinstance(step, dict)):
-      continue
-    fired = {k[len("guard_"):]: v for k, v in step.get("counts", {}).items()
-             if k.startswith("guard_")}
-    if fired:
-      lines.append(f"- Grow step {name[len('grow_'):]}: reward guards fired on "
-                   + ", ".join(f"{guard} {n}" for guard, n in fired.items())
-                   + f" of {step.get('samples', 0)} samples.")
-  return lines
+def _selected_state(step_dir: str, trainer: trainer_lib.Trainer):
+  sel = selection_lib.Selection(step_dir)
+  state = sel.restore_best(trainer.abstract_state)
+  sel.close()
+  return state
 
 
-def _header(model, policy, task, lengths, reward, grow, improve, evaluation, rows, steps):
-  """'What was run': the lines a reader needs before the tables."""
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
-      policy.abstract_state.params))
-  counts = {split: int(r["metrics"].get(f"{split}/examples", 0))
-            for r in rows for split in evaluation.splits if f"{split}/examples" in r["metrics"]}
-  cut = {split: int(r["metrics"].get(f"{split}/overlength", 0))
-         for r in rows for split in evaluation.splits if f"{split}/overlength" in r["metrics"]}
-  sampling = grow.sampling
-  bc = steps.get("bc", {})
-  bc_sel = bc.get("selection", {}) if isinstance(bc, dict) else {}
-  grow_cut = sum(s.get("overlength_sources", 0) for k, s in steps.items()
-                 if k.startswith("grow_") and isinstance(s, dict))
-  held_out = evaluation.held_out_reward
-  lines = [
-      "## What was run", "",
-      f"- Task `{task}`, feature lengths {dict(lengths)}; evaluated sentences per split:"
-      f" {counts}.",
-      f"- Model `{type(model).__module__}.{type(model).__name__}`, {n_params:,} parameters.",
-      f"- Metrics decode {'greedily' if evaluation.beam_size == 1 else f'with beam {evaluation.beam_size}'};"
-      f" best-of-{evaluation.best_of_n} samples at temperature {evaluation.sampling.temperature}.",
-      f"- Training reward `{reward.name}` on {list(reward.range)},"
-      f" {'reads references' if reward.needs_reference else 'reference-free'};"
-      f" held-out reward: {f'`{held_out.name}`' if held_out else 'none'}.",
-      f"- Grow: G = {grow.steps}, N = {grow.num_samples} samples per source at temperature"
-      f" {sampling.temperature}, top-k {sampling.topk or 'off'}, top-p {sampling.topp or 'off'}.",
-      f"- Improve: loss `{improve.loss.name}`, {improve.steps} steps of {improve.batch_size}"
-      f" per Improve step, optimizer state {improve.optimizer_state}, references"
-      f" {improve.references}; thresholds per Grow step {steps.get('thresholds', {})}.",
-      f"- Selection on validation reward: BC evaluated every few steps, best at step"
-      f" {bc_sel.get('best_step')} of {bc_sel.get('last_step')}"
-      f"{' (stopped early)' if bc_sel.get('stopped_early') else ''}; each Improve step and"
-      f" BC+ keep their best checkpoint; test is evaluated for the selected policies only.",
-      *_guard_lines(steps),
-      f"- Over-long examples cut to the feature lengths: BC training"
-      f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
-      f" references {grow_cut}, evaluation {cut}.", ""]
-  return lines
+def _summary(step_dir: str) -> Dict[str, Any]:
+  sel = selection_lib.Selection(step_dir)
+  summary = sel.summary()
+  sel.close()
+  return summary
 
 
-SELECTION_SPLIT = "validation"
+def _best_step(step_dir: str) -> int:
+  return _summary(step_dir)["best_step"]
 
 
 def _step_summary(result) -> Dict[str, Any]:
@@ -512,8 +439,9 @@ def _finished_bc(directory: str) -> str:
   """`directory` if it holds a finished BC step (rest's `bc/`), else a ValueError."""
   if not selection_lib.Selection(directory).finished:
     raise ValueError(
-        f"BC_FROM = {directory!r} is not a finished BC step: it needs the {selection_lib.SELECTION_FILE}"
-        " and best/ checkpoint that `rest` writes when BC ends (point it at a run's bc/)")
+        f"BC_FROM = {directory!r} is not a finished BC step: it needs the"
+        f" {selection_lib.SELECTION_FILE} and best/ checkpoint that `rest` writes when BC"
+        " ends (point it at a run's bc/)")
   return directory
 
 
@@ -527,15 +455,3 @@ def _grown_from(directory: str, bc_dir: str) -> str:
         f" policy is {bc_dir}: set BC_FROM = {policy!r} as well (Improve trains from the"
         " policy that sampled it)")
   return directory
-
-
-def _load_selected(row, policy, improve_trainer, bc_plus_trainer):
-  trainer = {"BC": policy, "BC+": None, "ReST": None}[row["role"]]
-  if row["role"] == "BC+":
-    trainer = bc_plus_trainer()
-  elif row["role"] == "ReST":
-    trainer = improve_trainer()
-  sel = selection_lib.Selection(row["dir"])
-  state = sel.restore_best(trainer.abstract_state)
-  sel.close()
-  return state.params

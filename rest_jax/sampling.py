@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -1.0e10
+from rest_jax.decoding import NEG_INF  # one value for every decode and filter
 
 
 @dataclasses.dataclass(frozen=True)

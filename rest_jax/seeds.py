@@ -8,22 +8,22 @@ selected ReST policy, the mean and standard deviation over the runs of each metr
 ReST - BC+ with its mean and spread: a margin smaller than the spread is no result.
 """
 
-import json
-import os
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
+
+from rest_jax import layout
 
 ROLES = ("BC", "BC+", "ReST")
 METRICS = (("reward", 4), ("held_out_reward", 4), ("bleu", 2), ("chrf", 2), ("ter", 2))
 
 
 def _rows(model_dir: str) -> List[Dict[str, Any]]:
-  path = os.path.join(model_dir, "rest_state.json")
-  if not os.path.exists(path):
+  state = layout.read_state(model_dir)
+  path = layout.state_path(model_dir)
+  if state is None:
     raise FileNotFoundError(f"{path} is missing: {model_dir} is not a finished rest run")
-  with open(path) as f:
-    steps = json.load(f)["steps"]
+  steps = state["steps"]
   if "rows" not in steps:
     raise ValueError(f"{path} has no rows: the run has not finished")
   return steps["rows"]

@@ -15,8 +15,8 @@ import jax
 import seqio
 import tqdm
 
-from rest_jax import checkpoints, convert, evaluation, faults, inference, partitioning
-from rest_jax import preemption, selection as selection_lib
+from rest_jax import checkpoints, convert, inference, loop, partitioning
+from rest_jax import selection as selection_lib, train_eval
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
 
@@ -116,14 +116,14 @@ def train(
                                       num_decodes=eval_beam_size)
   history: List[Dict[str, Any]] = []
 
-  def run_eval(step: int) -> None:
+  def run_eval(step: int, params) -> None:
     if eval_dataset_cfg is None:
       return
     batches = pipeline.batch_iterator(eval_dataset_cfg, _converter(model), num_epochs=1,
                                       rows=partitioner.process_rows(eval_dataset_cfg.batch_size))
     if eval_batches:
       batches = (b for i, b in zip(range(eval_batches), batches))
-    results = evaluation.evaluate(trainer, state.params, batches, decoder)
+    results = train_eval.evaluate(trainer, params, batches, decoder)
     examples = results.pop("examples", [])
     eval_writer.write_scalars(step, results)
     for ref, hyp in examples[:2]:
@@ -135,57 +135,33 @@ def train(
   batches = pipeline.batch_iterator(train_dataset_cfg, _converter(model, train_dataset_cfg.pack),
                                     start_step=start,
                                     rows=partitioner.process_rows(train_dataset_cfg.batch_size))
-  bar = tqdm.tqdm(total=total_steps, initial=start, disable=not (progress_bar and is_chief),
-                  unit="step", dynamic_ncols=True)
-  accumulator = trainer_lib.MetricsAccumulator()
-  tokens, tick = 0, time.perf_counter()
+  summary = {"accumulator": trainer_lib.MetricsAccumulator(), "tokens": 0,
+             "tick": time.perf_counter()}
   if start == 0:
-    run_eval(0)
-  for step in range(start, total_steps):
-    batch = next(batches)
-    state, metrics = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
-    faults.point("train.step")
-    accumulator.add(metrics)
-    tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
-    done = step + 1
-    ckpt.save(state, force=done == total_steps)
-    bar.update(1)
+    run_eval(0, state.params)
+
+  def after_step(done, new_state, metrics, batch):
+    summary["accumulator"].add(metrics)
+    summary["tokens"] += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
     if done % log_period == 0 or done == total_steps:
-      elapsed = time.perf_counter() - tick
-      scalars = accumulator.compute()
-      scalars["target_tokens_per_s"] = tokens / max(elapsed, 1e-9)
+      elapsed = time.perf_counter() - summary["tick"]
+      scalars = summary["accumulator"].compute()
+      scalars["target_tokens_per_s"] = summary["tokens"] / max(elapsed, 1e-9)
       train_writer.write_scalars(done, scalars)
-      bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['target_tokens_per_s']:.0f}")
-      accumulator, tokens, tick = trainer_lib.MetricsAccumulator(), 0, time.perf_counter()
+      summary.update(accumulator=trainer_lib.MetricsAccumulator(), tokens=0,
+                     tick=time.perf_counter())
     if done % eval_period == 0 or done == total_steps:
-      run_eval(done)
-    if selection is not None and selection.due(done, total_steps):
-      selection.record(done, validate(state.params), state)
-      tqdm.tqdm.write(f"step {done:6d} validation score {selection.history[-1][1]:.4f}"
-                      f" (best {selection.best[1]:.4f} at step {selection.best[0]})")
-      if selection.should_stop and done < total_steps:
-        if ckpt.latest_step() != done:
-          ckpt.save(state, force=True)  # where a re-run finds the stopped run
-        logging.info("train: stopped early at step %d; best validation score %.4f at step %d",
-                     done, selection.best[1], selection.best[0])
-        break
-    if preemption.reached(done):
-      if ckpt.latest_step() != done:
-        ckpt.save(state, force=True)
-      ckpt.close()
-      raise preemption.Preempted(f"preempted during training at step {done} of {model_dir}:"
-                                 " saved; run the same command again to continue")
-  bar.close()
-  if selection is not None:
-    if not selection.history:  # nothing to train (e.g. BC_STEPS = 0 on a given policy)
-      if ckpt.latest_step() is None:
-        ckpt.save(state, force=True)
-      selection.record(int(jax.device_get(state.step)), validate(state.params), state)
-    selection.finish()
+      run_eval(done, new_state.params)
+
+  result = loop.run(name="train", trainer=trainer, state=state, batches=batches,
+                    total_steps=total_steps, checkpointer=ckpt, dropout_rng=dropout_rng,
+                    fault_point="train.step", selection=selection, validate=validate,
+                    after_step=after_step, progress_bar=progress_bar)
+  if result.stopped_early:
+    logging.info("train: stopped early at step %d; best validation score %.4f at step %d",
+                 int(jax.device_get(result.state.step)), selection.best[1], selection.best[0])
   # Closing is normally seconds; when it is not, the warning below says which part.
   tick = time.perf_counter()
-  ckpt.close()
-  closed = time.perf_counter()
   del batches  # the input pipeline's threads stop here rather than at an unknown later point
   stopped = time.perf_counter()
   cut = pipeline.overlength_count(train_dataset_cfg)
@@ -195,6 +171,6 @@ def train(
   train_writer.flush()
   eval_writer.flush()
   if time.perf_counter() - tick > 10:
-    logging.warning("train: closing took %.1f s (checkpoints %.1f s, input pipeline %.1f s)",
-                    time.perf_counter() - tick, closed - tick, stopped - closed)
+    logging.warning("train: closing took %.1f s (input pipeline %.1f s)",
+                    time.perf_counter() - tick, stopped - tick)
   return history

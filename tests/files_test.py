@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from rest_jax import files, rest, selection
+from rest_jax import files, layout, run_state, selection
 from rest_jax.data import grown
 from tests.grown_test import _rows
 
@@ -58,10 +58,10 @@ def test_a_grown_dataset_is_written_once_and_committed_by_its_manifest(bucket):
 def test_state_selection_and_report_files_on_an_object_store(bucket):
   model_dir = str(bucket / "run")
   files.makedirs(model_dir)
-  progress = rest._Progress.load(model_dir)  # pylint: disable=protected-access
+  progress = run_state.RunState.load(model_dir)
   progress.steps["bc"] = {"seconds": 1.0}
   progress.save()
-  assert json.loads(files.read_text(files.join(model_dir, rest.STATE_FILE)))["steps"] == {
+  assert json.loads(files.read_text(files.join(model_dir, layout.STATE_FILE)))["steps"] == {
       "bc": {"seconds": 1.0}}
   sel = selection.Selection(files.join(model_dir, "bc"), selection.SelectionConfig(eval_period=1))
   sel.history = [(1, 0.5)]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
+from rest_jax import rewards
 from rest_jax.data import grown, grown_tasks
 
 VOCAB = seqio.ByteVocabulary()
@@ -121,10 +122,21 @@ def test_unscored_references_and_sample_quantiles(tmp_path):
   dropped = _read(grown_tasks.register_grown_task(
       "grown_test", str(tmp_path), VOCAB, threshold=0.0, include_references=False))
   assert len(dropped) == 24
-  # The top 25% by quantile is a quarter of the samples: the references take no part.
+  # The top 25% by quantile (rest's rule: the samples' 0.75 quantile, 'lower', so at least
+  # a quarter of them) is taken over the samples: the references take no part.
+  tau, sample_rewards = _top_quarter(tmp_path)
   top = _read(grown_tasks.register_grown_task(
-      "grown_test", str(tmp_path), VOCAB, top_quantile=0.25, include_references=False))
-  assert len(top) == 6
+      "grown_test", str(tmp_path), VOCAB, threshold=tau, include_references=False))
+  assert len(top) == np.sum(sample_rewards >= tau) >= 24 // 4
+
+
+def _top_quarter(directory):
+  """The threshold of the top 25% of the samples by reward, as `rest` resolves it, and the
+  samples' rewards."""
+  paths = grown.shard_paths(str(directory), grown.load_manifest(str(directory)))
+  sample_rewards = grown.sample_rewards(paths)
+  return rewards.ThresholdSchedule([0.75], quantiles=True).resolve(sample_rewards)[0], \
+      sample_rewards
 
 
 def test_reference_and_duplicate_filters_and_quantiles(tmp_path):
@@ -138,9 +150,11 @@ def test_reference_and_duplicate_filters_and_quantiles(tmp_path):
   assert len(unique) == 30 - 6
   # The top 25% of the samples' rewards (>= 0.3) keep 6 samples; scored references
   # (0.95) pass that threshold too.
+  tau, sample_rewards = _top_quarter(tmp_path)
   top = _read(grown_tasks.register_grown_task(
-      "grown_test", str(tmp_path), VOCAB, top_quantile=0.25))
-  assert len(top) == 12 and sum(e["is_reference"] for e in top) == 6
+      "grown_test", str(tmp_path), VOCAB, threshold=tau))
+  assert len(top) == np.sum(sample_rewards >= tau) + 6
+  assert sum(e["is_reference"] for e in top) == 6
 
 
 def test_missing_manifest_truncated_and_missing_shards_are_errors(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from rest_jax import grow, improve, losses, records, rest, rewards, sampling, selection
+from rest_jax import grow, improve, losses, records, rest, rewards, run_state, sampling, selection
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
 
@@ -82,10 +82,10 @@ def test_each_field_redoes_its_step_and_the_ones_after(step, field, changed, tmp
   if field == "thresholds":  # each Improve step records its own tau instead
     assert records.changes(base["improve_1_1"], changed["improve_1_1"]) == []
     return
-  progress = rest._Progress.load(str(tmp_path))  # pylint: disable=protected-access
+  progress = run_state.RunState.load(str(tmp_path))
   for name in ORDER:
     progress.run(name, False, lambda: {"done": 1}, config=base[name])
-  progress = rest._Progress.load(str(tmp_path))  # pylint: disable=protected-access
+  progress = run_state.RunState.load(str(tmp_path))
   ran = []
   with caplog.at_level(logging.WARNING):
     for name in ORDER:

@@ -6,7 +6,7 @@ import pytest
 
 from rest_jax import checkpoints, controls, decoding, improve, partitioning, policy_eval, report
 from rest_jax import rewards as rewards_lib, selection, train, trainer as trainer_lib
-from rest_jax.data import metrics, pipeline, tasks, vocab
+from rest_jax.data import corpus_metrics as metrics, pipeline, tasks, vocab
 from tests.conftest import make_model
 
 LENGTHS = {"inputs": 48, "targets": 40}

@@ -216,7 +216,7 @@ def test_own_corpus_end_to_end_as_the_readme_writes_it(tmp_path):
 
 def test_bleu_tokenizes_by_the_target_language():
   """Chinese targets are scored with sacrebleu's `zh` tokenizer, others with 13a."""
-  from rest_jax.data import metrics  # pylint: disable=g-import-not-at-top
+  from rest_jax.data import corpus_metrics as metrics  # pylint: disable=g-import-not-at-top
 
   refs, hyps = ["我们今天去北京看朋友。"], ["我们明天去北京看朋友。"]
   to_zh = metrics.task_bleu("wmt19_en_zh")

@@ -13,11 +13,10 @@ filtered many times, rising thresholds give nested subsets of the same rows.
 import functools
 from typing import Mapping
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
-from rest_jax.data import grown, metrics
+from rest_jax.data import corpus_metrics as metrics, grown
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
@@ -93,21 +92,11 @@ def sampled_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def quantile_threshold(rewards: np.ndarray, top_quantile: float) -> float:
-  """The threshold that keeps the top `top_quantile` share of rows (e.g. 0.2)."""
-  if not 0.0 < top_quantile <= 1.0:
-    raise ValueError(f"top_quantile must be in (0, 1], got {top_quantile}")
-  if rewards.size == 0:
-    raise ValueError("no rewards to take a quantile of")
-  return float(np.quantile(rewards, 1.0 - top_quantile, method="higher"))
-
-
 def register_grown_task(
     name: str,
     directory: str,
     vocabulary: seqio.Vocabulary,
     threshold: float | None = None,
-    top_quantile: float | None = None,
     include_references: bool = True,
     deduplicate: bool = False,
     unscored_reward: float = 1.0,
@@ -119,8 +108,8 @@ def register_grown_task(
     name: task name.
     directory: a grown dataset (checked against its manifest first).
     vocabulary: tokenizes `inputs`; `targets` are the stored token ids.
-    threshold: keep scored rows with `reward >= threshold`.
-    top_quantile: instead, keep the top share of the samples by reward.
+    threshold: keep scored rows with `reward >= threshold` (a quantile threshold is
+      resolved first, over the samples only: `rewards.ThresholdSchedule.resolve`).
     include_references: keep the reference rows (scored ones pass the threshold
       like samples; unscored ones are kept at every threshold).
     deduplicate: drop repeated identical samples of one source.
@@ -130,12 +119,8 @@ def register_grown_task(
   Returns:
     The task; its only split is "train"; examples carry the features the losses read.
   """
-  if threshold is not None and top_quantile is not None:
-    raise ValueError("give threshold or top_quantile, not both")
   manifest = grown.load_manifest(directory, verify_counts=verify_counts)
   paths = grown.shard_paths(directory, manifest)
-  if top_quantile is not None:
-    threshold = quantile_threshold(grown.sample_rewards(paths), top_quantile)
   preprocessors = []
   if threshold is not None:
     preprocessors.append(functools.partial(filter_by_reward, threshold=float(threshold),

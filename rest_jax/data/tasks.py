@@ -11,7 +11,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from rest_jax.data import demo_corpus, metrics, translation_tasks, vocab
+from rest_jax.data import corpus_metrics as metrics, demo_corpus, translation_tasks, vocab
 
 DEMO_TASK = "rest_demo_en_de"
 

@@ -22,7 +22,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from rest_jax.data import metrics, parallel_text, preprocessors
+from rest_jax.data import corpus_metrics as metrics, parallel_text, preprocessors
 
 
 @gin.configurable(module="rest_jax.data.translation_tasks")

@@ -12,7 +12,7 @@ from typing import Callable, Dict
 from rest_jax.rewards.base import Ensemble, Reward, RewardError
 from rest_jax.rewards.cache import Cached
 from rest_jax.rewards.guards import Guarded
-from rest_jax.rewards.metric_rewards import DemoRater, EditRating, MetricReward
+from rest_jax.rewards.sentence_metrics import DemoRater, EditRating, MetricReward
 from rest_jax.rewards.thresholds import ThresholdSchedule
 
 _REGISTRY: Dict[str, Callable[..., Reward]] = {}
@@ -26,7 +26,7 @@ def register(name: str, factory: Callable[..., Reward]) -> None:
 
 def get(name: str, **kwargs) -> Reward:
   """A reward by name: bleu, chrf, chrf++, ter, edit_rating, demo_rater (the demo's rater,
-  rewards/metric_rewards.py), learned (needs `model_dir=`),
+  rewards/sentence_metrics.py), learned (needs `model_dir=`),
   metricx (needs `checkpoint_dir=`; rewards/metricx.py), use-similarity (cross-lingual
   source-hypothesis embedding similarity, reference-free; rewards/embedding.py)."""
   if name not in _REGISTRY:

@@ -26,7 +26,7 @@ import optax
 import scipy.stats
 import seqio
 
-from rest_jax import checkpoints, partitioning, trainer as trainer_lib
+from rest_jax import checkpoints, loop, partitioning, trainer as trainer_lib
 from rest_jax.models import layers, network
 from rest_jax.rewards.base import Reward
 
@@ -258,8 +258,12 @@ def train_reward_model(
     vocabulary_file: str | None = None,
     task_feature_lengths: Mapping[str, int] | None = None,
     policy_ratings_file: str | None = None,
+    progress_bar: bool = True,
 ) -> Dict[str, Any]:
   """Trains a reward model on a ratings file; resumes from `model_dir` if present.
+
+  It trains in the same loop as BC and Improve (`rest_jax.loop`): a SIGTERM saves the
+  step and stops, and the same command continues bit for bit.
 
   `ranking_weight` adds a pairwise loss between the candidates of one source (see
   `RewardModel`). `vocabulary_file`, a SentencePiece model (the task's), replaces
@@ -304,31 +308,32 @@ def train_reward_model(
   partitioner = partitioner or partitioning.Partitioner()
   trainer = trainer_lib.Trainer(model, partitioner, {"tokens": (batch_size, config.max_length)})
   ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period, keep=2)
-  rng = np.random.RandomState(seed)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(trainer.abstract_state)
   else:
     state = trainer.init_state(jax.random.PRNGKey(seed))
   start = int(jax.device_get(state.step))
-  per_epoch = max(1, len(train_idx) // batch_size)
-  dropout_rng = jax.random.PRNGKey(seed + 1)
   source_ids = {s: i for i, s in enumerate(dict.fromkeys(sources))}
   group = np.array([source_ids[s] for s in sources], np.int32)
-  order_epoch, order = None, None  # built once per epoch (per step: 19 s of the demo's 800)
-  for step in range(start, train_steps):
-    # Each epoch's order depends only on (seed, epoch): a resumed run sees the same batches.
-    # A source's candidates stay together (one after the other) so the ranking loss
-    # sees them in one batch.
-    epoch, offset = divmod(step, per_epoch)
-    if epoch != order_epoch:
-      order_epoch = epoch
-      order = _epoch_order(train_idx, group, np.random.RandomState(seed * 100003 + epoch))
-    rows = order[offset * batch_size:(offset + 1) * batch_size]
-    batch = {"tokens": tokens[rows], "target_score": scores[rows], "group": group[rows]}
-    state, _ = trainer.train_step(state, partitioner.shard_batch(batch), dropout_rng)
-    ckpt.save(state, force=step + 1 == train_steps)
-  ckpt.close()
-  del rng
+
+  def batches():
+    """The batches from the state's step on: each epoch's order depends only on (seed,
+    epoch), so a resumed run sees the same batches. A source's candidates stay together
+    (one after the other) so the ranking loss sees them in one batch."""
+    per_epoch = max(1, len(train_idx) // batch_size)
+    order_epoch, order = None, None  # built once per epoch (per step: 19 s of the demo's 800)
+    for step in range(start, train_steps):
+      epoch, offset = divmod(step, per_epoch)
+      if epoch != order_epoch:
+        order_epoch = epoch
+        order = _epoch_order(train_idx, group, np.random.RandomState(seed * 100003 + epoch))
+      rows = order[offset * batch_size:(offset + 1) * batch_size]
+      yield {"tokens": tokens[rows], "target_score": scores[rows], "group": group[rows]}
+
+  state = loop.run(name="reward model", trainer=trainer, state=state, batches=batches(),
+                   total_steps=train_steps, checkpointer=ckpt,
+                   dropout_rng=jax.random.PRNGKey(seed + 1), fault_point="reward_model.step",
+                   progress_bar=progress_bar).state
 
   predictor = Scorer(model, partitioner, trainer.params_sharding, batch_size)
   predicted = predictor(state.params, tokens[eval_idx])

@@ -134,7 +134,7 @@ def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full
     (source, hypothesis, correct translation, rating, kind) rows.
   """
   from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
-  from rest_jax.rewards.metric_rewards import EditRating  # pylint: disable=g-import-not-at-top
+  from rest_jax.rewards.sentence_metrics import EditRating  # pylint: disable=g-import-not-at-top
 
   corpus = demo_corpus.generate_corpus(train_size, 0, 0, seed, forms=forms, flaw_rate=1.0,
                                        flaw=flaw)

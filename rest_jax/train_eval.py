@@ -1,4 +1,7 @@
-"""Evaluation of a policy: teacher-forced loss/accuracy and BLEU/chrF of its decodes."""
+"""`train`'s periodic evaluation of the model it trains: teacher-forced loss and token
+accuracy, and corpus BLEU/chrF of its greedy or beam decodes (a `rest` run's policies are
+evaluated by `policy_eval.py` instead).
+"""
 
 from typing import Any, Dict, Iterable, Mapping
 
@@ -7,7 +10,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from rest_jax import inference, trainer as trainer_lib
-from rest_jax.data import metrics as metrics_lib
+from rest_jax.data import corpus_metrics as metrics_lib
 
 PyTree = Any
 

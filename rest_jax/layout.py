@@ -1,0 +1,71 @@
+"""A `rest` run's folder, named in one place.
+
+    MODEL_DIR/
+      bc/                  the behaviour-cloning policy: checkpoints/ to resume, best/ (its
+                           best validation checkpoint), selection.json
+      bc_plus/             the BC+ control (BC continued on the original pairs), likewise
+      grow_<g>/            the grown dataset of Grow step g (shards + manifest.json)
+      improve_<g>_<i>/     Improve step i of Grow step g, likewise a training step
+      rest_state.json      what is done: every step's record, result and evaluation
+      report.md, grow_<g>_rewards.png, ...   the report and its plots
+      rest/                TensorBoard summaries
+      config.gin           the configuration the run was started with
+
+`rest` writes it; the single-step commands, `report` and `seeds` read it through
+the names below.
+"""
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+from rest_jax import files
+
+STATE_FILE = "rest_state.json"
+REPORT_FILE = "report.md"
+SUMMARIES = "rest"
+BC = "bc"
+BC_PLUS = "bc_plus"
+
+
+def grow_name(g: int) -> str:
+  """The step (and folder) name of Grow step g."""
+  return f"grow_{g}"
+
+
+def improve_name(g: int, i: int) -> str:
+  """The step (and folder) name of Improve step i of Grow step g."""
+  return f"improve_{g}_{i}"
+
+
+def grow_index(name: str) -> Optional[int]:
+  """g of a Grow step's name ('grow_3' -> 3), None for any other name."""
+  prefix = "grow_"
+  tail = name[len(prefix):] if name.startswith(prefix) else ""
+  return int(tail) if tail.isdigit() else None
+
+
+def is_improve(name: str) -> bool:
+  return name.startswith("improve_")
+
+
+def rewards_plot(g: int) -> str:
+  return f"{grow_name(g)}_rewards.png"
+
+
+def state_path(model_dir: str) -> str:
+  return files.join(model_dir, STATE_FILE)
+
+
+def read_state(model_dir: str) -> Optional[Dict[str, Any]]:
+  """The run's state file as written (None when the run has none)."""
+  path = state_path(model_dir)
+  if not files.exists(path):
+    return None
+  return json.loads(files.read_text(path))
+
+
+def relative(model_dir: str, path: str) -> str:
+  """`path` relative to the run when inside it (a moved run is the same run), else absolute."""
+  inside = os.path.relpath(os.path.abspath(path), os.path.abspath(model_dir))
+  return os.path.abspath(path) if inside.startswith("..") else inside
