@@ -211,7 +211,8 @@ def test_edit_rating_counts_word_errors():
 def test_demo_ratings_rate_every_kind_of_candidate():
   from rest_jax.rewards import ratings
 
-  rows = ratings.build_demo_ratings(train_size=200, forms="simple", flaw="adjective")
+  rows = ratings.build_demo_ratings(num_sources=200, forms="simple", flaw="adjective",
+                                    corpus_train_size=600, grow_sources=300)
   kinds = {k for *_, k in rows}
   assert kinds == {"correct", "flawed", "model_error", "copy", "misaligned", "truncated",
                    "repeated"}
@@ -219,3 +220,74 @@ def test_demo_ratings_rate_every_kind_of_candidate():
     assert (score == 1.0) == (hypothesis == correct), (hypothesis, correct, kind)
     if kind == "copy":
       assert hypothesis == source and score <= 0.4  # every word wrong; 3-word sentences
+
+
+def test_the_demo_reward_never_rates_grows_sources_validation_or_test():
+  """configs/demo_reward.gin's ratings, as `make demo` builds them, share no source with the
+  sources configs/demo.gin's Grow samples (the first GROW_MAX_SOURCES training sources), nor
+  with validation or test; another seed rates other sources."""
+  import gin  # pylint: disable=g-import-not-at-top
+
+  from rest_jax import main  # pylint: disable=g-import-not-at-top
+  from rest_jax.data import demo_corpus, tasks  # pylint: disable=g-import-not-at-top
+  from rest_jax.rewards import ratings  # pylint: disable=g-import-not-at-top
+
+  def value(key):
+    bound = gin.query_parameter(key)
+    return bound.scoped_configurable_fn() if isinstance(
+        bound, gin.config.ConfigurableReference) else bound
+
+  rated = {}
+  for seed in (0, 1):
+    gin.clear_config()
+    main.parse_gin(["configs/demo_reward.gin"], [f"SEED = {seed}"], finalize=False)
+    kwargs = {k: value(f"ratings.build_demo_ratings_file.{k}")
+              for k in ("num_sources", "seed", "forms", "flaw", "corpus_train_size",
+                        "grow_sources")}
+    rated[seed] = {row[0] for row in ratings.build_demo_ratings(**kwargs)}
+  gin.clear_config()
+  main.parse_gin(["configs/demo.gin"], ["MODEL_DIR = 'unused'"], finalize=False)
+  grow_sources = value("%GROW_MAX_SOURCES")
+  sizes = {k: value(f"tasks.demo_corpus_sizes.{k}")
+           for k in ("train_size", "validation_size", "test_size", "forms")}
+  gin.clear_config()
+  corpus = demo_corpus.generate_corpus(sizes["train_size"], sizes["validation_size"],
+                                       sizes["test_size"], 0, forms=sizes["forms"])
+  grown_sources = {p.source for p in corpus["train"][:grow_sources]}
+  held_out = {p.source for split in ("validation", "test") for p in corpus[split]}
+  train = {p.source for p in corpus["train"]}
+  for seed, sources in rated.items():
+    assert len(sources) == 4000 and sources <= train, seed
+    assert not sources & grown_sources and not sources & held_out, seed
+  assert rated[0] != rated[1]
+  assert tasks.DEMO_TASK  # the task the demo's Grow samples is this corpus's
+
+
+def test_a_learned_ensemble_is_the_mean_of_its_members(tmp_path):
+  from rest_jax.data import demo_corpus, vocab  # pylint: disable=g-import-not-at-top
+  from rest_jax.rewards import learned  # pylint: disable=g-import-not-at-top
+
+  pairs = demo_corpus.generate_splits(200, 0, 0, seed=1)["train"]
+  path = ratings.write_ratings(str(tmp_path / "ratings.tsv"), ratings.build_ratings(pairs, 2))
+  config = learned.RewardModelConfig(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16,
+                                     mlp_dim=64, num_layers=1, max_length=66,
+                                     use_reference=False)
+  learned.train_reward_model(
+      ratings_file=path, model_dir=str(tmp_path / "rm"), vocabulary=vocab.DemoVocabulary(),
+      config=config, train_steps=6, batch_size=16, eval_fraction=0.2, seed=3,
+      ensemble_size=2, progress_bar=False)
+  assert (tmp_path / "rm" / "member_0").is_dir() and (tmp_path / "rm" / "member_1").is_dir()
+  reward = rewards.get("learned", model_dir=str(tmp_path / "rm"))
+  assert len(reward.members) == 2
+  sources, hyps = ["The dog sleeps.", "A cat sees the man."], ["Der Hund schläft.", "Katze"]
+  tokens = reward.model.tokenize(sources, hyps, ["", ""])
+  each = [reward._scorer(p, tokens) for p in reward.members]  # pylint: disable=protected-access
+  assert not np.allclose(each[0], each[1])  # other seeds, other models
+  np.testing.assert_allclose(reward(sources, hyps), np.mean(each, axis=0), rtol=1e-6)
+  assert "identity" in records_describe(reward)
+
+
+def records_describe(reward):
+  from rest_jax import records  # pylint: disable=g-import-not-at-top
+
+  return records.describe(reward)

@@ -259,11 +259,15 @@ def train_reward_model(
     task_feature_lengths: Mapping[str, int] | None = None,
     policy_ratings_file: str | None = None,
     progress_bar: bool = True,
+    ensemble_size: int = 1,
 ) -> Dict[str, Any]:
   """Trains a reward model on a ratings file; resumes from `model_dir` if present.
 
   It trains in the same loop as BC and Improve (`rest_jax.loop`): a SIGTERM saves the
-  step and stops, and the same command continues bit for bit.
+  step and stops, and the same command continues bit for bit. With `ensemble_size` K > 1
+  it trains K models on the same ratings (in `model_dir/member_<k>`, seeds `seed * K + k`:
+  their own initialisation and data order) and the reward is their mean; the held-out
+  metrics are the ensemble's.
 
   `ranking_weight` adds a pairwise loss between the candidates of one source (see
   `RewardModel`). `vocabulary_file`, a SentencePiece model (the task's), replaces
@@ -307,36 +311,48 @@ def train_reward_model(
 
   partitioner = partitioner or partitioning.Partitioner()
   trainer = trainer_lib.Trainer(model, partitioner, {"tokens": (batch_size, config.max_length)})
-  ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period, keep=2)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(trainer.abstract_state)
-  else:
-    state = trainer.init_state(jax.random.PRNGKey(seed))
-  start = int(jax.device_get(state.step))
   source_ids = {s: i for i, s in enumerate(dict.fromkeys(sources))}
   group = np.array([source_ids[s] for s in sources], np.int32)
 
-  def batches():
-    """The batches from the state's step on: each epoch's order depends only on (seed,
-    epoch), so a resumed run sees the same batches. A source's candidates stay together
-    (one after the other) so the ranking loss sees them in one batch."""
-    per_epoch = max(1, len(train_idx) // batch_size)
-    order_epoch, order = None, None  # built once per epoch (per step: 19 s of the demo's 800)
-    for step in range(start, train_steps):
-      epoch, offset = divmod(step, per_epoch)
-      if epoch != order_epoch:
-        order_epoch = epoch
-        order = _epoch_order(train_idx, group, np.random.RandomState(seed * 100003 + epoch))
-      rows = order[offset * batch_size:(offset + 1) * batch_size]
-      yield {"tokens": tokens[rows], "target_score": scores[rows], "group": group[rows]}
+  def train_member(member_dir: str, member_seed: int):
+    ckpt = checkpoints.Checkpointer(member_dir, save_every=checkpoint_period, keep=2)
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(trainer.abstract_state)
+    else:
+      state = trainer.init_state(jax.random.PRNGKey(member_seed))
+    start = int(jax.device_get(state.step))
 
-  state = loop.run(name="reward model", trainer=trainer, state=state, batches=batches(),
-                   total_steps=train_steps, checkpointer=ckpt,
-                   dropout_rng=jax.random.PRNGKey(seed + 1), fault_point="reward_model.step",
-                   progress_bar=progress_bar).state
+    def batches():
+      """The batches from the state's step on: each epoch's order depends only on (seed,
+      epoch), so a resumed run sees the same batches. A source's candidates stay together
+      (one after the other) so the ranking loss sees them in one batch."""
+      per_epoch = max(1, len(train_idx) // batch_size)
+      order_epoch, order = None, None  # built once per epoch (per step: 19 s of 800)
+      for step in range(start, train_steps):
+        epoch, offset = divmod(step, per_epoch)
+        if epoch != order_epoch:
+          order_epoch = epoch
+          order = _epoch_order(train_idx, group,
+                               np.random.RandomState(member_seed * 100003 + epoch))
+        rows = order[offset * batch_size:(offset + 1) * batch_size]
+        yield {"tokens": tokens[rows], "target_score": scores[rows], "group": group[rows]}
 
-  predictor = Scorer(model, partitioner, trainer.params_sharding, batch_size)
-  predicted = predictor(state.params, tokens[eval_idx])
+    return loop.run(name="reward model", trainer=trainer, state=state, batches=batches(),
+                    total_steps=train_steps, checkpointer=ckpt,
+                    dropout_rng=jax.random.PRNGKey(member_seed + 1),
+                    fault_point="reward_model.step", progress_bar=progress_bar).state.params
+
+  # One model, or an ensemble of `ensemble_size` trained on the same ratings from other
+  # initialisations and data orders (seeds `seed * ensemble_size + k`), averaged.
+  members = [train_member(_member_dir(model_dir, k, ensemble_size),
+                          seed * ensemble_size + k if ensemble_size > 1 else seed)
+             for k in range(ensemble_size)]
+  scorer = Scorer(model, partitioner, trainer.params_sharding, batch_size)
+
+  def predictor(token_rows):
+    return np.mean([scorer(params, token_rows) for params in members], axis=0)
+
+  predicted = predictor(tokens[eval_idx])
   metrics = evaluate_ranking(predicted, scores[eval_idx], [sources[i] for i in eval_idx])
   metrics["overlength_segments"] = int(model.overlength)
   if any(kinds):
@@ -344,12 +360,12 @@ def train_reward_model(
                                            [sources[i] for i in eval_idx],
                                            [kinds[i] for i in eval_idx])
   metrics["degenerate"] = degenerate_agreement(
-      lambda s, h, r: predictor(state.params, model.tokenize(s, h, r)),
+      lambda s, h, r: predictor(model.tokenize(s, h, r)),
       [sources[i] for i in eval_idx], [hypotheses[i] for i in eval_idx],
       [references[i] for i in eval_idx], scores[eval_idx], seed)
   if policy_ratings_file:
     p_sources, p_hypotheses, p_references, p_scores = read_ratings(policy_ratings_file)
-    p_predicted = predictor(state.params, model.tokenize(p_sources, p_hypotheses, p_references))
+    p_predicted = predictor(model.tokenize(p_sources, p_hypotheses, p_references))
     metrics["policy_samples"] = evaluate_ranking(p_predicted, p_scores, p_sources)
     metrics["policy_samples"]["ratings_file"] = os.path.abspath(policy_ratings_file)
   if jax.process_index() == 0:
@@ -357,7 +373,8 @@ def train_reward_model(
       json.dump({"config": dataclasses.asdict(config),
                  "vocabulary": _vocabulary_spec(vocabulary),
                  "ratings_file": os.path.abspath(ratings_file),
-                 "held_out": metrics, "train_steps": train_steps}, f, indent=2)
+                 "held_out": metrics, "train_steps": train_steps,
+                 "ensemble_size": ensemble_size}, f, indent=2)
   logging.info("reward model held-out metrics: %s", metrics)
   return metrics
 
@@ -502,19 +519,24 @@ class LearnedReward(Reward):
     with open(path) as f:
       saved = json.load(f)
     config = RewardModelConfig(**saved["config"])
+    # Its agreement with held-out ratings (`train_reward_model`'s metrics), for reports.
+    self.held_out = saved.get("held_out", {})
     self.name = "learned" if config.use_reference else "learned-qe"
     self.needs_reference = config.use_reference
     self.model = RewardModel(config, _vocabulary_from_spec(saved["vocabulary"]))
     partitioner = partitioner or partitioning.Partitioner()
     trainer = trainer_lib.Trainer(self.model, partitioner,
                                   {"tokens": (batch_size, config.max_length)})
-    ckpt = checkpoints.Checkpointer(model_dir)
-    self.params = ckpt.restore(trainer.abstract_state).params
-    ckpt.close()
+    size = int(saved.get("ensemble_size", 1))
+    self.members = []
+    for k in range(size):  # one model, or an ensemble averaged (`train_reward_model`)
+      ckpt = checkpoints.Checkpointer(_member_dir(model_dir, k, size))
+      self.members.append(ckpt.restore(trainer.abstract_state).params)
+      ckpt.close()
     # A model retrained in the same directory is another reward: its scores (cached, or
     # in a grown dataset that `rest` would reuse) are not this one's.
     digest = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(trainer_lib.to_host(self.params)):
+    for leaf in jax.tree_util.tree_leaves(trainer_lib.to_host(self.members)):
       digest.update(np.ascontiguousarray(leaf).tobytes())
     self._identity = f"{self.name}:{os.path.abspath(model_dir)}:{digest.hexdigest()[:16]}"
     self._scorer = Scorer(self.model, partitioner, trainer.params_sharding, batch_size)
@@ -523,5 +545,18 @@ class LearnedReward(Reward):
   def identity(self) -> str:
     return self._identity
 
+  @property
+  def params(self):
+    """The (first) model's parameters."""
+    return self.members[0]
+
   def score(self, sources, hypotheses, references):
-    return self._scorer(self.params, self.model.tokenize(sources, hypotheses, references))
+    tokens = self.model.tokenize(sources, hypotheses, references)
+    if len(self.members) == 1:
+      return self._scorer(self.members[0], tokens)
+    return np.mean([self._scorer(params, tokens) for params in self.members], axis=0)
+
+
+def _member_dir(model_dir: str, k: int, size: int) -> str:
+  """Where member k of an ensemble of `size` lives (the model dir itself for one model)."""
+  return model_dir if size == 1 else os.path.join(model_dir, f"member_{k}")

@@ -116,19 +116,25 @@ def build_ratings(pairs: Iterable[Tuple[str, str]], corruptions_per_pair: int = 
   return rows
 
 
-def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full",
+def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "full",
                        corruptions_per_pair: int = 2, max_edits: int = 3,
-                       penalty: float = 0.2,
-                       flaw: str = "dative") -> List[Tuple[str, str, str, float, str]]:
+                       penalty: float = 0.2, flaw: str = "dative", corpus_train_size: int = 20000,
+                       corpus_seed: int = 0,
+                       grow_sources: int = 4000) -> List[Tuple[str, str, str, float, str]]:
   """Ratings from the demo corpus's generator, the stand-in for human raters.
 
-  The generator knows each source's correct translation. For every training source
-  it rates (`EditRating`: `1 - penalty` per word error) the correct translation, its
+  The raters rate `num_sources` training sources of the demo corpus (`corpus_seed`,
+  `corpus_train_size`: the run's corpus) that Grow never samples: drawn with `seed`
+  from those after the first `grow_sources` (Grow's `GROW_MAX_SOURCES`), never from
+  validation or test. So the reward model has not seen the correct translation of any
+  source it later scores samples of, as a metric trained on other data would not.
+
+  The generator knows each source's correct translation. For every rated source it
+  rates (`EditRating`: `1 - penalty` per word error) the correct translation, its
   rendering with the demo's systematic flaw (`flaw`, when the sentence has the
-  construction), one web-like noise variant (untranslated copy, another
-  sentence's translation, cut in half, a phrase repeated, in turn) and
-  `corruptions_per_pair` typical model errors (dropped, swapped or mis-agreed
-  words). Only training sources are used: validation and test stay unseen.
+  construction), one web-like noise variant (untranslated copy, another sentence's
+  translation, cut in half, a phrase repeated, in turn) and `corruptions_per_pair`
+  typical model errors (dropped, swapped or mis-agreed words).
 
   Returns:
     (source, hypothesis, correct translation, rating, kind) rows.
@@ -136,18 +142,25 @@ def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full
   from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
   from rest_jax.rewards.sentence_metrics import EditRating  # pylint: disable=g-import-not-at-top
 
-  corpus = demo_corpus.generate_corpus(train_size, 0, 0, seed, forms=forms, flaw_rate=1.0,
-                                       flaw=flaw)
-  rater = EditRating(penalty)
+  train = demo_corpus.generate_corpus(corpus_train_size, 0, 0, corpus_seed, forms=forms,
+                                      flaw_rate=1.0, flaw=flaw)["train"]
+  candidates_pool = list(range(grow_sources, len(train)))
+  if num_sources > len(candidates_pool):
+    raise ValueError(f"build_demo_ratings: {num_sources} sources asked for, but only"
+                     f" {len(candidates_pool)} training sources lie outside Grow's first"
+                     f" {grow_sources} (corpus_train_size {corpus_train_size})")
   rng = random.Random(seed)
+  rated = sorted(rng.sample(candidates_pool, num_sources))
+  rater = EditRating(penalty)
   candidates = []
-  for i, pair in enumerate(corpus["train"]):
+  for n, index in enumerate(rated):
+    pair = train[index]
     clean = demo_corpus.DemoPair(pair.source, pair.correct, pair.correct)
     candidates.append((pair.source, pair.correct, pair.correct, "correct"))
     if pair.kind == "flawed":
       candidates.append((pair.source, pair.target, pair.correct, "flawed"))
-    kind = demo_corpus.NOISE_KINDS[i % len(demo_corpus.NOISE_KINDS)]
-    other = corpus["train"][rng.randrange(len(corpus["train"]))].correct
+    kind = demo_corpus.NOISE_KINDS[n % len(demo_corpus.NOISE_KINDS)]
+    other = train[rng.randrange(len(train))].correct
     candidates.append((pair.source, demo_corpus._noisy(clean, kind, rng, other).target,  # pylint: disable=protected-access
                        pair.correct, kind))
     for _ in range(corruptions_per_pair):
@@ -158,13 +171,15 @@ def build_demo_ratings(train_size: int = 4000, seed: int = 0, forms: str = "full
   return [(s, h, r, round(float(v), 4), k) for (s, h, r, k), v in zip(candidates, scores)]
 
 
-def build_demo_ratings_file(*, output_path: str, train_size: int = 4000, seed: int = 0,
+def build_demo_ratings_file(*, output_path: str, num_sources: int = 4000, seed: int = 0,
                             forms: str = "full", corruptions_per_pair: int = 2,
                             max_edits: int = 3, penalty: float = 0.2,
-                            flaw: str = "dative") -> str:
+                            flaw: str = "dative", corpus_train_size: int = 20000,
+                            corpus_seed: int = 0, grow_sources: int = 4000) -> str:
   """Writes `build_demo_ratings` as a ratings TSV (with a fifth column: the kind)."""
   return write_ratings(output_path, build_demo_ratings(
-      train_size, seed, forms, corruptions_per_pair, max_edits, penalty, flaw))
+      num_sources, seed, forms, corruptions_per_pair, max_edits, penalty, flaw,
+      corpus_train_size, corpus_seed, grow_sources))
 
 
 def write_ratings(path: str, rows: Sequence[Tuple]) -> str:
