@@ -43,6 +43,8 @@ class ImproveConfig:
     batch_size: global batch size.
     references: "keep" the reference rows (scored ones filtered like samples,
       unscored ones kept at every threshold) or "drop" them.
+    samples: train on the policy's samples (False: on the kept original pairs
+      alone: the filtered-BC control).
     mix_ratio: share of each batch drawn from the original parallel data.
     optimizer: Improve's optax optimizer for a model that carries an optax one
       (rest_jax's): a function of the learning rate (gin:
@@ -106,7 +108,8 @@ class EmptyImproveStepError(ValueError):
   """A threshold that keeps no rows of the grown dataset."""
 
 
-def kept_rows(grown_dir: str, threshold: float, include_references: bool) -> Dict[str, int]:
+def kept_rows(grown_dir: str, threshold: float, include_references: bool,
+              include_samples: bool = True) -> Dict[str, int]:
   """Rows the threshold keeps: samples, references, and references without a reward.
 
   Raises:
@@ -116,7 +119,7 @@ def kept_rows(grown_dir: str, threshold: float, include_references: bool) -> Dic
   columns = grown.read_columns(grown.shard_paths(grown_dir, manifest))
   passes = columns["scored"] & (columns["reward"] >= np.float32(threshold))
   refs = columns["is_reference"]
-  kept = {"samples": int(np.sum(passes & ~refs)),
+  kept = {"samples": int(np.sum(passes & ~refs)) if include_samples else 0,
           "references": int(np.sum(refs & (passes | ~columns["scored"]))) if include_references
           else 0,
           "unscored_references": int(np.sum(refs & ~columns["scored"])) if include_references
@@ -202,6 +205,7 @@ def improve(
     train_steps: int = 500,
     batch_size: int = 64,
     references: str = "keep",
+    samples: bool = True,
     mix_task: Optional[str] = None,
     mix_ratio: float = 0.0,
     reward_high: float = 1.0,
@@ -257,13 +261,14 @@ def improve(
   if references not in REFERENCE_MODES:
     raise ValueError(f"references={references!r}: use one of {REFERENCE_MODES}")
   include_references = references == "keep"
-  kept = kept_rows(grown_dir, threshold, include_references)
+  kept = kept_rows(grown_dir, threshold, include_references, samples)
   loss.validate_rows(kept["unscored_references"], f"reference rows of {grown_dir}")
   if mix_task and mix_ratio > 0:
     loss.validate_rows(1, f"mixed-in original pairs of {mix_task} (MIX_RATIO {mix_ratio})")
   task = grown_tasks.register_grown_task(
-      f"rest_grown_{zlib.crc32(f'{grown_dir}@{threshold}@{references}'.encode())}", grown_dir,
-      model.output_vocabulary, threshold=threshold, include_references=include_references,
+      f"rest_grown_{zlib.crc32(f'{grown_dir}@{threshold}@{references}@{samples}'.encode())}",
+      grown_dir, model.output_vocabulary, threshold=threshold,
+      include_references=include_references, include_samples=samples,
       unscored_reward=reward_high, verify_counts=False)
   if trainer is None:
     trainer = trainer_lib.Trainer(

@@ -6,7 +6,9 @@
       bc_plus/             the BC+ control (BC continued on the original pairs), likewise
       grow_<g>/            the grown dataset of Grow step g (shards + manifest.json)
       improve_<g>_<i>/     Improve step i of Grow step g, likewise a training step
+      filtered_bc_<g>_<i>/ the filtered-BC control's step of the same place, likewise
       rest_state.json      what is done: every step's record, result and evaluation
+      outputs/<step>.<split>.json   the selected policies' outputs on test (for `seeds`)
       report.md, grow_<g>_rewards.png, ...   the report and its plots
       rest/                TensorBoard summaries
       config.gin           the configuration the run was started with
@@ -38,6 +40,11 @@ def improve_name(g: int, i: int) -> str:
   return f"improve_{g}_{i}"
 
 
+def filtered_bc_name(g: int, i: int) -> str:
+  """The filtered-BC control's step i of Grow step g (`controls.py`)."""
+  return f"filtered_bc_{g}_{i}"
+
+
 def grow_index(name: str) -> Optional[int]:
   """g of a Grow step's name ('grow_3' -> 3), None for any other name."""
   prefix = "grow_"
@@ -51,6 +58,11 @@ def is_improve(name: str) -> bool:
 
 def rewards_plot(g: int) -> str:
   return f"{grow_name(g)}_rewards.png"
+
+
+def outputs_path(model_dir: str, step_dir: str, split: str) -> str:
+  """The greedy outputs of the policy selected in `step_dir` on `split` (test: `seeds`)."""
+  return files.join(model_dir, "outputs", f"{os.path.basename(step_dir)}.{split}.json")
 
 
 def state_path(model_dir: str) -> str:

@@ -66,6 +66,7 @@ class PolicyEvaluator:
     self.config = config
     self.seed = seed
     self._bleu = metrics_lib.bleu
+    self.last_outputs: Dict[str, Any] = {}
     self.reranker = reward if not reward.needs_reference else config.reranker
     if self.reranker is not None and self.reranker.needs_reference:
       raise ValueError(f"EvalConfig.reranker '{self.reranker.name}' reads references; best-of-N"
@@ -126,6 +127,10 @@ class PolicyEvaluator:
         out = self.sampler.decode_global(params, batch["encoder_input_tokens"], length, keys)
         samples += inference.decode_texts(self.model.output_vocabulary, out["tokens"])[:valid]
     self._bleu = metrics_lib.task_bleu(task_name)  # the target language's tokenizer
+    # The greedy (or beam) outputs themselves, for paired tests over sentences (`seeds`).
+    self.last_outputs = {"sources": sources, "references": references, "hypotheses": hyps,
+                         "bleu_tokenize": getattr(self._bleu, "keywords", {}).get(
+                             "tokenize", "13a")}
     results = self._scores(sources, hyps, references, "")
     results.update(metrics_lib.degeneracy(sources, references, hyps))
     if samples:

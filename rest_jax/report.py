@@ -28,7 +28,10 @@ def _cell(value, digits=2) -> str:
 
 
 def _name(row) -> str:
-  return row["policy"] + (" **(selected)**" if row.get("selected") else "")
+  same = " (its start, BC: no step beat it on validation)" if row.get("role") == "BC+" and (
+      row.get("optimizer_steps") is not None and row.get("bc_steps") == row["optimizer_steps"]) else ""
+  return row["policy"] + same + (" **(selected)**" if row.get("selected") else
+                                 " (the control's pick)" if row.get("control_selected") else "")
 
 
 def metrics_table(rows, split: str, best_of_n: int, columns=None) -> str:
@@ -72,23 +75,23 @@ def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation
                      tolerance: float = 0.0) -> List[Tuple[str, str, List[str]]]:
   """Steps whose training reward rose while a held-out metric fell, against the policy before.
 
-  Each ReST row is compared with the row it was trained from (the previous ReST row,
-  or BC), and BC+ with BC.
+  Each ReST (and filtered-BC) row is compared with the row it was trained from (the
+  previous row of its chain, or BC), and BC+ with BC.
 
   Returns:
     `(policy, previous policy, ["bleu 41.2 -> 40.1", ...])` for every flagged step.
   """
   flags = []
-  previous = None
   base = None
+  previous: Dict[str, Any] = {}  # per chain (ReST, filtered BC): its last row
   for row in rows:
     role = row.get("role", "ReST")
     if role == "BC":
-      base = previous = row
+      base = row
       continue
-    before = base if role == "BC+" else previous
+    before = base if role == "BC+" else previous.get(role, base)
     if role != "BC+":
-      previous = row
+      previous[role] = row
     if before is None:
       continue
     now, then = row["metrics"], before["metrics"]
@@ -107,10 +110,100 @@ def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation
   return flags
 
 
+# Degenerate output, against the references' own rates: a baseline this broken makes any
+# comparison with it meaningless (the report opens with a warning).
+DEGENERATE = {"length_ratio": (0.7, 1.3), "empty_rate": (None, 0.05),
+              "copy_rate": (None, 0.1)}
+
+
+def warnings(rows, steps, split: str = "validation") -> List[str]:
+  """Why the comparison may not be meaningful: a BC still improving, or degenerate."""
+  out = []
+  bc = steps.get("bc", {})
+  selection = bc.get("selection", {}) if isinstance(bc, dict) else {}
+  if (selection.get("best_step") is not None and selection.get("last_step")
+      and selection["best_step"] == selection["last_step"] and selection["last_step"] > 0):
+    out.append(
+        f"BC's validation reward was still rising at its last step (best at step"
+        f" {selection['best_step']} of {selection['last_step']}): BC has not converged, and"
+        " any gain of ReST or a control may be more training. Raise BC_STEPS (its patience"
+        " stops it when it has converged).")
+  base = next((r for r in rows if r.get("role") == "BC"), None)
+  metrics = base["metrics"] if base else {}
+  broken = []
+  for key, (low, high) in DEGENERATE.items():
+    value = metrics.get(f"{split}/{key}")
+    if value is not None and ((low is not None and value < low) or
+                              (high is not None and value > high)):
+      broken.append(f"{key.replace('_', ' ')} {value:.3f}")
+  ref = metrics.get(f"{split}/reference_repeated_ngram_rate")
+  rate = metrics.get(f"{split}/repeated_ngram_rate")
+  if ref is not None and rate is not None and rate > max(2 * ref, ref + 0.05):
+    broken.append(f"repeated 3-gram rate {rate:.3f} against the references' {ref:.3f}")
+  if broken:
+    out.append(
+        f"BC's {split} outputs are degenerate ({'; '.join(broken)}; BLEU"
+        f" {metrics.get(f'{split}/bleu', float('nan')):.1f}): the baseline itself is broken,"
+        " so ReST against it says little. Train BC longer (BC_STEPS) or use a bigger model"
+        " (the README's 'Your own corpus' gives the budget a real corpus needs).")
+  return out
+
+
+def headline(rows, steps, splits: Sequence[str], selection_split: str = "validation"
+             ) -> List[str]:
+  """ReST's margin over the best control chosen on validation, on every split."""
+  chosen = next((r for r in rows if r.get("selected")), None)
+  control = next((r for r in rows if r["policy"] == steps.get("best_control")), None)
+  if chosen is None or control is None:
+    return []
+  lines = []
+  for split in splits:
+    parts = []
+    for key, name, digits in (("bleu", "BLEU", 2), ("chrf", "chrF", 2),
+                              ("held_out_reward", "held-out reward", 4),
+                              ("reward", "reward", 4)):
+      a, b = chosen["metrics"].get(f"{split}/{key}"), control["metrics"].get(f"{split}/{key}")
+      if a is not None and b is not None:
+        parts.append(f"{name} {a - b:+.{digits}f}")
+    if parts:
+      lines.append(f"- {split}: " + ", ".join(parts))
+  out = [f"**ReST ({chosen['policy']}) minus the best control on {selection_split}"
+         f" ({control['policy']}), one seed** (`seeds` gives the spread over seeds):", ""]
+  out += lines
+  filtered = next((r for r in rows if r.get("control_selected")), None)
+  key = f"{selection_split}/reward"
+  if filtered is not None and filtered["metrics"][key] >= chosen["metrics"][key]:
+    out += ["", f"Filtered BC ({filtered['policy']}) matches or beats ReST on"
+            f" {selection_split}: the policy's samples add nothing over filtering the data."]
+  if chosen.get("role") == "BC":
+    out += ["", "ReST selected BC itself: no Improve step beat BC on validation."]
+  if not any(r.get("role") == "filtered BC" for r in rows) and steps.get("reward_reads_references"):
+    out += ["", "Filtered BC was not run: the reward reads references, so a reference would"
+            " score itself and filtering the original pairs is BC+."]
+  return out + [""]
+
+
+def reward_lines(quality: Mapping[str, Any]) -> List[str]:
+  """The learned reward's own held-out agreement with its ratings, flaw by flaw."""
+  if not quality:
+    return []
+  kinds = quality.get("by_kind", {})
+  versus = ", ".join(f"{kind} {100 * v['pairwise_vs_correct']:.0f}%"
+                     for kind, v in sorted(kinds.items())
+                     if kind != "correct" and v.get("pairwise_vs_correct") == v.get(
+                         "pairwise_vs_correct"))
+  line = (f"- Reward model, on held-out ratings of sources it never trained on: Spearman"
+          f" {quality.get('spearman', float('nan')):.3f}, pairwise"
+          f" {quality.get('pairwise_accuracy', float('nan')):.3f}")
+  if versus:
+    line += f"; prefers the correct translation to each kind of candidate: {versus}"
+  return [line + "."]
+
+
 def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
   """Seconds spent sampling, scoring, writing, training (BC, BC+, Improve) and evaluating."""
   shares = {"sampling": 0.0, "scoring": 0.0, "writing": 0.0, "bc_training": 0.0,
-            "bc_plus_training": 0.0, "improve_training": 0.0, "evaluation": 0.0}
+            "controls_training": 0.0, "improve_training": 0.0, "evaluation": 0.0}
   for name, step in steps.items():
     if not isinstance(step, dict):
       continue
@@ -120,8 +213,8 @@ def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
       shares["writing"] += step.get("write_s", 0.0)
     elif name == "bc":
       shares["bc_training"] += step.get("seconds", 0.0)
-    elif name == "bc_plus":
-      shares["bc_plus_training"] += step.get("seconds", 0.0)
+    elif name == layout.BC_PLUS or name.startswith("filtered_bc_"):
+      shares["controls_training"] += step.get("seconds", 0.0)
     elif layout.is_improve(name):
       shares["improve_training"] += step.get("seconds", 0.0)
     elif name.startswith(("eval_", "test_")):
@@ -224,15 +317,22 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       f"- Training reward `{reward.name}` on {list(reward.range)},"
       f" {'reads references' if reward.needs_reference else 'reference-free'};"
       f" held-out reward: {f'`{held_out.name}`' if held_out else 'none'}.",
+      *reward_lines(steps.get("reward_quality", {})),
       f"- Grow: G = {grow.steps}, N = {grow.num_samples} samples per source at temperature"
       f" {sampling.temperature}, top-k {sampling.topk or 'off'}, top-p {sampling.topp or 'off'}.",
       f"- Improve: loss `{improve.loss.name}`, {improve.steps} steps of {improve.batch_size}"
       f" per Improve step, optimizer state {improve.optimizer_state}, references"
-      f" {improve.references}; thresholds per Grow step {steps.get('thresholds', {})}.",
+      f" {improve.references}; thresholds per Grow step"
+      f" { {g: [round(t, 3) for t in taus] for g, taus in steps.get('thresholds', {}).items()} }.",
       f"- Selection on validation reward: BC evaluated every few steps, best at step"
       f" {bc_sel.get('best_step')} of {bc_sel.get('last_step')}"
       f"{' (stopped early)' if bc_sel.get('stopped_early') else ''}; each Improve step and"
-      f" BC+ keep their best checkpoint; test is evaluated for the selected policies only.",
+      f" each control's step keep their best checkpoint; test is evaluated for the selected"
+      f" policies only.",
+      "- Controls, each with Improve's optimizer steps, learning rate and selection: BC+ (BC"
+      " continued on the original pairs, its start a candidate) and filtered BC (BC continued"
+      " on the original pairs the reward keeps, thresholds"
+      f" {[round(t, 3) for t in steps.get('thresholds', {}).get('filtered_bc', [])] or 'not run'}).",
       *_guard_lines(steps),
       f"- Over-long examples cut to the feature lengths: BC training"
       f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
@@ -246,23 +346,18 @@ def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] 
   """Writes `report.md` and the plots; prints and returns the summary."""
   n = evaluation.best_of_n
   other = [s for s in evaluation.splits if s != selection_split]
-  body = ["# ReST report", ""] + list(header)
+  body = ["# ReST report", ""]
+  cautions = warnings(rows, steps, selection_split)
+  body += [f"> **Warning:** {w}" for w in cautions] + ([""] if cautions else [])
+  top = headline(rows, steps, [selection_split] + other, selection_split)
+  body += top + list(header)
   body += [f"## Every policy on {selection_split} (the ReST policy is selected here)", "",
            metrics_table(rows, selection_split, n), ""]
-  summary = []
+  summary = [f"WARNING: {w}" for w in cautions] + [line for line in top if line]
   for split in other:
     table = metrics_table([r for r in rows if f"{split}/reward" in r["metrics"]], split, n)
     body += [f"## The selected policies on {split} (never used to choose)", "", table, ""]
     summary.append(f"{split}:\n{table}")
-    plus = next((r for r in rows if r.get("role") == "BC+"), None)
-    chosen = next((r for r in rows if r.get("selected")), None)
-    if plus is not None and chosen is not None:
-      deltas = ", ".join(f"{k} {chosen['metrics'].get(f'{split}/{k}', np.nan) - plus['metrics'].get(f'{split}/{k}', np.nan):+.2f}"  # noqa: E501
-                         for k in ("bleu", "chrf"))
-      line = (f"Selected ReST policy ({chosen['policy']}) minus BC+ on {split}: {deltas}"
-              " (one seed; see the README for the spread over seeds).")
-      body += [line, ""]
-      summary.append(line)
   body += [f"## Degeneracy ({selection_split})", "", degeneracy_table(rows, selection_split), ""]
   flags = divergence_flags(rows, selection_split)
   body += ["## Reward-hacking watch", ""]

@@ -19,6 +19,7 @@ once a step has been (re)done, every later step is redone on top of it
 (`rest_jax/run_state.py`).
 """
 
+import json
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -28,7 +29,7 @@ from clu import metric_writers
 import jax
 import numpy as np
 
-from rest_jax import controls, files, grow as grow_lib, improve as improve_lib, layout
+from rest_jax import controls, files, grow as grow_lib, improve as improve_lib, layout, losses
 from rest_jax import partitioning, policy_eval, records, report, selection as selection_lib
 from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
@@ -104,8 +105,13 @@ class _Run:
     return self._compiled["bc_plus"]
 
   def trainer_of(self, role: str) -> trainer_lib.Trainer:
-    return {"BC": self.policy_trainer, "BC+": None, "ReST": None}[role] or (
-        self.bc_plus_trainer() if role == "BC+" else self.improve_trainer())
+    if role == "BC":
+      return self.policy_trainer
+    if role == "BC+":
+      return self.bc_plus_trainer()
+    if role == "filtered BC" and self.improve_config.loss.name != "bc":
+      return self._compiled["filtered_bc"]
+    return self.improve_trainer()
 
   def evaluate(self, label: str, index: int, params, splits=(SELECTION_SPLIT,)) -> Row:
     tick = time.perf_counter()
@@ -184,8 +190,42 @@ class _Run:
                                         self.improve_total), **self.model_record})
     params = _selected_state(out_dir, trainer).params
     row = self.state.run("eval_bc_plus", True, lambda: self.evaluate("BC+", -1, params))
-    return {**row, "role": "BC+", "dir": out_dir,
+    return {**row, "role": "BC+", "dir": out_dir, "bc_steps": _best_step(bc.directory),
             "optimizer_steps": _best_step(bc.directory) + _best_step(out_dir)}
+
+  def filtered_bc(self, bc: Policy, bc_row: Row, grow_dir: str) -> List[Row]:
+    """The filtered-BC control (`controls.py`), G x I steps on Grow 1's original pairs."""
+    config = self.improve_config
+    taus = controls.reference_thresholds(config, grow_dir)
+    self.state.steps.setdefault("thresholds", {})["filtered_bc"] = taus
+    trainer = (self.improve_trainer() if config.loss.name == "bc" else
+               self._compiled.setdefault("filtered_bc", config.trainer(
+                   self.context, config.steps, loss=losses.OfflineRLLoss("bc"))))
+    policy, rows, index = bc, [], 0
+    for g in range(1, self.grow_config.steps + 1):
+      for i, tau in enumerate(taus, start=1):
+        index += 1
+        name = layout.filtered_bc_name(g, i)
+        out_dir = os.path.join(self.model_dir, name)
+        self.state.run(
+            name, selection_lib.Selection(out_dir).finished,
+            lambda start=policy, tau=tau, g=g, i=i, out_dir=out_dir: _step_summary(
+                controls.filtered_bc_step(start, config, self.context, grown_dir=grow_dir,
+                                          threshold=tau, output_dir=out_dir, grow_step=g,
+                                          step=i, trainer=trainer)),
+            [out_dir], upstream=False,
+            config={"grown": self.where(grow_dir), "threshold": tau,
+                    "improve": _improve_record(config),
+                    "optimizer": records.describe(trainer.optimizer), **self.model_record})
+        state = _selected_state(out_dir, trainer)
+        policy = Policy(state.params, state.opt_state, out_dir)
+        row = self.state.run(f"eval_{name}", True, lambda g=g, i=i, tau=tau, p=state.params:
+                             self.evaluate(f"filtered BC G{g} I{i} (tau={tau:.3f})",
+                                           -1 - index, p))
+        rows.append({**row, "role": "filtered BC", "dir": out_dir,
+                     "optimizer_steps": (rows[-1] if rows else bc_row)["optimizer_steps"]
+                     + _best_step(out_dir)})
+    return rows
 
   def grow(self, g: int, policy: Policy, grow_from: Optional[str]) -> str:
     """Grow step g from `policy` (or, for g = 1, another run's grown dataset): its folder."""
@@ -252,10 +292,19 @@ class _Run:
             "kept_references": result["metrics"]["kept_references"]}
 
   def select(self, rows: List[Row], bc_from: Optional[str]) -> Row:
-    """The ReST policy: the best on validation over BC and every Improve step."""
+    """The ReST policy: the best on validation over BC and every Improve step; filtered BC's
+    likewise over BC and its steps; and the best control on validation, ReST's yardstick."""
     key = f"{SELECTION_SPLIT}/reward"
-    chosen = max((r for r in rows if r["role"] in ("BC", "ReST")),
-                 key=lambda r: r["metrics"][key])  # the first of the best
+    best = lambda candidates: max(candidates, key=lambda r: r["metrics"][key])  # noqa: E731
+    filtered = [r for r in rows if r["role"] == "filtered BC"]
+    if filtered:  # the control's own pick (BC itself if no step of it beat BC)
+      pick = best([rows[0]] + filtered)
+      if pick is not rows[0]:
+        pick["control_selected"] = True
+      self.state.steps["filtered_bc_selected"] = pick["policy"]
+    controls_ = [r for r in rows if r["role"] in ("BC", "BC+") or r.get("control_selected")]
+    self.state.steps["best_control"] = best(controls_)["policy"]
+    chosen = best([r for r in rows if r["role"] in ("BC", "ReST")])  # the first of the best
     chosen["selected"] = True
     self.state.steps["selected"] = chosen["policy"]
     # Where the selected policy is, relative to the run (`commands.policy_checkpoint`).
@@ -268,18 +317,32 @@ class _Run:
     """The other splits (test), for BC, the controls and the selected policy only."""
     others = [s for s in self.evaluation.splits if s != SELECTION_SPLIT]
     for row in rows:
-      if row["role"] == "ReST" and not row.get("selected"):
+      if row["role"] in ("ReST", "filtered BC") and not (
+          row.get("selected") or row.get("control_selected")):
         continue
       params = _selected_state(row["dir"], self.trainer_of(row["role"])).params
-      extra = self.state.run("test_" + os.path.basename(row["dir"]), True,
-                             lambda p=params, row=row: self.evaluate(
-                                 row["policy"], row["index"], p, others))
+
+      def evaluate(p=params, row=row):
+        out = self.evaluate(row["policy"], row["index"], p, others)
+        if jax.process_index() == 0 and others:  # the last split's (test's) outputs
+          files.makedirs(files.join(self.model_dir, "outputs"))
+          files.atomic_write_text(layout.outputs_path(self.model_dir, row["dir"], others[-1]),
+                                  json.dumps(self.evaluator.last_outputs))
+        return out
+
+      extra = self.state.run("test_" + os.path.basename(row["dir"]), True, evaluate)
       row["metrics"] = {**row["metrics"], **extra["metrics"]}
 
   def write_report(self, rows: List[Row]) -> None:
+    # The learned reward's own held-out agreement (its reward_model.json), for the report
+    # and for `seeds` (the reward's flaw accuracy beside ReST's margin).
+    self.state.steps["reward_quality"] = dict(getattr(self.reward, "held_out", {}) or {})
+    self.state.steps["reward_reads_references"] = bool(self.reward.needs_reference)
+    self.state.steps["reward_name"] = self.reward.name
     self.state.steps["rows"] = [
         {k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps") if k in r}
-        | {"selected": bool(r.get("selected"))} for r in rows]
+        | {"selected": bool(r.get("selected")),
+           "control_selected": bool(r.get("control_selected"))} for r in rows]
     self.state.save()
     self.writer.flush()
     if jax.process_index() == 0:
@@ -305,6 +368,7 @@ def rest(
     bc_selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(
         eval_period=100, patience=5),
     bc_plus: bool = True,
+    filtered_bc: bool = True,
     bc_learning_rate: Any = None,
     initial_checkpoint_path: Optional[str] = None,
     bc_from: Optional[str] = None,
@@ -333,6 +397,9 @@ def rest(
     bc_plus: also run the equal-compute control BC+ (BC continued on the original
       data for as many steps and examples as all Improve steps, with Improve's
       optimizer, selected on validation the same way, its start included).
+    filtered_bc: also run the filtered-BC control (BC continued on the original pairs
+      the reward keeps at the same thresholds; `controls.py`), unless the reward reads
+      references (then it would be BC+, and the report says so).
     bc_learning_rate: BC's rate or schedule for a model that carries a t5x
       `OptimizerDef` (rest_jax's models carry an optax optimizer with its rate).
     initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax
@@ -375,6 +442,8 @@ def rest(
   policy, index = bc, 0
   for g in range(1, grow.steps + 1):
     grow_dir = run.grow(g, policy, grow_from)
+    if g == 1 and filtered_bc and run.improve_total and not reward.needs_reference:
+      rows[len(rows):len(rows)] = run.filtered_bc(bc, rows[0], grow_dir)
     for i, tau in enumerate(run.thresholds(g, grow_dir), start=1):
       index += 1
       row = run.improve(g, i, index, tau, policy, grow_dir, bc)

@@ -141,3 +141,38 @@ def test_improve_mixing_draws_original_rows(policy, tmp_path):
   original = np.all(batch["behaviour_log_probs"] == 0.0, axis=1)
   assert 10 < original.sum() < 54 and np.all(batch["reward"][original] == 1.0)
   assert np.all(batch["scored"][original] == 0) and np.all(batch["is_reference"][original] == 1)
+
+
+def test_filtered_bc_trains_on_the_original_pairs_the_reward_keeps(policy, tmp_path):
+  """The filtered-BC control: a reference-free reward scores the original pairs in Grow;
+  the control trains on those it keeps at Improve's quantile levels, never on samples."""
+  from rest_jax import context as context_lib, controls, selection  # pylint: disable=g-import-not-at-top
+
+  model, policy_dir = policy
+  rater = rewards.DemoRater(forms="full", flaw="dative")  # the demo task's corpus, no reference
+  partitioner = partitioning.Partitioner(mesh_shape=(2, 1), devices=jax.devices()[:2])
+  grow_cfg = grow_lib.GrowConfig(num_samples=2, max_sources=16, batch_size=8, shard_size=8)
+  commands.grow_command(model=model, policy_dir=policy_dir, output_dir=str(tmp_path / "grow"),
+                        task_name=tasks.DEMO_TASK, feature_lengths=LENGTHS, reward=rater,
+                        grow=grow_cfg, partitioner=partitioner)
+  config = improve.ImproveConfig(
+      thresholds=rewards.ThresholdSchedule([0.5], quantiles=True), steps=2, batch_size=8,
+      selection=selection.SelectionConfig(eval_period=1))
+  columns = grown.read_columns(grown.shard_paths(str(tmp_path / "grow"),
+                                                 grown.load_manifest(str(tmp_path / "grow"))))
+  refs = columns["reward"][columns["is_reference"]]
+  (tau,) = controls.reference_thresholds(config, str(tmp_path / "grow"))
+  assert tau == float(np.quantile(refs, 0.5, method="lower"))  # over the pairs, not samples
+  trainer, params = commands._policy(model, policy_dir, LENGTHS, partitioner)  # pylint: disable=protected-access
+  validated = []
+  ctx = context_lib.StepContext(model=model, partitioner=partitioner, task=tasks.DEMO_TASK,
+                                feature_lengths=LENGTHS, reward=rater, progress_bar=False,
+                                validate=lambda p: validated.append(1) or 0.5)
+  result = controls.filtered_bc_step(context_lib.Policy(params, None, policy_dir), config, ctx,
+                                     grown_dir=str(tmp_path / "grow"), threshold=tau,
+                                     output_dir=str(tmp_path / "filtered"), grow_step=1, step=1)
+  assert result.metrics["kept_samples"] == 0
+  assert result.metrics["kept_references"] == int(np.sum(refs >= np.float32(tau))) > 0
+  assert result.metrics["reference_fraction"] == 1.0  # every row it trained on is a pair
+  assert len(validated) == 2 and selection.Selection(str(tmp_path / "filtered")).finished
+  del trainer

@@ -46,6 +46,11 @@ def drop_references(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.filter(lambda ex: tf.equal(ex["is_reference"], 0))
 
 
+def drop_samples(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Keeps the reference translations only (the original pairs; the filtered-BC control)."""
+  return dataset.filter(lambda ex: tf.equal(ex["is_reference"], 1))
+
+
 def deduplicate_samples(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """Keeps the first of identical `targets` of one source (rows read in order)."""
   seen = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, default_value=0)
@@ -98,6 +103,7 @@ def register_grown_task(
     vocabulary: seqio.Vocabulary,
     threshold: float | None = None,
     include_references: bool = True,
+    include_samples: bool = True,
     deduplicate: bool = False,
     unscored_reward: float = 1.0,
     verify_counts: bool = True,
@@ -112,6 +118,7 @@ def register_grown_task(
       resolved first, over the samples only: `rewards.ThresholdSchedule.resolve`).
     include_references: keep the reference rows (scored ones pass the threshold
       like samples; unscored ones are kept at every threshold).
+    include_samples: keep the policy's samples (False: the original pairs alone).
     deduplicate: drop repeated identical samples of one source.
     unscored_reward: the reward an unscored reference row carries into training.
     verify_counts: count every shard's rows against the manifest.
@@ -125,6 +132,8 @@ def register_grown_task(
   if threshold is not None:
     preprocessors.append(functools.partial(filter_by_reward, threshold=float(threshold),
                                            keep_unscored=include_references))
+  if not include_samples:
+    preprocessors.append(drop_samples)
   if not include_references:
     preprocessors.append(drop_references)
   if deduplicate:
