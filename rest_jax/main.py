@@ -18,8 +18,10 @@ Commands:
           rest_jax checkpoint (rest_jax/convert.py).
   data    `data show --task=T --split=S -n 5` prints examples; `data stats --task=T`
           (and/or `--grown_dir=D`) prints counts, length and reward percentiles.
-  seeds   `seeds --runs DIR DIR ...`: mean and spread over finished rest runs (seeds) of
-          BC, BC+ and the selected ReST policy (rest_jax/seeds.py).
+  seeds   `seeds --runs DIR DIR ... [--runs DIR ...]`: per group of finished rest runs
+          (seeds), ReST against its controls: every seed's row, mean and spread, the paired
+          bootstrap interval of ReST minus the best control, wins, and the reward's flaw
+          accuracy beside the margin (rest_jax/seeds.py).
 
 Flags (t5x's):
   --gin_file=PATH         repeatable; looked up as given, then in gin/ and configs/.
@@ -169,7 +171,8 @@ def _split_args(argv: Sequence[str]):
   parser.add_argument("--mesh", help="plan: DATAxMODEL, e.g. 4x2")
   parser.add_argument("--t5x_checkpoint", help="convert: a t5x checkpoint_<step> directory")
   parser.add_argument("--output_dir", help="convert: write the converted checkpoint here")
-  parser.add_argument("--runs", nargs="+", help="seeds: finished rest MODEL_DIRs")
+  parser.add_argument("--runs", nargs="+", action="append",
+                      help="seeds: finished rest MODEL_DIRs (one group; repeat for another)")
   args, rest = parser.parse_known_args(argv)
   bindings = list(args.gin_bindings)
   for arg in rest:
