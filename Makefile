@@ -28,9 +28,13 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# The demo's reward model first (configs/demo_reward.gin; shared by every demo run), then ReST.
+# The demo's reward model first (configs/demo_reward.gin, SEED 0), then ReST.
 DEMO_RUN := TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m rest_jax.main
-DEMO_SEEDS ?= 0 1 2
+DEMO_SEEDS ?= 0 1 2 3 4
+BLIND_SEEDS ?= 0 1 2
+# One reward model per seed: its ratings draw, init and data order follow the run's seed.
+reward_flags = --gin.SEED=$(1) --gin.RATINGS_FILE="'runs/demo_reward_seed$(1)/ratings.tsv'" \
+  --gin.REWARD_MODEL_DIR="'runs/demo_reward_seed$(1)/model'"
 
 demo-reward: $(STAMP)
 	$(DEMO_RUN) demo_ratings --gin_file=configs/demo_reward.gin
@@ -39,11 +43,20 @@ demo-reward: $(STAMP)
 demo: demo-reward
 	$(DEMO_RUN) rest --gin_file=configs/demo.gin --gin.MODEL_DIR="'runs/demo'"
 
-# The demo with three seeds (BC init, data order, sampling), then mean and spread per row.
-demo-seeds: demo-reward
-	for seed in $(DEMO_SEEDS); do $(DEMO_RUN) rest --gin_file=configs/demo.gin \
-	  --gin.SEED=$$seed --gin.MODEL_DIR="'runs/demo_seed$$seed'" || exit 1; done
-	$(DEMO_RUN) seeds --runs $(foreach seed,$(DEMO_SEEDS),runs/demo_seed$(seed))
+# The demo over DEMO_SEEDS (each: its own ratings and reward model, BC init, data order,
+# sampling), then the same corpus with a reward that cannot see the flaw (BLIND_SEEDS), then
+# `seeds` over both groups.
+demo-seeds: $(STAMP)
+	for seed in $(DEMO_SEEDS); do \
+	  $(DEMO_RUN) demo_ratings --gin_file=configs/demo_reward.gin $(call reward_flags,$$seed) && \
+	  $(DEMO_RUN) reward_model --gin_file=configs/demo_reward.gin $(call reward_flags,$$seed) && \
+	  $(DEMO_RUN) rest --gin_file=configs/demo.gin --gin.SEED=$$seed \
+	    --gin.DEMO_REWARD_MODEL_DIR="'runs/demo_reward_seed$$seed/model'" \
+	    --gin.MODEL_DIR="'runs/demo_seed$$seed'" || exit 1; done
+	for seed in $(BLIND_SEEDS); do $(DEMO_RUN) rest --gin_file=configs/demo_blind.gin \
+	  --gin.SEED=$$seed --gin.MODEL_DIR="'runs/demo_blind_seed$$seed'" || exit 1; done
+	$(DEMO_RUN) seeds --runs $(foreach seed,$(DEMO_SEEDS),runs/demo_seed$(seed)) \
+	  --runs $(foreach seed,$(BLIND_SEEDS),runs/demo_blind_seed$(seed))
 
 lint: $(STAMP)
 	$(BIN)/ruff check rest_jax tests benchmarks
