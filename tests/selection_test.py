@@ -33,16 +33,22 @@ def setup():
   return model, partitioner, trainer
 
 
-def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp_path):
+def _bc_plus(setup, init, tmp_path, validate):
+  """BC+ for 6 steps from `init`, evaluated every 2 steps (and at its start)."""
   model, partitioner, trainer = setup
-  init = trainer.init_state(jax.random.PRNGKey(0)).params
-  validate, calls = _scripted([0.1, 0.2, 0.9, 0.4])  # evaluated at its start, steps 2, 4, 6
-  result = controls.bc_plus(
+  return controls.bc_plus(
       model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
       model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
       trainer=trainer, checkpoint_period=2, progress_bar=False,
       selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
       validate=validate)
+
+
+def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp_path):
+  trainer = setup[2]
+  init = trainer.init_state(jax.random.PRNGKey(0)).params
+  validate, calls = _scripted([0.1, 0.2, 0.9, 0.4])  # evaluated at its start, steps 2, 4, 6
+  result = _bc_plus(setup, init, tmp_path, validate)
   assert len(calls) == 4 and result["metrics"]["train_steps"] == 6
   assert result["metrics"]["selection"]["best_step"] == 4
   assert int(result["state"].step) == 4  # the state used downstream is step 4's
@@ -55,12 +61,7 @@ def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp
   assert saved.finished and saved.history == [(0, 0.1), (2, 0.2), (4, 0.9), (6, 0.4)]
   # Re-running the finished step changes nothing and evaluates nothing.
   validate, calls = _scripted([])
-  again = controls.bc_plus(
-      model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
-      model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
-      trainer=trainer, checkpoint_period=2, progress_bar=False,
-      selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
-      validate=validate)
+  again = _bc_plus(setup, init, tmp_path, validate)
   assert not calls and int(again["state"].step) == 4
 
 
@@ -181,15 +182,10 @@ def test_an_evaluation_scores_each_sample_once_and_reads_its_split_once(setup, m
 def test_bc_plus_is_never_below_its_start_on_validation(setup, tmp_path):
   """BC+'s selection includes the BC policy it starts from: if training only hurts on
   validation, the control is BC itself (step 0), never worse."""
-  model, partitioner, trainer = setup
+  trainer = setup[2]
   init = trainer.init_state(jax.random.PRNGKey(0)).params
   validate, calls = _scripted([0.5, 0.2, 0.3, 0.4])
-  result = controls.bc_plus(
-      model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
-      model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
-      trainer=trainer, checkpoint_period=2, progress_bar=False,
-      selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
-      validate=validate)
+  result = _bc_plus(setup, init, tmp_path, validate)
   assert len(calls) == 4 and result["metrics"]["selection"]["best_step"] == 0
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(result["params"])),
                   jax.tree_util.tree_leaves(jax.device_get(init))):
