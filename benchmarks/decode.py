@@ -4,7 +4,12 @@ small-bench: d_model 256, 4+4 layers, 4 heads of 64, gated-GELU MLP 1024, vocabu
 8192, inputs of 64 tokens, 32 inputs x 4 samples, 64 decoded tokens, f32, random
 weights, no early end (every sample runs its 64 steps), timed after compilation.
 
-  python -m benchmarks.decode [--json rows.json]
+Grow at the paper's N: the same sampled rows as 200 sources x 4 samples, 32 x 25 (the
+paper's WMT) and 8 x 100 (its IWSLT), each at T = 0.8 with per-token log-probabilities,
+and their samples/s as a ratio to N = 4's. The encoder and the cross-attention keys and
+values run once per source, so that ratio must not fall as N grows.
+
+  python -m benchmarks.decode [--json rows.json] [--grow_rows 800]
 """
 
 import argparse
@@ -64,6 +69,8 @@ def run(batch=32, samples=4, in_len=64, out_len=64, topk=0, temperature=1.0,
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--json", default=None)
+  parser.add_argument("--grow_rows", type=int, default=800,
+                      help="sampled rows of the N = 4 / 25 / 100 rows (a multiple of 100)")
   args = parser.parse_args()
   peak = common.matmul_peak_gflops()
   rows = []
@@ -74,6 +81,15 @@ def main():
     samples_per_s, gflops = run(**kw)
     rows.append({"config": name, "samples_per_s": samples_per_s, "useful_gflops": gflops,
                  "peak_gflops": peak, "peak_fraction": gflops / peak})
+  base = None
+  for n in (4, 25, 100):
+    samples_per_s, gflops = run(batch=args.grow_rows // n, samples=n, temperature=0.8,
+                                token_log_probs=True)
+    base = base or samples_per_s
+    rows.append({"config": f"Grow N = {n} ({args.grow_rows // n} sources x {n})",
+                 "samples_per_s": samples_per_s, "useful_gflops": gflops,
+                 "peak_gflops": peak, "peak_fraction": gflops / peak,
+                 "ratio_to_n4": samples_per_s / base})
   common.report(rows, args.json)
 
 
