@@ -15,8 +15,11 @@ from tests import multihost_test
 
 GROW_STEPS = 5
 # Memory settles during the first cycle (allocator pools, tf.data and XLA caches). From
-# the second cycle on, the highest resident memory of a cycle may rise by at most this
-# much per cycle (least-squares slope; single steps vary by about +-80 MiB).
+# the second cycle on, a cycle's median resident memory (over its steps) may rise by at most
+# this much per cycle (least-squares slope). Single steps vary by about +-80 MiB, more when
+# the other test worker is busy: one cycle's highest step made the slope of the maxima
+# 24.7 MiB/cycle in a full `make test` where the same run alone gave +3.6; a leak raises
+# every step of a cycle, so the median sees it and one step's spike does not.
 SLACK_MB_PER_CYCLE = 15
 
 
@@ -34,10 +37,11 @@ def test_memory_is_flat_across_grow_and_improve_steps(tmp_path):
   print("\nsoak: step | RSS MiB | peak RSS MiB")
   for name, rss, peak in table:
     print(f"soak: {name} | {rss:.0f} | {peak:.0f}")
-  cycles = [max(rss for name, rss, _ in table if name.split("_")[-2:-1] == [str(g)]
-                 or name == f"grow_{g}") for g in range(2, GROW_STEPS + 1)]
+  cycles = [float(np.median([rss for name, rss, _ in table
+                              if name.split("_")[-2:-1] == [str(g)] or name == f"grow_{g}"]))
+            for g in range(2, GROW_STEPS + 1)]
   slope = np.polyfit(np.arange(len(cycles)), cycles, 1)[0]
-  print(f"soak: highest RSS per cycle from cycle 2: {[round(c) for c in cycles]} MiB,"
+  print(f"soak: median RSS per cycle from cycle 2: {[round(c) for c in cycles]} MiB,"
         f" slope {slope:+.1f} MiB/cycle; peak {table[-1][2]:.0f} MiB")
   assert slope <= SLACK_MB_PER_CYCLE, (cycles, table)
   assert len(multihost_test.grown_rows(tmp_path / "soak" / f"grow_{GROW_STEPS}")) == 32 * 3
