@@ -1,7 +1,9 @@
 """rest_jax with the real t5x (the `t5x` tests): the README's t5x recipe, run as written.
 
 A checkpoint is written by `python -m t5x.train` (Orbax, t5x's default, and the legacy
-format) for a t5x T5.1.1 model shrunk by gin bindings; `rest` then runs on that model
+format) for a t5x T5.1.1 model shrunk by gin bindings, on a user's own corpus registered
+by `translation_tasks.parallel_corpus()` (so the task passes t5x's vocabulary check);
+`rest` then runs on that model and that task
 configured the README's way (t5x's model gin, then rest_jax's run file), starting from
 the checkpoint through t5x's own `INITIAL_CHECKPOINT_PATH` with `BC_STEPS = 0`; `convert`
 loads both formats into the t5x model and into the built-in model. Skipped, saying how
@@ -21,7 +23,7 @@ pytest.importorskip("t5x.train", reason="t5x is not installed: see the README's 
                     " (make test T5X_WHEELS=<folder of the t5x wheels>)")
 
 from rest_jax import checkpoints, convert, selection  # noqa: E402
-from rest_jax.data import grown, vocab  # noqa: E402
+from rest_jax.data import demo_corpus, grown, vocab  # noqa: E402
 from tests import multihost_test  # noqa: E402
 
 pytestmark = [pytest.mark.t5x, pytest.mark.slow]
@@ -41,11 +43,23 @@ network.T5Config:
   mlp_dim = 64
 """
 
-# `python -m t5x.train` on the demo task: t5x's own model and run gins.
+# A user's own corpus as a seqio task, shared by `t5x.train` and `rest`: TSV files in a
+# folder, the task vocabulary bound to the model's SentencePiece file.
+USER_CORPUS = """
+MIXTURE_OR_TASK_NAME = @translation_tasks.parallel_corpus()
+translation_tasks.parallel_corpus:
+  name = 't5x_user_corpus'
+  directory = '{corpus}'
+  source_lang = 'en'
+  target_lang = 'de'
+translation_tasks.task_vocabulary.sentencepiece_model_file = '{spm}'
+"""
+
+# `python -m t5x.train` on that task: t5x's own model and run gins.
 T5X_TRAIN = """
 from __gin__ import dynamic_registration
 import seqio
-import rest_jax.data.tasks
+from rest_jax.data import translation_tasks
 from t5x import utils
 from t5x.examples.t5 import network
 
@@ -53,26 +67,25 @@ include 't5x/examples/t5/t5_1_1/small.gin'
 include 't5x/configs/runs/pretrain.gin'
 
 seqio.SentencePieceVocabulary.sentencepiece_model_file = '{spm}'
-MIXTURE_OR_TASK_NAME = 'rest_demo_en_de'
 TASK_FEATURE_LENGTHS = {{'inputs': 24, 'targets': 24}}
 TRAIN_STEPS = 2
 BATCH_SIZE = 8
 USE_CACHED_TASKS = False
 DROPOUT_RATE = 0.0
 utils.SaveCheckpointConfig.period = 2
-""" + TINY
+""" + USER_CORPUS + TINY
 
 # The README's recipe: t5x's model gin, then rest_jax's run file, then the user's bindings.
 RECIPE = """
 from __gin__ import dynamic_registration
 import seqio
+from rest_jax.data import translation_tasks
 from t5x.examples.t5 import network
 
 include 't5x/examples/t5/t5_1_1/small.gin'
 include 'gin/runs/rest.gin'
 
 seqio.SentencePieceVocabulary.sentencepiece_model_file = '{spm}'
-MIXTURE_OR_TASK_NAME = 'rest_demo_en_de'
 TASK_FEATURE_LENGTHS = {{'inputs': 24, 'targets': 24}}
 THRESHOLDS = [0.0, 0.2]
 NUM_SAMPLES = 3
@@ -82,7 +95,7 @@ BATCH_SIZE = 8
 IMPROVE_STEPS = 3
 EVAL_MAX_EXAMPLES = 16
 BEST_OF_N = 2
-""" + TINY
+""" + USER_CORPUS + TINY
 
 
 def _run(args, cwd, env_extra=None):
@@ -95,11 +108,20 @@ def _run(args, cwd, env_extra=None):
 
 @pytest.fixture(scope="module")
 def t5x_checkpoints(tmp_path_factory):
-  """Checkpoints written by `python -m t5x.train`: {"orbax": dir, "legacy": dir}."""
+  """Checkpoints written by `python -m t5x.train`: ({"orbax": dir, "legacy": dir}, format).
+
+  `format` fills a gin template's {spm} and {corpus} (the user's corpus folder).
+  """
   root = tmp_path_factory.mktemp("t5x_train")
   spm = vocab.DemoVocabulary().sentencepiece_model_file
   vocab.DemoVocabulary().encode("x")  # the model file exists
-  (root / "tiny.gin").write_text(T5X_TRAIN.format(spm=spm))
+  corpus = root / "corpus"
+  corpus.mkdir()
+  splits = demo_corpus.generate_splits(train_size=400, validation_size=40, test_size=40, seed=3)
+  for split, stem in (("train", "train"), ("validation", "valid"), ("test", "test")):
+    (corpus / f"{stem}.tsv").write_text("".join(f"{en}\t{de}\n" for en, de in splits[split]))
+  fill = dict(spm=spm, corpus=corpus)
+  (root / "tiny.gin").write_text(T5X_TRAIN.format(**fill))
   out = {}
   for name, extra in (("orbax", []), ("legacy", ["--gin.train.use_orbax=False"])):
     _run(["t5x.train", f"--gin_search_paths={T5X_ROOT},{root}", "--gin_file=tiny.gin",
@@ -107,12 +129,12 @@ def t5x_checkpoints(tmp_path_factory):
     out[name] = str(root / name / "checkpoint_2")
   assert os.path.isdir(os.path.join(out["orbax"], "state"))  # t5x's Orbax layout
   assert os.path.exists(os.path.join(out["legacy"], "checkpoint"))  # msgpack + TensorStore
-  return out, spm
+  return out, fill
 
 
 def test_readme_recipe_runs_rest_on_a_t5x_model_from_its_checkpoint(t5x_checkpoints, tmp_path):
-  paths, spm = t5x_checkpoints
-  (tmp_path / "recipe.gin").write_text(RECIPE.format(spm=spm))
+  paths, fill = t5x_checkpoints
+  (tmp_path / "recipe.gin").write_text(RECIPE.format(**fill))
   model_dir = tmp_path / "run"
   _run(["rest_jax.main", "rest", f"--gin_search_paths={T5X_ROOT}",
         f"--gin_file={tmp_path / 'recipe.gin'}", f"--gin.MODEL_DIR='{model_dir}'",
@@ -144,8 +166,8 @@ def test_readme_recipe_runs_rest_on_a_t5x_model_from_its_checkpoint(t5x_checkpoi
 
 
 def test_convert_reads_both_formats_into_the_t5x_model(t5x_checkpoints, tmp_path):
-  paths, spm = t5x_checkpoints
-  (tmp_path / "recipe.gin").write_text(RECIPE.format(spm=spm))
+  paths, fill = t5x_checkpoints
+  (tmp_path / "recipe.gin").write_text(RECIPE.format(**fill))
   for name, path in paths.items():
     out = _run(["rest_jax.main", "convert", f"--gin_search_paths={T5X_ROOT}",
                 f"--gin_file={tmp_path / 'recipe.gin'}", f"--gin.MODEL_DIR='{tmp_path}'",

@@ -111,6 +111,17 @@ def test_translation_vocabulary_must_be_bound():
     translation_tasks.task_vocabulary()
 
 
+def test_task_vocabulary_equals_the_model_vocabulary_of_its_file(spm, tmp_path):
+  """t5x's `verify_matching_vocabs` compares `task_vocab != model_vocab`: equal file, equal."""
+  task_vocab = seqio.get_mixture_or_task("iwslt14_de_en").output_features["targets"].vocabulary
+  assert not task_vocab != spm  # noqa: SIM202 (the comparison t5x makes)
+  assert task_vocab == translation_tasks.VOCABULARY
+  other = vocab.train_sentencepiece(["ein anderes Modell", "another model"] * 40,
+                                    str(tmp_path / "other.model"), 30)
+  assert task_vocab != seqio.SentencePieceVocabulary(other)
+  assert task_vocab != seqio.ByteVocabulary()
+
+
 def test_split_files_are_found_by_format_and_name(tmp_path):
   import lzma
 

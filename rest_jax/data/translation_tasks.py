@@ -82,7 +82,17 @@ class DeferredVocabulary(seqio.Vocabulary):
     return self._vocab.decode_tf(ids)
 
   def __eq__(self, other):
-    return isinstance(other, DeferredVocabulary) and self._factory == other._factory
+    """The same factory's, or equal to what this one resolves to.
+
+    t5x's trainer compares a task's vocabulary with its model's
+    (`utils.verify_matching_vocabs`, task first), so a task over the configured
+    SentencePiece file equals a model built on that file.
+    """
+    if isinstance(other, DeferredVocabulary):
+      return self._factory == other._factory or self._vocab == other._vocab
+    if isinstance(other, seqio.Vocabulary):
+      return self._vocab == other
+    return NotImplemented
 
 
 VOCABULARY = DeferredVocabulary(lambda: task_vocabulary())  # noqa: PLW0108 (gin looks it up late)
