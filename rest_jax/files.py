@@ -12,14 +12,27 @@ A reader (or a re-run after a kill) must see all of a file or none of it:
   appears only once its upload is complete: every file is written once, directly
   under its final name, and a collection of files is committed by the one written
   last (a grown dataset's manifest).
+
+TensorFlow writes and reads two kinds of file itself: a grown dataset's TFRecord
+shards and TensorBoard summaries. Its own file systems serve local paths and
+`gs://` (TF 2.x has no s3/az/hf file system, and its GCS client cannot be pointed
+at another endpoint). Where etils.epath reaches an object store another way (gcsfs
+or s3fs: `EPATH_USE_TF=false`, or a scheme TF lacks), a shard is written to a local
+file and uploaded whole through epath, read back from a local copy, and summaries
+go to the log only (`tensorflow_reaches`).
 """
 
+import atexit
 import contextlib
+import functools
+import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from typing import Iterator, Optional, Union
 
+from absl import logging
 from etils import epath
 
 from rest_jax import faults
@@ -45,6 +58,81 @@ def register_object_store(prefix: str) -> None:
 def is_object_store(p: PathLike) -> bool:
   text = os.fspath(p)
   return text.startswith(OBJECT_STORE_SCHEMES + tuple(_EXTRA_OBJECT_STORES))
+
+
+def tensorflow_reaches(p: PathLike) -> bool:
+  """Whether TensorFlow's own file system serves `p` the way etils.epath does.
+
+  A local path; or `gs://` while epath uses TensorFlow for it (epath's default
+  where TensorFlow is installed; `EPATH_USE_TF=false` makes it use gcsfs).
+  """
+  text = os.fspath(p)
+  if not is_object_store(text):
+    return True
+  return text.startswith("gs://") and os.environ.get("EPATH_USE_TF", "").lower() not in (
+      "false", "no", "f", "0")
+
+
+@contextlib.contextmanager
+def written_by_tensorflow(target: PathLike) -> Iterator[str]:
+  """Yields a path TensorFlow can write for `target`; on success `target` holds it.
+
+  `target` itself where TensorFlow reaches it; otherwise a local file uploaded to
+  `target` in one piece through epath after the block (removed either way).
+  """
+  target = os.fspath(target)
+  if tensorflow_reaches(target):
+    yield target
+    return
+  fd, local = tempfile.mkstemp(prefix=temporary_prefix(target))
+  os.close(fd)
+  try:
+    yield local
+    with open(local, "rb") as src, path(target).open("wb") as dst:
+      shutil.copyfileobj(src, dst, 1 << 22)
+  finally:
+    os.remove(local)
+
+
+def readable_by_tensorflow(p: PathLike) -> str:
+  """`p`, or a local copy of it where TensorFlow cannot reach `p` (see above).
+
+  Copies are made once per process and file (a grown shard never changes once
+  written; its size is part of the key) and deleted when the process exits.
+  """
+  text = os.fspath(p)
+  if tensorflow_reaches(text):
+    return text
+  key = hashlib.sha256(f"{text}\0{size(text)}".encode()).hexdigest()[:16]
+  local = os.path.join(_local_copies(), f"{key}-{os.path.basename(text)}")
+  if not os.path.exists(local):
+    with path(text).open("rb") as src, committed(local) as tmp, open(tmp, "wb") as dst:
+      shutil.copyfileobj(src, dst, 1 << 22)
+  return local
+
+
+@functools.lru_cache(maxsize=1)
+def _local_copies() -> str:
+  directory = tempfile.mkdtemp(prefix="rest_jax-copies-")
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  return directory
+
+
+def summary_writer(logdir: PathLike, is_chief: bool = True):
+  """clu's default metric writer for `logdir`: TensorBoard files and the log.
+
+  TensorBoard's files are written by TensorFlow: where it cannot reach `logdir`
+  (see above), the metrics go to the log only, and the log says so once.
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
+  logdir = os.fspath(logdir)
+  reachable = tensorflow_reaches(logdir)
+  if is_chief and not reachable:
+    logging.warning("TensorFlow cannot write %s (its file systems serve local paths and gs://"
+                    " through its own client only): metrics go to the log, not to TensorBoard",
+                    logdir)
+  return metric_writers.create_default_writer(logdir, just_logging=not (is_chief and reachable))
 
 
 def join(*parts: PathLike) -> str:

@@ -25,7 +25,6 @@ import time
 from typing import Any, Dict, List, Optional
 
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
@@ -66,8 +65,8 @@ class _Run:
         learning_rate=bc_learning_rate)
     self.evaluator = policy_eval.PolicyEvaluator(
         model, partitioner, self.policy_trainer.params_sharding, reward, evaluation, seed=seed)
-    self.writer = metric_writers.create_default_writer(
-        os.path.join(model_dir, layout.SUMMARIES), just_logging=jax.process_index() != 0)
+    self.writer = files.summary_writer(files.join(model_dir, layout.SUMMARIES),
+                                       is_chief=jax.process_index() == 0)
     self.context = StepContext(
         model=model, partitioner=partitioner, task=self.task, feature_lengths=self.lengths,
         reward=reward, seed=seed, checkpoint_period=checkpoint_period,

@@ -5,17 +5,15 @@
 `model_dir`, at the same step and data position.
 """
 
-import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
 from absl import logging
-from clu import metric_writers
 import jax
 import seqio
 import tqdm
 
-from rest_jax import checkpoints, convert, inference, loop, partitioning
+from rest_jax import checkpoints, convert, files, inference, loop, partitioning
 from rest_jax import selection as selection_lib, train_eval
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
@@ -106,10 +104,8 @@ def train(
       return []
     selection.resume_from(start)
   is_chief = jax.process_index() == 0
-  train_writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, "train"), just_logging=not is_chief)
-  eval_writer = metric_writers.create_default_writer(
-      os.path.join(model_dir, "eval"), just_logging=not is_chief)
+  train_writer = files.summary_writer(files.join(model_dir, "train"), is_chief)
+  eval_writer = files.summary_writer(files.join(model_dir, "eval"), is_chief)
   decoder = None
   if eval_dataset_cfg is not None:
     decoder = inference.PolicyDecoder(model, partitioner, trainer.params_sharding,

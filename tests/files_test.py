@@ -49,7 +49,9 @@ def test_a_grown_dataset_is_written_once_and_committed_by_its_manifest(bucket):
     manifest = grown.write_manifest(directory, 2, {"seed": 0})
   finally:
     os.replace = original
-  assert not renamed  # nothing renamed: an object store has no atomic rename
+  # Nothing renamed in the bucket (an object store has no atomic rename); only TensorFlow's
+  # local copies of the shards (the stand-in is a store TensorFlow does not reach) were.
+  assert not [r for r in renamed if str(bucket) in os.fspath(r[1])], renamed
   assert not any(n.startswith(files.TMP_PREFIX) for n in _all_names(bucket))
   assert grown.load_manifest(directory)["num_rows"] == manifest["num_rows"] == 30
   assert grown.remove_stale_temporaries(directory, [0, 1], 2, manifest=True) == []
@@ -80,3 +82,12 @@ def test_posix_writes_leave_no_temporary_after_a_failure(tmp_path):
         f.write("partial")
       raise RuntimeError("killed mid-write")
   assert not target.exists() and os.listdir(tmp_path) == []
+
+
+def test_tensorflow_reaches_what_epath_sends_it(monkeypatch):
+  """TF's file systems: local paths, and gs:// while etils.epath uses TensorFlow for it."""
+  monkeypatch.delenv("EPATH_USE_TF", raising=False)
+  assert files.tensorflow_reaches("/tmp/run") and files.tensorflow_reaches("gs://b/run")
+  assert not files.tensorflow_reaches("s3://b/run")  # TF 2.x has no s3 file system
+  monkeypatch.setenv("EPATH_USE_TF", "false")  # epath: gcsfs
+  assert not files.tensorflow_reaches("gs://b/run") and files.tensorflow_reaches("/tmp/run")

@@ -169,7 +169,7 @@ def grown_rows(grow_dir):
   """{(source_id, sample_id): (target text, reward, token ids, behaviour log-probs)}."""
   manifest = grown.load_manifest(str(grow_dir))
   rows = {}
-  ds = tf.data.TFRecordDataset(grown.shard_paths(str(grow_dir), manifest))
+  ds = tf.data.TFRecordDataset(grown.tensorflow_shard_paths(str(grow_dir), manifest))
   for r in ds.map(lambda x: tf.io.parse_single_example(x, grown.feature_spec())
                   ).as_numpy_iterator():
     key = (int(r["source_id"]), int(r["sample_id"]))

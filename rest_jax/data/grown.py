@@ -118,14 +118,14 @@ def write_shard(directory: str, index: int, num_shards: int,
   try:
     # A temporary file renamed into place on a file system; on an object store the
     # shard itself, which appears only once whole (rest_jax/files.py).
-    with files.committed(path, "grown.shard_write") as target:
-      with tf.io.TFRecordWriter(target) as writer:
-        for i, row in enumerate(rows):
-          writer.write(_example(row, i, name).SerializeToString())
-          count += 1
-          reward_sum += float(row["reward"]) if int(row["scored"]) else 0.0
-          sources.add(int(row["source_id"]))
-        writer.flush()
+    with files.committed(path, "grown.shard_write") as target, \
+        files.written_by_tensorflow(target) as local, tf.io.TFRecordWriter(local) as writer:
+      for i, row in enumerate(rows):
+        writer.write(_example(row, i, name).SerializeToString())
+        count += 1
+        reward_sum += float(row["reward"]) if int(row["scored"]) else 0.0
+        sources.add(int(row["source_id"]))
+      writer.flush()
   except (OSError, tf.errors.OpError) as e:  # e.g. the disk is full
     raise GrownDatasetError(
         f"{directory}: could not write shard {name} ({e}); nothing of this shard was kept,"
@@ -180,9 +180,15 @@ def shard_paths(directory: str, manifest: Mapping[str, Any]) -> List[str]:
   return [files.join(directory, s["file"]) for s in manifest["shards"]]
 
 
+def tensorflow_shard_paths(directory: str, manifest: Mapping[str, Any]) -> List[str]:
+  """The shards as TensorFlow reads them (local copies where it cannot reach them)."""
+  return [files.readable_by_tensorflow(p) for p in shard_paths(directory, manifest)]
+
+
 def _parsed_rows(paths: Sequence[str], spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
   """Every row of the shards at `paths`, parsed by `spec`, in shard order."""
-  ds = tf.data.TFRecordDataset(list(paths)).map(lambda r: tf.io.parse_single_example(r, spec))
+  ds = tf.data.TFRecordDataset([files.readable_by_tensorflow(p) for p in paths])
+  ds = ds.map(lambda r: tf.io.parse_single_example(r, spec))
   try:
     return list(ds.as_numpy_iterator())
   except tf.errors.DataLossError as e:
@@ -309,7 +315,7 @@ def load_manifest(directory: str, verify_counts: bool = True) -> Dict[str, Any]:
           " replaced")
     if verify_counts:
       try:
-        count = sum(1 for _ in tf.data.TFRecordDataset(shard_path))
+        count = sum(1 for _ in tf.data.TFRecordDataset(files.readable_by_tensorflow(shard_path)))
       except tf.errors.DataLossError as e:
         raise GrownDatasetError(f"{shard_path} is corrupt: {e.message}") from None
       if count != shard["count"]:

@@ -127,7 +127,7 @@ def register_grown_task(
     The task; its only split is "train"; examples carry the features the losses read.
   """
   manifest = grown.load_manifest(directory, verify_counts=verify_counts)
-  paths = grown.shard_paths(directory, manifest)
+  paths = grown.tensorflow_shard_paths(directory, manifest)
   preprocessors = []
   if threshold is not None:
     preprocessors.append(functools.partial(filter_by_reward, threshold=float(threshold),

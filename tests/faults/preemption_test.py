@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import pytest
 
-from rest_jax import checkpoints, preemption, rest
+from rest_jax import checkpoints, files, preemption, rest
 from tests import multihost_test
 
 SEED = int(os.environ.get("REST_JAX_FAULT_SEED", "20261124"))
@@ -104,12 +104,16 @@ def _kill_points(trace, rng, n):
           for p in sorted(required | chosen)]
 
 
-def _end_state(model_dir):
-  state = {"rows": multihost_test.grown_rows(model_dir / "grow_1")}
-  for step in ("bc", "improve_1_1", "improve_1_2"):
-    state[step] = checkpoints.read_arrays(str(model_dir / step / "checkpoints"))
-  with open(model_dir / "rest_state.json") as f:
-    steps = json.load(f)["steps"]
+TRAINED = ("bc", "improve_1_1", "improve_1_2")
+
+
+def _end_state(model_dir, trained=TRAINED):
+  """Grown rows, checkpoints, evaluations and thresholds of a run (a gs:// one too)."""
+  model_dir = str(model_dir)
+  state = {"rows": multihost_test.grown_rows(files.join(model_dir, "grow_1"))}
+  for step in trained:
+    state[step] = checkpoints.read_arrays(files.join(model_dir, step, "checkpoints"))
+  steps = json.loads(files.read_text(files.join(model_dir, "rest_state.json")))["steps"]
   state["evaluations"] = {k: v["metrics"] for k, v in steps.items() if k.startswith("eval_")}
   state["improve_metrics"] = {k: v["metrics"] for k, v in steps.items()
                               if k.startswith("improve_")}
@@ -117,15 +121,16 @@ def _end_state(model_dir):
   return state
 
 
-def _assert_same_end_state(reference, model_dir, log):
-  got = _end_state(model_dir)
+def _assert_same_end_state(reference, model_dir, log, trained=TRAINED):
+  """`model_dir` ended as `reference` did (a local `model_dir` holds no temporary file)."""
+  got = _end_state(model_dir, trained)
   where = f"seed {SEED}, {model_dir}, runs: {log}"
   sources = {}
   for source_id, sample_id in got["rows"]:
     sources.setdefault(source_id, set()).add(sample_id)
   assert all(samples == {0, 1, 2} for samples in sources.values()), where  # N=2 + reference
   assert got["rows"] == reference["rows"], where
-  for step in ("bc", "improve_1_1", "improve_1_2"):
+  for step in trained:
     ref_leaves = jax.tree_util.tree_flatten_with_path(reference[step])[0]
     got_leaves = dict(jax.tree_util.tree_flatten_with_path(got[step])[0])
     for path, value in ref_leaves:
