@@ -27,23 +27,6 @@ SMALL_BENCH = dict(vocab_size=8192, emb_dim=256, num_heads=4, head_dim=64, mlp_d
                    num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.0)
 
 
-def useful_gflops(cfg, batch, samples, in_len, out_len) -> float:
-  """Matmul FLOPs a decoder must do: projections, MLP, logits, causal attention.
-
-  The encoder and the cross-attention keys/values are counted once per input;
-  self-attention only over the positions already decoded.
-  """
-  d, h, k, m, v = cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
-  hk = h * k
-  enc_layer = 2 * (4 * d * hk + 3 * d * m) + 2 * 2 * in_len * hk   # per token
-  encoder = batch * in_len * (cfg.num_encoder_layers * enc_layer)
-  cross_kv = batch * in_len * cfg.num_decoder_layers * 2 * 2 * d * hk
-  per_token = cfg.num_decoder_layers * 2 * (4 * d * hk + 2 * d * hk + 3 * d * m) + 2 * d * v
-  attention = sum(cfg.num_decoder_layers * 2 * 2 * hk * ((t + 1) + in_len) for t in range(out_len))
-  decoder = batch * samples * (out_len * per_token + attention)
-  return (encoder + cross_kv + decoder) / 1e9
-
-
 def run(batch=32, samples=4, in_len=64, out_len=64, topk=0, temperature=1.0,
         token_log_probs=False):
   cfg = network.T5Config(**SMALL_BENCH)
@@ -63,7 +46,8 @@ def run(batch=32, samples=4, in_len=64, out_len=64, topk=0, temperature=1.0,
   seconds = common.median_seconds(lambda: sample(params, batch_in, jax.random.PRNGKey(2)))
   decodes = sample(params, batch_in, jax.random.PRNGKey(2))[0]
   assert np.asarray(decodes).shape == (batch, samples, out_len)
-  return batch * samples / seconds, useful_gflops(cfg, batch, samples, in_len, out_len) / seconds
+  gflops = common.useful_gflops(cfg, batch, samples, in_len, out_len)
+  return batch * samples / seconds, gflops / seconds
 
 
 def main():

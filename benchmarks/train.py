@@ -15,16 +15,6 @@ from rest_jax import partitioning, trainer as trainer_lib
 from rest_jax.models import model as models, network
 
 
-def useful_gflops_per_step(cfg, batch, in_len, out_len) -> float:
-  """Forward matmul FLOPs x 3 (forward + two backward matmuls)."""
-  d, hk, m, v = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
-  enc = in_len * cfg.num_encoder_layers * (2 * (4 * d * hk + 3 * d * m) + 4 * in_len * hk)
-  dec = out_len * (cfg.num_decoder_layers * (2 * (6 * d * hk + 3 * d * m) + 4 * out_len * hk
-                                              + 4 * in_len * hk) + 2 * d * v)
-  cross_kv = in_len * cfg.num_decoder_layers * 4 * d * hk
-  return 3 * batch * (enc + dec + cross_kv) / 1e9
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--json", default=None)
@@ -50,7 +40,7 @@ def main():
     return metrics
 
   seconds = common.median_seconds(step, repeats=7)
-  gflops = useful_gflops_per_step(cfg, batch, length, length) / seconds
+  gflops = common.useful_gflops_per_step(cfg, batch, length, length) / seconds
   rows = [{"config": "small-bench train b64", "tokens_per_s": batch * length / seconds,
            "useful_gflops": gflops, "peak_gflops": peak, "peak_fraction": gflops / peak}]
   common.report(rows, args.json)

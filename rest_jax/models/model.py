@@ -12,7 +12,7 @@ per sample and re-projected at every step.
 
 import functools
 import inspect
-from typing import Any, Callable, Mapping, MutableMapping, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Mapping, MutableMapping, Tuple
 
 from clu import metrics as clu_metrics
 from flax import linen as nn
@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import seqio
 
 from rest_jax import decoding
+
+if TYPE_CHECKING:  # seqio imports TensorFlow; the model runs without it
+  import seqio
 
 Array = jax.Array
 PyTree = Any
@@ -101,6 +103,19 @@ def _normalizer(weights: Array, loss_normalizing_factor) -> Array:
   return jnp.asarray(loss_normalizing_factor, jnp.float32)
 
 
+class _EncDecFeatureConverter:
+  """`seqio.EncDecFeatureConverter`, imported when first asked for.
+
+  seqio imports TensorFlow; the model itself does not need it, so it also runs where
+  there is none (an accelerator machine: `benchmarks/accelerator.py`).
+  """
+
+  def __get__(self, obj, objtype=None):
+    import seqio  # pylint: disable=g-import-not-at-top
+
+    return seqio.EncDecFeatureConverter
+
+
 class EncoderDecoderModel:
   """Encoder-decoder with the t5x model API.
 
@@ -115,15 +130,15 @@ class EncoderDecoderModel:
     optimizer_def: an `optax.GradientTransformation`.
   """
 
-  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+  FEATURE_CONVERTER_CLS = _EncDecFeatureConverter()
 
   PER_SAMPLE_RNGS = True
 
   def __init__(
       self,
       module: nn.Module,
-      input_vocabulary: seqio.Vocabulary,
-      output_vocabulary: seqio.Vocabulary,
+      input_vocabulary: "seqio.Vocabulary",
+      output_vocabulary: "seqio.Vocabulary",
       optimizer_def: optax.GradientTransformation | None = None,
       decode_fn: Callable[..., Tuple[Array, Array]] = decoding.beam_search,
       feature_converter_cls: type | None = None,
@@ -147,11 +162,11 @@ class EncoderDecoderModel:
     self._decode_cache_chunk = decode_cache_chunk
 
   @property
-  def input_vocabulary(self) -> seqio.Vocabulary:
+  def input_vocabulary(self) -> "seqio.Vocabulary":
     return self._input_vocabulary
 
   @property
-  def output_vocabulary(self) -> seqio.Vocabulary:
+  def output_vocabulary(self) -> "seqio.Vocabulary":
     return self._output_vocabulary
 
   @property
