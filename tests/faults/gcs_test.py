@@ -79,6 +79,7 @@ def emulator(tmp_path_factory):
         assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
         time.sleep(0.2)
     os.environ.update(env)  # this process reads the bucket too (gcsfs, tensorstore)
+    _epath_reads_environment()
     yield env
   finally:
     server.terminate()
@@ -88,6 +89,14 @@ def emulator(tmp_path_factory):
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
+    _epath_reads_environment()
+
+
+def _epath_reads_environment():
+  """etils.epath reads `EPATH_USE_TF` once per process (a cached check): read it again."""
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
 
 
 def test_rest_on_gs_resumes_after_sigkill_to_the_end_state_of_an_uninterrupted_run(
