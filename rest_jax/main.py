@@ -326,6 +326,9 @@ def main(argv: Sequence[str]) -> int:
 
     if not args.runs:
       raise SystemExit("seeds needs --runs DIR [DIR ...] (finished rest runs)")
+    if args.dry_run:  # parse and exit, as for every command
+      print(f"seeds: {len(args.runs)} group(s): {args.runs}")
+      return 0
     seeds.seeds_command(args.runs)
     return 0
   parse_gin(args.gin_file, bindings, finalize=False)
