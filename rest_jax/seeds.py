@@ -6,31 +6,50 @@
 For each group of runs (`--runs` may be given more than once, e.g. a reward that cannot
 see the flaw beside one that can), it prints:
 
-- every seed's row: the test BLEU, chrF and held-out reward of BC, BC+, filtered BC (the
-  control's pick), the best control (chosen on validation) and the selected ReST policy,
-  ReST's margin over the best control, and the learned reward's own accuracy on the
-  flaw (how often it prefers the correct translation to the flawed one, on held-out
-  ratings of sources it never trained on);
+- every seed's row: the test BLEU and chrF of BC, BC+, filtered BC (the control's pick),
+  random selection (its pick: a control that keeps as many samples as each ReST step
+  keeps, drawn without the reward), the best control (chosen on validation), ReST on the
+  policy's samples only (the ablation's pick) and the selected ReST policy, ReST's margin
+  over the best control, and the learned reward's own accuracy on the flaw (how often it
+  prefers the correct translation to the flawed one, on held-out ratings of sources it
+  never trained on); "-" where a run has no such rows;
 - the mean and standard deviation (n - 1) over the seeds of each of them, test and
   validation;
-- the paired bootstrap 95% interval of ReST minus the best control in corpus BLEU and
-  chrF over the test sentences of all seeds pooled (1,000 resamples of sentence indices,
-  seed 0; each seed's ReST output paired with its own best control's on the same
-  sentence), from the outputs `rest` keeps (`outputs/`);
+- the mean per-seed test margin of ReST over the best control (BLEU and chrF) with its 95%
+  Student t-interval over the seeds (n - 1 degrees of freedom). It resamples nothing: each
+  seed's margin is one draw, so the interval counts the variance between training seeds
+  (and, inside each margin, the test set's), from the few seeds there are;
+- when every run has a samples-only pick, the same for ReST minus ReST (samples only);
+- the two-level bootstrap 95% percentile interval of ReST minus the best control in corpus
+  BLEU and chrF (1,000 resamples, seed 0), from the test outputs `rest` keeps
+  (`outputs/`). Each resample draws the seeds with replacement, then the sentence ids of
+  the one test set the runs share, with replacement and once for all drawn seeds and both
+  arms (the seeds' outputs are of the same sentences, so they are not independent rows);
+  its statistic is the mean over the drawn seeds of ReST's corpus score on those sentences
+  minus that seed's best control's. It resamples both the training seeds and the test
+  sentences;
 - the number of seeds in which ReST beats the best control on test BLEU;
 - the correlation across seeds of the reward's flaw accuracy with ReST's test margin.
 """
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import sacrebleu
+from scipy import stats as scipy_stats
 
 from rest_jax import files, layout
 
-METRICS = (("reward", 4), ("held_out_reward", 4), ("bleu", 2), ("chrf", 2), ("ter", 2))
+METRICS = (("reward", 4), ("held_out_reward", 4), ("bleu", 2), ("chrf", 2), ("ter", 2),
+           ("colour_recall", 3))
 BOOTSTRAP_SAMPLES = 1000
+SAMPLES_ONLY = "ReST (samples only)"
+RANDOM = "random selection"
+# Chains whose pick (their best step on validation, or BC) `rest` names in "arm_selected".
+CHAINS = ("filtered BC", SAMPLES_ONLY, RANDOM)
+# The table's columns, controls first; every one but BC and BC+ is a pick among steps.
+ROLES = ("BC", "BC+", "filtered BC", RANDOM, "best control", SAMPLES_ONLY, "ReST")
 
 
 def _state(model_dir: str) -> Dict[str, Any]:
@@ -43,15 +62,25 @@ def _state(model_dir: str) -> Dict[str, Any]:
   return state["steps"]
 
 
+def _by_label(rows: List[Dict[str, Any]], label: Optional[str],
+              role: Optional[str] = None) -> Optional[Dict[str, Any]]:
+  """The row of policy `label`, of `role` where two chains could share it."""
+  matches = [r for r in rows if r["policy"] == label]
+  return next((r for r in matches if r["role"] == role), matches[0] if matches else None)
+
+
 def _pick(steps: Dict[str, Any], role: str) -> Optional[Dict[str, Any]]:
+  """The row that stands for `role` in a run (None if the run has none)."""
   rows = steps["rows"]
   if role == "ReST":
     return next(r for r in rows if r.get("selected"))
   if role == "best control":
-    return next((r for r in rows if r["policy"] == steps.get("best_control")), None)
-  if role == "filtered BC":  # the control's pick: its best step, or BC if none beat BC
-    pick = steps.get("filtered_bc_selected")
-    return next((r for r in rows if r["policy"] == pick), None) if pick else None
+    return _by_label(rows, steps.get("best_control"))
+  if role in CHAINS:  # the chain's own pick: its best step, or BC if none beat BC
+    pick = steps.get("arm_selected", {}).get(role)
+    if pick is None and role == "filtered BC":  # runs from before "arm_selected"
+      pick = steps.get("filtered_bc_selected")
+    return _by_label(rows, pick, role) if pick else None
   return next((r for r in rows if r["role"] == role), None)
 
 
@@ -62,14 +91,20 @@ def flaw_accuracy(steps: Dict[str, Any], kind: str = "flawed") -> float:
   return float(by_kind.get(kind, {}).get("pairwise_vs_correct", float("nan")))
 
 
-def _step_dir(model_dir: str, steps: Dict[str, Any], row: Dict[str, Any]) -> str:
-  """The folder of a row's policy (from the layout; BC from another run keeps its path)."""
+def _step_dir(steps: Dict[str, Any], row: Dict[str, Any]) -> str:
+  """The folder of a row's policy: the row's "dir", or for older runs from its role and
+  label (BC from another run keeps its path)."""
+  if "dir" in row:
+    return row["dir"]
   if row["role"] == "BC":
     return layout.BC
   if row["role"] == "BC+":
     return layout.BC_PLUS
   if row.get("selected"):
     return steps["selected_dir"]
+  if row["role"] not in ("ReST", "filtered BC"):
+    raise ValueError(f"the state row of {row['policy']!r} ({row['role']}) names no folder"
+                     " (\"dir\"); re-run `rest` to record it (finished steps are reused)")
   label = row["policy"].split(" (")[0]  # "G1 I3" or "filtered BC G1 I3"
   g, i = (int(x[1:]) for x in label.split()[-2:])
   return layout.filtered_bc_name(g, i) if row["role"] == "filtered BC" else \
@@ -77,43 +112,239 @@ def _step_dir(model_dir: str, steps: Dict[str, Any], row: Dict[str, Any]) -> str
 
 
 def _outputs(model_dir: str, steps: Dict[str, Any], row: Dict[str, Any], split: str):
-  path = layout.outputs_path(model_dir, _step_dir(model_dir, steps, row), split)
+  path = layout.outputs_path(model_dir, _step_dir(steps, row), split)
   if not files.exists(path):
     raise FileNotFoundError(f"{path} is missing: {model_dir} was run before `rest` kept its"
                             " test outputs; re-run it (finished steps are reused)")
   return json.loads(files.read_text(path))
 
 
-def paired_bootstrap(references: Sequence[str], ours: Sequence[str], theirs: Sequence[str],
-                     tokenize: str = "13a", samples: int = BOOTSTRAP_SAMPLES,
-                     seed: int = 0) -> Dict[str, List[float]]:
-  """Corpus BLEU and chrF of `ours` minus `theirs`: the difference on the sentences given,
-  and its 95% percentile interval over `samples` resamples of the sentences (paired:
-  both systems are scored on the same resampled sentences).
+def _metrics(tokenize: str):
+  return (("bleu", sacrebleu.BLEU(tokenize=tokenize)), ("chrf", sacrebleu.CHRF()))
 
-  The metrics' sufficient statistics per sentence are sacrebleu's own (what its
-  `--paired-bs` resamples), summed over each resample.
+
+def sentence_stats(references: Sequence[str], hypotheses: Sequence[str],
+                   tokenize: str = "13a") -> Dict[str, np.ndarray]:
+  """sacrebleu's sufficient statistics of BLEU and chrF per sentence (what its
+  `--paired-bs` resamples): {metric: [sentences, statistics]}; a corpus score is the
+  score of their sum over the sentences."""
+  # pylint: disable=protected-access
+  return {name: np.asarray(metric._extract_corpus_statistics(list(hypotheses),
+                                                             [list(references)]), np.float64)
+          for name, metric in _metrics(tokenize)}
+
+
+def _score(metric, summed: np.ndarray) -> float:
+  return metric._compute_score_from_stats(list(summed)).score  # pylint: disable=protected-access
+
+
+def two_level_bootstrap(references: Sequence[str], ours: Sequence[Sequence[str]],
+                        theirs: Sequence[Sequence[str]], tokenize: str = "13a",
+                        samples: int = BOOTSTRAP_SAMPLES,
+                        seed: int = 0) -> Dict[str, List[float]]:
+  """Corpus BLEU and chrF of `ours` minus `theirs`, averaged over the seeds, with its 95%
+  percentile interval over a two-level bootstrap.
+
+  Each resample draws the seeds with replacement, then the sentence ids with replacement
+  once for all of them (the seeds share one test set); its statistic is the mean over the
+  drawn seeds of the seed's corpus score of `ours` minus its `theirs` on those sentences.
+
+  Args:
+    references: the shared test set's references.
+    ours: per seed, the hypotheses (of `references`) of the system measured.
+    theirs: per seed, the hypotheses of the system it is measured against.
+    tokenize: sacrebleu's BLEU tokenizer.
+    samples: the number of resamples.
+    seed: the seed of numpy's `default_rng` that draws them.
+
+  Returns:
+    {"bleu": [difference, low, high], "chrf": [...]}: the difference over all seeds and
+    sentences, and the 2.5th and 97.5th percentiles over the resamples.
+
+  Raises:
+    ValueError: if `ours` and `theirs` are not of the same number (> 0) of seeds.
   """
+  if not ours or len(ours) != len(theirs):
+    raise ValueError(f"{len(ours)} seeds of ours and {len(theirs)} of theirs: give each"
+                     " seed's pair of systems (at least one)")
+  per_seed = [(sentence_stats(references, a, tokenize), sentence_stats(references, b, tokenize))
+              for a, b in zip(ours, theirs)]
+  n_seeds, n = len(ours), len(references)
   rng = np.random.default_rng(seed)
-  index = rng.integers(0, len(references), size=(samples, len(references)))
+  draws = []
+  for _ in range(samples):  # seeds first, then the sentences (counts of each id)
+    drawn = rng.integers(0, n_seeds, size=n_seeds)
+    draws.append((drawn, np.bincount(rng.integers(0, n, size=n), minlength=n)))
   out = {}
-  for name, metric in (("bleu", sacrebleu.BLEU(tokenize=tokenize)), ("chrf", sacrebleu.CHRF())):
-    # pylint: disable=protected-access
-    stats = [np.asarray(metric._extract_corpus_statistics(list(h), [list(references)]),
-                        np.float64) for h in (ours, theirs)]
-    score = lambda s: metric._compute_score_from_stats(list(s)).score  # noqa: E731
-    diffs = np.array([score(stats[0][ix].sum(0)) - score(stats[1][ix].sum(0))
-                      for ix in index])
-    # pylint: enable=protected-access
-    whole = score(stats[0].sum(0)) - score(stats[1].sum(0))
-    out[name] = [float(whole), float(np.percentile(diffs, 2.5)),
+  for name, metric in _metrics(tokenize):
+    a = np.stack([s[0][name] for s in per_seed])  # [seeds, sentences, statistics]
+    b = np.stack([s[1][name] for s in per_seed])
+
+    def margins(weights, a=a, b=b, metric=metric):
+      return np.array([_score(metric, weights @ a[k]) - _score(metric, weights @ b[k])
+                       for k in range(n_seeds)])
+
+    diffs = [margins(weights)[drawn].mean() for drawn, weights in draws]
+    out[name] = [float(margins(np.ones(n)).mean()), float(np.percentile(diffs, 2.5)),
                  float(np.percentile(diffs, 97.5))]
   return out
+
+
+def t_interval(values: Sequence[float],
+               confidence: float = 0.95) -> Optional[Tuple[float, float, float]]:
+  """The mean of `values` and its Student t-interval (n - 1 degrees of freedom).
+
+  Args:
+    values: one value per seed.
+    confidence: the interval's coverage.
+
+  Returns:
+    (mean, low, high), or None for fewer than 2 values (the interval is not defined).
+  """
+  v = np.asarray(values, np.float64)
+  if len(v) < 2:
+    return None
+  half = (scipy_stats.t.ppf((1 + confidence) / 2, len(v) - 1) * np.std(v, ddof=1)
+          / np.sqrt(len(v)))
+  return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def _mean_sd(values: np.ndarray, digits: int, sign: bool = False) -> str:
   spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
   return f"{np.mean(values):{'+' if sign else ''}.{digits}f} ± {spread:.{digits}f}"
+
+
+def _margins(steps: Dict[str, Dict[str, Any]], other: str,
+             required: bool = False) -> Optional[Dict[str, np.ndarray]]:
+  """Per seed, ReST's test BLEU and chrF minus `other`'s.
+
+  Returns None if a run has no `other` with test metrics, or raises a ValueError naming
+  the run if `required`.
+  """
+  picks = []
+  for run, s in steps.items():
+    theirs = _pick(s, other)
+    if theirs is None or "test/bleu" not in theirs["metrics"]:
+      if required:
+        raise ValueError(f"{layout.state_path(run)} has no test metrics of the {other}")
+      return None
+    picks.append((_pick(s, "ReST")["metrics"], theirs["metrics"]))
+  return {m: np.array([r[f"test/{m}"] - o[f"test/{m}"] for r, o in picks])
+          for m in ("bleu", "chrf")}
+
+
+def _step_label(row: Dict[str, Any]) -> str:
+  """A row's policy without its threshold: "G1 I3", "ReST (samples only) G1 I2", "BC"."""
+  return row["policy"].split(" (tau=")[0]
+
+
+def _seed_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
+  """Every seed's row, on test."""
+  header = ["run", "BC", "BC+", "filtered BC", RANDOM, "best control (validation)",
+            SAMPLES_ONLY, "ReST (selected)", "ReST - best control", "reward's flaw accuracy"]
+  out = ["Test BLEU / chrF per seed:", "", "| " + " | ".join(header) + " |",
+         "|" + "---|" * len(header)]
+  margins = _margins(steps, "best control", required=True)
+  for k, (run, s) in enumerate(steps.items()):
+    cells = [run]
+    for role in ROLES:
+      row = _pick(s, role)
+      m = row["metrics"] if row else {}
+      cell = (f"{m['test/bleu']:.2f} / {m['test/chrf']:.2f}" if "test/bleu" in m else "-")
+      if role not in ("BC", "BC+") and row:  # which step was picked
+        cell += f" ({_step_label(row)})"
+      cells.append(cell)
+    cells += [f"{margins['bleu'][k]:+.2f} / {margins['chrf'][k]:+.2f}",
+              f"{flaw_accuracy(s):.3f}"]
+    out.append("| " + " | ".join(cells) + " |")
+  return out + [""]
+
+
+def _mean_table(steps: Dict[str, Dict[str, Any]], split: str) -> List[str]:
+  """The mean and spread over the seeds of every role every run has, on `split`."""
+  present = [(m, d) for m, d in METRICS
+             if all(f"{split}/{m}" in _pick(s, "ReST")["metrics"] for s in steps.values())]
+  out = [f"Mean ± sd over seeds, {split}:", "",
+         "| policy | " + " | ".join(m for m, _ in present) + " |", "|---|" + "---|" * len(present)]
+  values = {}
+  for role in ROLES:
+    picked = [_pick(s, role) for s in steps.values()]
+    if any(p is None or f"{split}/{present[0][0]}" not in p["metrics"] for p in picked):
+      continue
+    cells = []
+    for metric, digits in present:
+      v = np.array([p["metrics"].get(f"{split}/{metric}", np.nan) for p in picked])
+      values[(role, metric)] = v
+      cells.append(_mean_sd(v, digits))
+    out.append(f"| {role} | " + " | ".join(cells) + " |")
+  if ("ReST", present[0][0]) in values and ("best control", present[0][0]) in values:
+    cells = [_mean_sd(values[("ReST", m)] - values[("best control", m)], d, sign=True)
+             for m, d in present]
+    out.append("| ReST - best control (per seed) | " + " | ".join(cells) + " |")
+  return out + [""]
+
+
+def _t_line(what: str, margins: Dict[str, np.ndarray]) -> str:
+  """One line: the mean per-seed margin `what` with its t-interval over the seeds."""
+  n = len(margins["bleu"])
+  bleu, chrf = t_interval(margins["bleu"]), t_interval(margins["chrf"])
+  if bleu is None:
+    return (f"Mean per-seed test margin, {what}: BLEU {margins['bleu'].mean():+.2f}, chrF"
+            f" {margins['chrf'].mean():+.2f}; t-interval not defined (fewer than 2 seeds).")
+  return (f"Mean per-seed test margin, {what} (95% Student t-interval over the {n} seeds,"
+          f" {n - 1} dof): BLEU {bleu[0]:+.2f} (95% interval {bleu[1]:+.2f} to"
+          f" {bleu[2]:+.2f}), chrF {chrf[0]:+.2f} ({chrf[1]:+.2f} to {chrf[2]:+.2f}).")
+
+
+def _test_outputs(steps: Dict[str, Dict[str, Any]]):
+  """The shared test references, and per seed ReST's and its best control's hypotheses.
+
+  Raises:
+    ValueError: naming the run whose test sentences are not the first run's, or whose
+      ReST and best control are of different sentences.
+  """
+  refs, first, ours, theirs, tokenize = None, None, [], [], "13a"
+  for run, s in steps.items():
+    a = _outputs(run, s, _pick(s, "ReST"), "test")
+    b = _outputs(run, s, _pick(s, "best control"), "test")
+    if a["references"] != b["references"]:
+      raise ValueError(f"{run}: ReST's and the control's test outputs are of other sentences")
+    if refs is None:
+      refs, first = a["references"], run
+    elif a["references"] != refs:
+      raise ValueError(f"{run}: its test references are not those of {first} (the same"
+                       " sentences in the same order); the two-level bootstrap draws"
+                       " sentence ids once for all seeds, so the runs must share one test set")
+    ours.append(a["hypotheses"])
+    theirs.append(b["hypotheses"])
+    tokenize = a.get("bleu_tokenize", tokenize)
+  return refs, ours, theirs, tokenize
+
+
+def _bootstrap_line(steps: Dict[str, Dict[str, Any]]) -> str:
+  try:
+    refs, ours, theirs, tokenize = _test_outputs(steps)
+  except FileNotFoundError as e:
+    return f"Two-level bootstrap: not computed ({e})."
+  boot = two_level_bootstrap(refs, ours, theirs, tokenize)
+  return (f"Two-level bootstrap (seeds, then the {len(refs)} shared test sentences;"
+          f" {BOOTSTRAP_SAMPLES} resamples): ReST - best control BLEU {boot['bleu'][0]:+.2f}"
+          f" (95% interval {boot['bleu'][1]:+.2f} to {boot['bleu'][2]:+.2f}), chrF"
+          f" {boot['chrf'][0]:+.2f} ({boot['chrf'][1]:+.2f} to {boot['chrf'][2]:+.2f}).")
+
+
+def _wins_and_correlation(steps: Dict[str, Dict[str, Any]]) -> List[str]:
+  margins = _margins(steps, "best control", required=True)["bleu"]
+  out = [f"ReST beats the best control on test BLEU in {sum(margins > 0)} of {len(margins)}"
+         " seeds."]
+  acc = np.array([flaw_accuracy(s) for s in steps.values()])
+  if len(margins) > 2 and np.all(np.isfinite(acc)) and np.std(acc) > 0 and np.std(margins) > 0:
+    out.append(f"Correlation across seeds of the reward's flaw accuracy with ReST's test BLEU"
+               f" margin: Pearson {np.corrcoef(acc, margins)[0, 1]:+.2f}.")
+  else:
+    out.append("Correlation of the reward's flaw accuracy with the margin: not defined (fewer"
+               " than 3 seeds, no learned reward, or no spread).")
+  return out
 
 
 def summarize_group(runs: Sequence[str], label: str = "") -> str:
@@ -122,81 +353,13 @@ def summarize_group(runs: Sequence[str], label: str = "") -> str:
   reward_names = sorted({s.get("reward_name", "") for s in steps.values()} - {""})
   out = [f"## {label or 'runs'}: {len(runs)} seeds" + (f" (reward {', '.join(reward_names)})"
                                                         if reward_names else ""), ""]
-  # Every seed's row, on test.
-  header = ["run", "BC", "BC+", "filtered BC", "best control (validation)", "ReST (selected)",
-            "ReST - best control", "reward's flaw accuracy"]
-  out += ["Test BLEU / chrF per seed:", "", "| " + " | ".join(header) + " |",
-          "|" + "---|" * len(header)]
-  margins, accuracy = [], []
-  for run, s in steps.items():
-    cells = [run]
-    for role in ("BC", "BC+", "filtered BC", "best control", "ReST"):
-      row = _pick(s, role)
-      m = row["metrics"] if row else {}
-      cell = (f"{m['test/bleu']:.2f} / {m['test/chrf']:.2f}" if "test/bleu" in m else "-")
-      if role in ("best control", "ReST") and row:
-        cell += f" ({row['policy'].split(' (')[0]})"
-      cells.append(cell)
-    rest_m, control_m = _pick(s, "ReST")["metrics"], _pick(s, "best control")["metrics"]
-    margin = rest_m["test/bleu"] - control_m["test/bleu"]
-    margins.append(margin)
-    accuracy.append(flaw_accuracy(s))
-    cells += [f"{margin:+.2f} / {rest_m['test/chrf'] - control_m['test/chrf']:+.2f}",
-              f"{accuracy[-1]:.3f}"]
-    out.append("| " + " | ".join(cells) + " |")
-  out.append("")
-  # Mean and spread per split.
-  for split in ("test", "validation"):
-    present = [(m, d) for m, d in METRICS
-               if all(f"{split}/{m}" in _pick(s, "ReST")["metrics"] for s in steps.values())]
-    out += [f"Mean ± sd over seeds, {split}:", "",
-            "| policy | " + " | ".join(m for m, _ in present) + " |",
-            "|---|" + "---|" * len(present)]
-    values = {}
-    for role in ("BC", "BC+", "filtered BC", "best control", "ReST"):
-      picked = [_pick(s, role) for s in steps.values()]
-      if any(p is None or f"{split}/{present[0][0]}" not in p["metrics"] for p in picked):
-        continue
-      cells = []
-      for metric, digits in present:
-        v = np.array([p["metrics"].get(f"{split}/{metric}", np.nan) for p in picked])
-        values[(role, metric)] = v
-        cells.append(_mean_sd(v, digits))
-      out.append(f"| {role} | " + " | ".join(cells) + " |")
-    if ("ReST", present[0][0]) in values and ("best control", present[0][0]) in values:
-      cells = [_mean_sd(values[("ReST", m)] - values[("best control", m)], d, sign=True)
-               for m, d in present]
-      out.append("| ReST - best control (per seed) | " + " | ".join(cells) + " |")
-    out.append("")
-  # Pooled paired bootstrap over test sentences.
-  refs, ours, theirs, tokenize = [], [], [], "13a"
-  try:
-    for run, s in steps.items():
-      a = _outputs(run, s, _pick(s, "ReST"), "test")
-      b = _outputs(run, s, _pick(s, "best control"), "test")
-      if a["references"] != b["references"]:
-        raise ValueError(f"{run}: ReST's and the control's test outputs are of other sentences")
-      refs += a["references"]
-      ours += a["hypotheses"]
-      theirs += b["hypotheses"]
-      tokenize = a.get("bleu_tokenize", tokenize)
-    boot = paired_bootstrap(refs, ours, theirs, tokenize)
-    out.append(f"Paired bootstrap over the {len(refs)} test sentences of all seeds"
-               f" ({BOOTSTRAP_SAMPLES} resamples): ReST - best control BLEU"
-               f" {boot['bleu'][0]:+.2f} (95% interval {boot['bleu'][1]:+.2f} to"
-               f" {boot['bleu'][2]:+.2f}), chrF {boot['chrf'][0]:+.2f}"
-               f" ({boot['chrf'][1]:+.2f} to {boot['chrf'][2]:+.2f}).")
-  except FileNotFoundError as e:
-    out.append(f"Paired bootstrap: not computed ({e}).")
-  wins = sum(m > 0 for m in margins)
-  out.append(f"ReST beats the best control on test BLEU in {wins} of {len(margins)} seeds.")
-  acc, mar = np.array(accuracy), np.array(margins)
-  if len(mar) > 2 and np.all(np.isfinite(acc)) and np.std(acc) > 0 and np.std(mar) > 0:
-    out.append(f"Correlation across seeds of the reward's flaw accuracy with ReST's test BLEU"
-               f" margin: Pearson {np.corrcoef(acc, mar)[0, 1]:+.2f}.")
-  else:
-    out.append("Correlation of the reward's flaw accuracy with the margin: not defined (fewer"
-               " than 3 seeds, no learned reward, or no spread).")
+  out += _seed_table(steps) + _mean_table(steps, "test") + _mean_table(steps, "validation")
+  out.append(_t_line("ReST - best control", _margins(steps, "best control", required=True)))
+  samples_only = _margins(steps, SAMPLES_ONLY)
+  if samples_only is not None:
+    out.append(_t_line(f"ReST - {SAMPLES_ONLY}", samples_only))
+  out.append(_bootstrap_line(steps))
+  out += _wins_and_correlation(steps)
   return "\n".join(out + [""])
 
 
