@@ -15,6 +15,9 @@ For a split of a task, each evaluated policy reports:
 - with a held-out reward, how well the training reward agrees with it on the
   policy's own samples (`agreement_spearman`, `agreement_pairwise`): a reward that
   drifts from the held-out one as the policy changes is being hacked;
+- the task's source-aware metrics of the greedy (or beam) translations, where it
+  registered any (`data.corpus_metrics.register_source_metric`; the colour demo's
+  `colour_recall`);
 - `examples` evaluated and `overlength` inputs or references cut to the lengths.
 """
 
@@ -133,6 +136,7 @@ class PolicyEvaluator:
                              "tokenize", "13a")}
     results = self._scores(sources, hyps, references, "")
     results.update(metrics_lib.degeneracy(sources, references, hyps))
+    results.update(metrics_lib.source_metrics(task_name, sources, references, hyps))
     if samples:
       # Each reward scores the N samples once; reranking, the picked samples' rewards and
       # the agreement all read these scores (a learned or MetricX reward is the expensive

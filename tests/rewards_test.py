@@ -222,9 +222,14 @@ def test_demo_ratings_rate_every_kind_of_candidate():
       assert hypothesis == source and score <= 0.4  # every word wrong; 3-word sentences
 
 
-def test_the_demo_reward_never_rates_grows_sources_validation_or_test():
-  """configs/demo_reward.gin's ratings, as `make demo` builds them, share no source with the
-  sources configs/demo.gin's Grow samples (the first GROW_MAX_SOURCES training sources), nor
+@pytest.mark.parametrize("reward_config,rest_config,sizes_fn", [
+    ("configs/demo_reward.gin", "configs/demo.gin", "demo_corpus_sizes"),
+    ("configs/demo_colour_reward.gin", "configs/demo_colour.gin", "demo_colour_corpus_sizes"),
+])
+def test_the_demo_reward_never_rates_grows_sources_validation_or_test(reward_config,
+                                                                      rest_config, sizes_fn):
+  """A demo reward config's ratings, as `make demo` builds them, share no source with the
+  sources its rest config's Grow samples (the first GROW_MAX_SOURCES training sources), nor
   with validation or test; another seed rates other sources."""
   import gin  # pylint: disable=g-import-not-at-top
 
@@ -240,19 +245,27 @@ def test_the_demo_reward_never_rates_grows_sources_validation_or_test():
   rated = {}
   for seed in (0, 1):
     gin.clear_config()
-    main.parse_gin(["configs/demo_reward.gin"], [f"SEED = {seed}"], finalize=False)
+    main.parse_gin([reward_config], [f"SEED = {seed}"], finalize=False)
     kwargs = {k: value(f"ratings.build_demo_ratings_file.{k}")
               for k in ("num_sources", "seed", "forms", "flaw", "corpus_train_size",
                         "grow_sources")}
+    try:
+      kwargs["grammar"] = value("ratings.build_demo_ratings_file.grammar")
+    except ValueError:  # not bound: the base grammar
+      kwargs["grammar"] = "base"
     rated[seed] = {row[0] for row in ratings.build_demo_ratings(**kwargs)}
   gin.clear_config()
-  main.parse_gin(["configs/demo.gin"], ["MODEL_DIR = 'unused'"], finalize=False)
+  main.parse_gin([rest_config], ["MODEL_DIR = 'unused'"], finalize=False)
   grow_sources = value("%GROW_MAX_SOURCES")
-  sizes = {k: value(f"tasks.demo_corpus_sizes.{k}")
+  sizes = {k: value(f"tasks.{sizes_fn}.{k}")
            for k in ("train_size", "validation_size", "test_size", "forms")}
+  task = value("%MIXTURE_OR_TASK_NAME")
   gin.clear_config()
+  grammar = getattr(tasks, sizes_fn)().get("grammar", "base")
+  assert kwargs["grammar"] == grammar
   corpus = demo_corpus.generate_corpus(sizes["train_size"], sizes["validation_size"],
-                                       sizes["test_size"], 0, forms=sizes["forms"])
+                                       sizes["test_size"], 0, forms=sizes["forms"],
+                                       grammar=grammar)
   grown_sources = {p.source for p in corpus["train"][:grow_sources]}
   held_out = {p.source for split in ("validation", "test") for p in corpus[split]}
   train = {p.source for p in corpus["train"]}
@@ -260,7 +273,8 @@ def test_the_demo_reward_never_rates_grows_sources_validation_or_test():
     assert len(sources) == 4000 and sources <= train, seed
     assert not sources & grown_sources and not sources & held_out, seed
   assert rated[0] != rated[1]
-  assert tasks.DEMO_TASK  # the task the demo's Grow samples is this corpus's
+  # The task the demo's Grow samples is this corpus's.
+  assert task == (tasks.DEMO_TASK if grammar == "base" else tasks.DEMO_COLOUR_TASK)
 
 
 def test_a_learned_ensemble_is_the_mean_of_its_members(tmp_path):

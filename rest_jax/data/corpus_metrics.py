@@ -1,8 +1,15 @@
-"""Corpus-level translation metrics (sacrebleu), as seqio metric functions."""
+"""Corpus-level translation metrics (sacrebleu), as seqio metric functions.
+
+A task can also declare source-aware metrics (`register_source_metric`): what a
+synthetic corpus's generator knows about each source, e.g. the colour demo's
+`colour_recall` (`colour_metric`). `policy_eval.PolicyEvaluator` merges them into
+its results (`source_metrics`), and a Grow report reads a task's coverage of its
+samples (`coverage`). Importing `rest_jax.data.tasks` registers the demo's.
+"""
 
 import functools
 import re
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import sacrebleu
 
@@ -83,3 +90,62 @@ def degeneracy(sources: Sequence[str], targets: Sequence[str], predictions: Sequ
       "copy_rate": sum(bool(p.strip()) and _normalised(p) == _normalised(s)
                        for s, p in zip(sources, predictions)) / n,
   }
+
+
+# fn(sources, references, hypotheses) -> {metric name: value}.
+SourceMetricFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Dict[str, float]]
+# fn(sources, hypotheses_per_source) -> share of sources covered, or None.
+CoverageFn = Callable[[Sequence[str], Sequence[Sequence[str]]], Optional[float]]
+_SOURCE_METRICS: Dict[str, List[SourceMetricFn]] = {}
+_COVERAGE: Dict[str, CoverageFn] = {}
+
+
+def register_source_metric(task_name: str, fn: SourceMetricFn,
+                           coverage_fn: Optional[CoverageFn] = None) -> None:
+  """Declares a source-aware metric of a task; registering the same `fn` again is a no-op.
+
+  Args:
+    task_name: the seqio task whose evaluations it joins.
+    fn: fn(sources, references, hypotheses) -> {name: value}; an empty dict when it
+      does not apply to these sources.
+    coverage_fn: fn(sources, hypotheses_per_source) -> the share of sources (among
+      those it applies to) that some hypothesis of theirs gets right, or None when
+      it applies to none (`coverage`). A task has one; a later one replaces it.
+  """
+  fns = _SOURCE_METRICS.setdefault(task_name, [])
+  if fn not in fns:
+    fns.append(fn)
+  if coverage_fn is not None:
+    _COVERAGE[task_name] = coverage_fn
+
+
+def source_metrics(task_name: str, sources: Sequence[str], references: Sequence[str],
+                   hypotheses: Sequence[str]) -> Dict[str, float]:
+  """Every source-aware metric registered for `task_name`, merged ({} when none)."""
+  out: Dict[str, float] = {}
+  for fn in _SOURCE_METRICS.get(task_name, ()):
+    out.update(fn(sources, references, hypotheses))
+  return out
+
+
+def get_coverage_fn(task_name: str) -> Optional[CoverageFn]:
+  """The coverage function registered for `task_name`, or None."""
+  return _COVERAGE.get(task_name)
+
+
+def coverage(task_name: str, sources: Sequence[str],
+             hypotheses_per_source: Sequence[Sequence[str]]) -> Optional[float]:
+  """The share of sources that at least one of their hypotheses gets right, by the task's
+  coverage function (for the colour demo: the right colour; `colour_metric.colour_coverage`).
+
+  Args:
+    task_name: the seqio task of the sources (e.g. a Grow step's source task).
+    sources: the sources.
+    hypotheses_per_source: each source's hypotheses (e.g. its Grow samples).
+
+  Returns:
+    A share in [0, 1]; None when the task registered no coverage function or it
+    applies to none of the sources.
+  """
+  fn = get_coverage_fn(task_name)
+  return None if fn is None else fn(sources, hypotheses_per_source)

@@ -63,20 +63,28 @@ class DemoVocabulary(seqio.SentencePieceVocabulary):
   model file is trained only when a token is first encoded or decoded. It holds
   nothing but what a `seqio.SentencePieceVocabulary` of the same file holds, so
   the two compare equal (t5x's trainer checks that model and task vocabularies
-  match): its size and seed are in the file's name.
+  match): its size, seed and grammar are in the file's name.
+
+  Args:
+    vocab_size: pieces asked for (the corpus has fewer distinct ones).
+    seed: the corpus seed it is trained on.
+    grammar: the demo grammar (`demo_corpus.GRAMMARS`): "base" for `rest_demo_en_de`,
+      "colour" for `rest_demo_colour_en_de` (its file has `_colour` in its name).
   """
 
-  def __init__(self, vocab_size: int = 512, seed: int = 0):
-    super().__init__(os.path.join(cache_dir(), f"demo_spm_{vocab_size}_{seed}_v1.model"))
+  def __init__(self, vocab_size: int = 512, seed: int = 0, grammar: str = "base"):
+    suffix = "" if grammar == "base" else f"_{grammar}"
+    super().__init__(os.path.join(cache_dir(),
+                                  f"demo_spm_{vocab_size}_{seed}{suffix}_v1.model"))
 
   def _model_context(self):
     if not os.path.exists(self.sentencepiece_model_file):
       from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
 
-      _, vocab_size, seed, _ = os.path.basename(self.sentencepiece_model_file)[
-          len("demo_"):].split("_", 3)
+      name = os.path.basename(self.sentencepiece_model_file)
+      vocab_size, seed, *grammar = name[len("demo_spm_"):-len("_v1.model")].split("_")
       pairs = demo_corpus.generate_splits(train_size=20000, validation_size=0, test_size=0,
-                                          seed=int(seed))["train"]
-      train_sentencepiece([t for pair in pairs for t in pair], self.sentencepiece_model_file,
-                          int(vocab_size))
+                                          seed=int(seed), grammar=(grammar or ["base"])[0])
+      train_sentencepiece([t for pair in pairs["train"] for t in pair],
+                          self.sentencepiece_model_file, int(vocab_size))
     return super()._model_context()

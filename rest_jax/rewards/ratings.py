@@ -119,12 +119,12 @@ def build_ratings(pairs: Iterable[Tuple[str, str]], corruptions_per_pair: int = 
 def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "full",
                        corruptions_per_pair: int = 2, max_edits: int = 3,
                        penalty: float = 0.2, flaw: str = "dative", corpus_train_size: int = 20000,
-                       corpus_seed: int = 0,
-                       grow_sources: int = 4000) -> List[Tuple[str, str, str, float, str]]:
+                       corpus_seed: int = 0, grow_sources: int = 4000,
+                       grammar: str = "base") -> List[Tuple[str, str, str, float, str]]:
   """Ratings from the demo corpus's generator, the stand-in for human raters.
 
   The raters rate `num_sources` training sources of the demo corpus (`corpus_seed`,
-  `corpus_train_size`: the run's corpus) that Grow never samples: drawn with `seed`
+  `corpus_train_size`, `grammar`: the run's corpus) that Grow never samples: drawn with `seed`
   from those after the first `grow_sources` (Grow's `GROW_MAX_SOURCES`), never from
   validation or test. So the reward model has not seen the correct translation of any
   source it later scores samples of, as a metric trained on other data would not.
@@ -132,9 +132,11 @@ def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "ful
   The generator knows each source's correct translation. For every rated source it
   rates (`EditRating`: `1 - penalty` per word error) the correct translation, its
   rendering with the demo's systematic flaw (`flaw`, when the sentence has the
-  construction), one web-like noise variant (untranslated copy, another sentence's
-  translation, cut in half, a phrase repeated, in turn) and `corruptions_per_pair`
-  typical model errors (dropped, swapped or mis-agreed words).
+  construction; kind "flawed" whichever the flaw: for "colour", in the "colour"
+  grammar, the translation without its attributive colours), one web-like noise
+  variant (untranslated copy, another sentence's translation, cut in half, a phrase
+  repeated, in turn) and `corruptions_per_pair` typical model errors (dropped, swapped
+  or mis-agreed words).
 
   Returns:
     (source, hypothesis, correct translation, rating, kind) rows.
@@ -143,7 +145,7 @@ def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "ful
   from rest_jax.rewards.sentence_metrics import EditRating  # pylint: disable=g-import-not-at-top
 
   train = demo_corpus.generate_corpus(corpus_train_size, 0, 0, corpus_seed, forms=forms,
-                                      flaw_rate=1.0, flaw=flaw)["train"]
+                                      flaw_rate=1.0, flaw=flaw, grammar=grammar)["train"]
   candidates_pool = list(range(grow_sources, len(train)))
   if num_sources > len(candidates_pool):
     raise ValueError(f"build_demo_ratings: {num_sources} sources asked for, but only"
@@ -175,11 +177,12 @@ def build_demo_ratings_file(*, output_path: str, num_sources: int = 4000, seed: 
                             forms: str = "full", corruptions_per_pair: int = 2,
                             max_edits: int = 3, penalty: float = 0.2,
                             flaw: str = "dative", corpus_train_size: int = 20000,
-                            corpus_seed: int = 0, grow_sources: int = 4000) -> str:
+                            corpus_seed: int = 0, grow_sources: int = 4000,
+                            grammar: str = "base") -> str:
   """Writes `build_demo_ratings` as a ratings TSV (with a fifth column: the kind)."""
   return write_ratings(output_path, build_demo_ratings(
       num_sources, seed, forms, corruptions_per_pair, max_edits, penalty, flaw,
-      corpus_train_size, corpus_seed, grow_sources))
+      corpus_train_size, corpus_seed, grow_sources, grammar))
 
 
 def write_ratings(path: str, rows: Sequence[Tuple]) -> str:

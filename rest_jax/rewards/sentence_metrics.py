@@ -119,8 +119,9 @@ class DemoRater(Reward):
 
   A Grow step's rows carry the training targets, which the demo's flaw and noise
   make wrong; this rates them as the demo's stand-in for human raters does. The
-  corpus settings must be those of the run (`configs/demo.gin`'s by default); a
-  source the corpus does not hold is an error that names it.
+  corpus settings must be those of the run (`configs/demo.gin`'s by default; the
+  colour demo's has `grammar='colour'`); a source the corpus does not hold is an
+  error that names it.
   """
 
   range = (0.0, 1.0)
@@ -129,11 +130,11 @@ class DemoRater(Reward):
 
   def __init__(self, penalty: float = 0.2, train_size: int = 20000,
                validation_size: int = 500, test_size: int = 500, seed: int = 0,
-               forms: str = "simple", flaw: str = "adjective"):
+               forms: str = "simple", flaw: str = "adjective", grammar: str = "base"):
     from rest_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
 
     corpus = demo_corpus.generate_corpus(train_size, validation_size, test_size, seed,
-                                         forms=forms, flaw=flaw)
+                                         forms=forms, flaw=flaw, grammar=grammar)
     self.correct = {p.source: p.correct for split in corpus.values() for p in split}
     self.rating = EditRating(penalty)
 
@@ -142,5 +143,5 @@ class DemoRater(Reward):
     missing = next((s for s in sources if s not in self.correct), None)
     if missing is not None:
       raise ValueError(f"demo_rater: {missing!r} is not a source of the demo corpus with these"
-                       " settings (train_size, seed, forms, flaw as the run's)")
+                       " settings (train_size, seed, forms, flaw, grammar as the run's)")
     return self.rating.score(sources, hypotheses, [self.correct[s] for s in sources])
