@@ -14,7 +14,7 @@ T5X_STAMP := $(VENV)/.t5x-installed
 # t5x's own dependencies that the index has (the wheels are installed without theirs).
 T5X_DEPS := cloudpickle portpicker grain fiddle cached-property jaxtyping chex
 
-.PHONY: demo demo-reward demo-seeds test lint bench clean
+.PHONY: demo demo-reward demo-seeds demo-colour-seeds test lint bench clean
 
 $(T5X_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet --no-deps $(wildcard $(T5X_WHEELS)/t5x-*.whl) \
@@ -45,7 +45,11 @@ demo: demo-reward
 
 # The demo over DEMO_SEEDS (each: its own ratings and reward model, BC init, data order,
 # sampling), then the same corpus with a reward that cannot see the flaw (BLIND_SEEDS), then
-# `seeds` over both groups.
+# the colour corpus (configs/demo_colour.gin) over the same seeds, then `seeds` over all three.
+colour_flags = --gin.SEED=$(1) \
+  --gin.RATINGS_FILE="'runs/demo_colour_reward_seed$(1)/ratings.tsv'" \
+  --gin.REWARD_MODEL_DIR="'runs/demo_colour_reward_seed$(1)/model'"
+
 demo-seeds: $(STAMP)
 	for seed in $(DEMO_SEEDS); do \
 	  $(DEMO_RUN) demo_ratings --gin_file=configs/demo_reward.gin $(call reward_flags,$$seed) && \
@@ -55,8 +59,20 @@ demo-seeds: $(STAMP)
 	    --gin.MODEL_DIR="'runs/demo_seed$$seed'" || exit 1; done
 	for seed in $(BLIND_SEEDS); do $(DEMO_RUN) rest --gin_file=configs/demo_blind.gin \
 	  --gin.SEED=$$seed --gin.MODEL_DIR="'runs/demo_blind_seed$$seed'" || exit 1; done
+	$(MAKE) demo-colour-seeds
 	$(DEMO_RUN) seeds --runs $(foreach seed,$(DEMO_SEEDS),runs/demo_seed$(seed)) \
-	  --runs $(foreach seed,$(BLIND_SEEDS),runs/demo_blind_seed$(seed))
+	  --runs $(foreach seed,$(BLIND_SEEDS),runs/demo_blind_seed$(seed)) \
+	  --runs $(foreach seed,$(DEMO_SEEDS),runs/demo_colour_seed$(seed))
+
+# The colour corpus alone over DEMO_SEEDS (N = 16, G = 2), each seed with its own reward.
+demo-colour-seeds: $(STAMP)
+	for seed in $(DEMO_SEEDS); do \
+	  $(DEMO_RUN) demo_ratings --gin_file=configs/demo_colour_reward.gin $(call colour_flags,$$seed) && \
+	  $(DEMO_RUN) reward_model --gin_file=configs/demo_colour_reward.gin $(call colour_flags,$$seed) && \
+	  $(DEMO_RUN) rest --gin_file=configs/demo_colour.gin --gin.SEED=$$seed \
+	    --gin.DEMO_REWARD_MODEL_DIR="'runs/demo_colour_reward_seed$$seed/model'" \
+	    --gin.MODEL_DIR="'runs/demo_colour_seed$$seed'" || exit 1; done
+	$(DEMO_RUN) seeds --runs $(foreach seed,$(DEMO_SEEDS),runs/demo_colour_seed$(seed))
 
 lint: $(STAMP)
 	$(BIN)/ruff check rest_jax tests benchmarks

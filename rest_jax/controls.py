@@ -10,19 +10,30 @@
   step for step as Improve (I steps per Grow step, each as long as an Improve step, each
   keeping its best checkpoint), without the policy's samples. With a reward that reads
   references the pairs carry no reward (a reference would score itself): there it is BC+.
+- random selection (an option): at each Improve step of Grow 1, as many of the policy's
+  samples as ReST's step keeps, drawn uniformly without the reward, BC's loss. It
+  separates the reward's effect from training on the model's own samples.
+
+And the ablation beside them: ReST on the policy's samples alone (the original pairs
+left out of the grown set), ReST's thresholds and loss, on Grow 1's rows. Each of these
+`Arm`s runs through `arm_step`.
 """
 
+import dataclasses
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+import numpy as np
 
 from rest_jax import improve as improve_lib, losses, partitioning
 from rest_jax import selection as selection_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext, StepResult
-from rest_jax.data import grown, pipeline
+from rest_jax.data import grown, grown_tasks, pipeline
 
 BC_PLUS_SEED_OFFSET = 999
 FILTERED_BC_SEED_OFFSET = 500_000
+SAMPLES_ONLY_SEED_OFFSET = 600_000
+RANDOM_SEED_OFFSET = 700_000
 
 
 def bc_plus(*, model, init_params: Any, partitioner: partitioning.Partitioner, task: str,
@@ -114,31 +125,89 @@ def reference_thresholds(config: improve_lib.ImproveConfig, grown_dir: str) -> L
   return config.thresholds.resolve(scored)
 
 
-def filtered_bc_step(policy: Policy, config: improve_lib.ImproveConfig, context: StepContext, *,
-                     grown_dir: str, threshold: float, output_dir: str, grow_step: int,
-                     step: int, trainer: Optional[trainer_lib.Trainer] = None) -> StepResult:
-  """One step of the filtered-BC control: BC continued on the original pairs that the
-  reward keeps at `threshold`, for as many steps as an Improve step, with Improve's
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """A chain of steps beside ReST's own, from the BC policy on Grow 1's rows.
+
+  Attributes:
+    role: its name in the report (`ROLES`).
+    prefix: its steps' folder prefix (`layout.arm_step_name`).
+    samples: trains on the policy's samples.
+    references: trains on the original pairs.
+    improve_loss: Improve's loss (else BC's).
+    random: the samples are drawn uniformly, as many as ReST's step keeps, instead of
+      by the reward.
+    seed_offset: its data order and dropout seeds (apart from Improve's).
+    grow_steps: how many Grow steps' worth of I steps it runs (None: the run's G), all
+      on Grow 1's rows.
+  """
+
+  role: str
+  prefix: str
+  samples: bool
+  references: bool
+  improve_loss: bool
+  random: bool = False
+  seed_offset: int = 0
+  grow_steps: Optional[int] = None
+
+
+# The original pairs alone that the reward keeps (lambda = 0 of the paper's Eq. 3): a control.
+FILTERED_BC = Arm("filtered BC", "filtered_bc", samples=False, references=True,
+                  improve_loss=False, seed_offset=FILTERED_BC_SEED_OFFSET)
+# ReST on the policy's samples alone (lambda = 1): an ablation, Improve's loss and thresholds.
+SAMPLES_ONLY = Arm("ReST (samples only)", "samples_only", samples=True, references=False,
+                   improve_loss=True, seed_offset=SAMPLES_ONLY_SEED_OFFSET, grow_steps=1)
+# As many of the policy's samples as ReST's step keeps, drawn without the reward, BC's loss:
+# training on the model's own samples, which alone helps MT self-training; a control.
+RANDOM_SELECTION = Arm("random selection", "random", samples=True, references=False,
+                       improve_loss=False, random=True, seed_offset=RANDOM_SEED_OFFSET,
+                       grow_steps=1)
+
+
+def random_row_keys(grown_dir: str, count: int, seed: int) -> np.ndarray:
+  """`count` of the grown dataset's samples drawn uniformly without replacement (their
+  `grown_tasks.row_key`s, sorted), with a generator seeded by `seed`."""
+  manifest = grown.load_manifest(grown_dir, verify_counts=False)
+  columns = grown.read_columns(grown.shard_paths(grown_dir, manifest))
+  samples = ~columns["is_reference"]
+  keys = grown_tasks.row_key(columns["source_id"][samples], columns["sample_id"][samples])
+  if count > keys.size:
+    raise ValueError(f"{grown_dir}: cannot draw {count} of its {keys.size} samples")
+  return np.sort(np.random.default_rng(seed).choice(keys, size=count, replace=False))
+
+
+def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
+             context: StepContext, *, grown_dir: str, threshold: float, output_dir: str,
+             grow_step: int, step: int, trainer: Optional[trainer_lib.Trainer] = None,
+             row_keys: Optional[np.ndarray] = None) -> StepResult:
+  """One step of `arm`: from `policy`, on the rows of `grown_dir` it keeps at `threshold`
+  (or exactly `row_keys`), for as many steps as an Improve step, with Improve's
   optimizer, learning rate and selection.
 
-  It is the cheap alternative to ReST a user tries first (filter the data you have with
-  the reward, no sampling): if it matches ReST, the policy's samples add nothing. The
-  original pairs are the grown dataset's reference rows, scored by the same
+  Filtered BC is the cheap alternative to ReST a user tries first (filter the data you
+  have with the reward, no sampling): if it matches ReST, the policy's samples add
+  nothing. Its rows are the grown dataset's original pairs, scored by the same
   reference-free reward in Grow.
   """
+  loss = config.loss if arm.improve_loss else losses.OfflineRLLoss("bc")
   selection = (selection_lib.Selection(output_dir, config.selection)
                if context.validate is not None else None)
   result = improve_lib.improve(
       model=context.model, init_params=policy.params, partitioner=context.partitioner,
       grown_dir=grown_dir, threshold=threshold, model_dir=output_dir,
-      feature_lengths=context.feature_lengths, loss=losses.OfflineRLLoss("bc"),
-      train_steps=config.steps, batch_size=config.batch_size, references="keep",
-      samples=False, reward_high=context.reward.range[1],
-      checkpoint_period=context.checkpoint_period,
-      seed=context.seed + FILTERED_BC_SEED_OFFSET + 1000 * grow_step + step,
-      progress_bar=context.progress_bar, name=f"filtered BC {grow_step}.{step}",
-      trainer=trainer or config.trainer(context, config.steps, loss=losses.OfflineRLLoss("bc")),
+      feature_lengths=context.feature_lengths, loss=loss,
+      train_steps=config.steps, batch_size=config.batch_size,
+      references="keep" if arm.references else "drop", samples=arm.samples,
+      reward_high=context.reward.range[1], checkpoint_period=context.checkpoint_period,
+      seed=context.seed + arm.seed_offset + 1000 * grow_step + step,
+      progress_bar=context.progress_bar, name=f"{arm.role} {grow_step}.{step}",
+      trainer=trainer or config.trainer(context, config.steps, loss=loss),
       init_opt_state=policy.opt_state if config.optimizer_state == "continue" else None,
-      selection=selection, validate=context.validate)
+      selection=selection, validate=context.validate, row_keys=row_keys)
   return StepResult(metrics=result["metrics"], seconds=result["seconds"],
                     directory=result["model_dir"])
+
+
+ARMS = (FILTERED_BC, SAMPLES_ONLY, RANDOM_SELECTION)
+CONTROL_ARMS = (FILTERED_BC, RANDOM_SELECTION)  # the best control is chosen among these too

@@ -108,8 +108,43 @@ class EmptyImproveStepError(ValueError):
   """A threshold that keeps no rows of the grown dataset."""
 
 
+def kept_mask(columns: Mapping[str, np.ndarray], threshold: float, include_references: bool,
+              include_samples: bool = True, row_keys: Optional[np.ndarray] = None
+              ) -> np.ndarray:
+  """Which rows of a grown dataset (`grown.read_columns`) a step trains on.
+
+  Scored rows pass at `reward >= threshold`; unscored references pass at every threshold.
+  With `row_keys` (`grown_tasks.row_key`s, e.g. random selection's draw), exactly those
+  rows, whatever their reward.
+  """
+  refs = columns["is_reference"]
+  if row_keys is not None:
+    passes = np.isin(grown_tasks.row_key(columns["source_id"], columns["sample_id"]), row_keys)
+  else:
+    passes = ~columns["scored"] | (columns["reward"] >= np.float32(threshold))
+  return passes & ((refs & include_references) | (~refs & include_samples))
+
+
+def kept_quality(columns: Mapping[str, np.ndarray], keep: np.ndarray,
+                 rated: Optional[np.ndarray] = None) -> Dict[str, Dict[str, float]]:
+  """What a step trains on, per kind (samples, original pairs): the rows `keep` keeps, their
+  mean training reward (over scored rows) and their mean score by `rated` (a second
+  rater's score of every row, e.g. the held-out reward; nan where not given)."""
+  out = {}
+  for kind, rows in (("samples", keep & ~columns["is_reference"]),
+                     ("references", keep & columns["is_reference"])):
+    scored = rows & columns["scored"]
+    out[kind] = {
+        "rows": int(rows.sum()),
+        "reward": float(columns["reward"][scored].mean()) if scored.any() else float("nan"),
+        "held_out": (float(rated[rows].mean()) if rated is not None and rows.any()
+                     else float("nan"))}
+  return out
+
+
 def kept_rows(grown_dir: str, threshold: float, include_references: bool,
-              include_samples: bool = True) -> Dict[str, int]:
+              include_samples: bool = True, row_keys: Optional[np.ndarray] = None
+              ) -> Dict[str, int]:
   """Rows the threshold keeps: samples, references, and references without a reward.
 
   Raises:
@@ -117,13 +152,10 @@ def kept_rows(grown_dir: str, threshold: float, include_references: bool,
   """
   manifest = grown.load_manifest(grown_dir, verify_counts=False)
   columns = grown.read_columns(grown.shard_paths(grown_dir, manifest))
-  passes = columns["scored"] & (columns["reward"] >= np.float32(threshold))
+  keep = kept_mask(columns, threshold, include_references, include_samples, row_keys)
   refs = columns["is_reference"]
-  kept = {"samples": int(np.sum(passes & ~refs)) if include_samples else 0,
-          "references": int(np.sum(refs & (passes | ~columns["scored"]))) if include_references
-          else 0,
-          "unscored_references": int(np.sum(refs & ~columns["scored"])) if include_references
-          else 0}
+  kept = {"samples": int(np.sum(keep & ~refs)), "references": int(np.sum(keep & refs)),
+          "unscored_references": int(np.sum(keep & refs & ~columns["scored"]))}
   if kept["samples"] + kept["references"] == 0:
     pct = manifest["reward"].get("percentiles", {})
     raise EmptyImproveStepError(
@@ -219,6 +251,7 @@ def improve(
     kl_weight: float = 0.0,
     selection: Optional[selection_lib.Selection] = None,
     validate: Optional[Callable[[Any], float]] = None,
+    row_keys: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
   """Runs one Improve step; returns its final state and training metrics.
 
@@ -252,6 +285,8 @@ def improve(
     selection: keeps the step's best checkpoint by `validate(params)`; the step's
       policy (the returned state) is that one.
     validate: the validation score of parameters (higher is better).
+    row_keys: train on exactly these rows (`grown_tasks.row_key`s) instead of the ones
+      the threshold keeps (random selection).
 
   Raises:
     EmptyImproveStepError: the threshold keeps nothing (before any training).
@@ -261,15 +296,18 @@ def improve(
   if references not in REFERENCE_MODES:
     raise ValueError(f"references={references!r}: use one of {REFERENCE_MODES}")
   include_references = references == "keep"
-  kept = kept_rows(grown_dir, threshold, include_references, samples)
+  kept = kept_rows(grown_dir, threshold, include_references, samples, row_keys)
   loss.validate_rows(kept["unscored_references"], f"reference rows of {grown_dir}")
   if mix_task and mix_ratio > 0:
     loss.validate_rows(1, f"mixed-in original pairs of {mix_task} (MIX_RATIO {mix_ratio})")
+  keys = "" if row_keys is None else zlib.crc32(np.asarray(row_keys, np.int64).tobytes())
   task = grown_tasks.register_grown_task(
-      f"rest_grown_{zlib.crc32(f'{grown_dir}@{threshold}@{references}@{samples}'.encode())}",
-      grown_dir, model.output_vocabulary, threshold=threshold,
+      "rest_grown_" + str(zlib.crc32(
+          f"{grown_dir}@{threshold}@{references}@{samples}@{keys}".encode())),
+      grown_dir, model.output_vocabulary,
+      threshold=threshold if row_keys is None else None,
       include_references=include_references, include_samples=samples,
-      unscored_reward=reward_high, verify_counts=False)
+      unscored_reward=reward_high, verify_counts=False, row_keys=row_keys)
   if trainer is None:
     trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),

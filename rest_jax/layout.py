@@ -7,6 +7,9 @@
       grow_<g>/            the grown dataset of Grow step g (shards + manifest.json)
       improve_<g>_<i>/     Improve step i of Grow step g, likewise a training step
       filtered_bc_<g>_<i>/ the filtered-BC control's step of the same place, likewise
+      samples_only_1_<i>/  the ablation ReST on the samples alone, likewise (Grow 1's rows)
+      random_1_<i>/        the random-selection control, likewise (Grow 1's rows)
+      grow_<g>_rated_rows.npy  the held-out rater's score of every row of grow_<g>
       rest_state.json      what is done: every step's record, result and evaluation
       outputs/<step>.<split>.json   the selected policies' outputs on test (for `seeds`)
       report.md, grow_<g>_rewards.png, ...   the report and its plots
@@ -40,9 +43,19 @@ def improve_name(g: int, i: int) -> str:
   return f"improve_{g}_{i}"
 
 
+def arm_step_name(prefix: str, g: int, i: int) -> str:
+  """Step i (of Grow step g's place) of a chain beside ReST's (`controls.Arm.prefix`)."""
+  return f"{prefix}_{g}_{i}"
+
+
 def filtered_bc_name(g: int, i: int) -> str:
   """The filtered-BC control's step i of Grow step g (`controls.py`)."""
-  return f"filtered_bc_{g}_{i}"
+  return arm_step_name("filtered_bc", g, i)
+
+
+def rated_rows_path(model_dir: str, g: int) -> str:
+  """The rows rater's score of every row of Grow step g, in shard order (`.npy`)."""
+  return files.join(model_dir, f"{grow_name(g)}_rated_rows.npy")
 
 
 def grow_index(name: str) -> Optional[int]:

@@ -144,3 +144,19 @@ def changes(recorded: Optional[Any], current: Optional[Any], limit: int = 6) -> 
 
 
 _ABSENT = object()
+
+
+def improve_record(config) -> Any:
+  """ImproveConfig as a record, less its thresholds: each step records its own tau."""
+  described = describe(config)
+  described.pop("thresholds", None)
+  return described
+
+
+def rates(learning_rate, steps: int) -> List[float]:
+  """A rate or schedule as comparable numbers: its values at the start, middle and end."""
+  if learning_rate is None:  # a t5x model's OptimizerDef: its gin rate
+    return []
+  if not callable(learning_rate):
+    return [float(learning_rate)]
+  return [float(learning_rate(s)) for s in (0, steps // 2, steps)]

@@ -31,7 +31,7 @@ def _name(row) -> str:
   same = " (its start, BC: no step beat it on validation)" if row.get("role") == "BC+" and (
       row.get("optimizer_steps") is not None and row.get("bc_steps") == row["optimizer_steps"]) else ""
   return row["policy"] + same + (" **(selected)**" if row.get("selected") else
-                                 " (the control's pick)" if row.get("control_selected") else "")
+                                 " (the arm's pick)" if row.get("arm_selected") else "")
 
 
 def metrics_table(rows, split: str, best_of_n: int, columns=None) -> str:
@@ -39,7 +39,8 @@ def metrics_table(rows, split: str, best_of_n: int, columns=None) -> str:
   n = best_of_n
   columns = columns or [
       ("reward", "reward", 4), ("held_out_reward", "held-out reward", 4), ("bleu", "BLEU", 2),
-      ("chrf", "chrF", 2), ("ter", "TER", 2), (f"best_of_{n}_chrf", f"best-of-{n} chrF", 2),
+      ("chrf", "chrF", 2), ("ter", "TER", 2), ("colour_recall", "colour recall", 3),
+      (f"best_of_{n}_chrf", f"best-of-{n} chrF", 2),
       (f"oracle_best_of_{n}_chrf", f"oracle best-of-{n} chrF", 2)]
   present = [c for c in columns if any(f"{split}/{c[0]}" in r["metrics"] for r in rows)]
   lines = ["| policy | optimizer steps | kept samples / references | "
@@ -54,6 +55,21 @@ def metrics_table(rows, split: str, best_of_n: int, columns=None) -> str:
     lines.append(f"| {_name(row)} | {row.get('optimizer_steps', '-')} | {kept} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def trains_on_table(rows) -> str:
+  """Per training step, the rows it trains on: their number, mean training reward and mean
+  score by the rows rater, for the policy's samples and the original pairs apart."""
+  lines = ["| policy | samples | their reward | their rated quality | original pairs |"
+           " their reward | their rated quality |", "|---|---|---|---|---|---|---|"]
+  for row in rows:
+    q = row.get("trains_on")
+    if not q:
+      continue
+    cells = [f"{q[k]['rows']} | {_cell(q[k]['reward'], 4)} | {_cell(q[k]['held_out'], 4)}"
+             for k in ("samples", "references")]
+    lines.append(f"| {row['policy']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def degeneracy_table(rows, split: str) -> str:
@@ -170,11 +186,25 @@ def headline(rows, steps, splits: Sequence[str], selection_split: str = "validat
   out = [f"**ReST ({chosen['policy']}) minus the best control on {selection_split}"
          f" ({control['policy']}), one seed** (`seeds` gives the spread over seeds):", ""]
   out += lines
-  filtered = next((r for r in rows if r.get("control_selected")), None)
   key = f"{selection_split}/reward"
-  if filtered is not None and filtered["metrics"][key] >= chosen["metrics"][key]:
-    out += ["", f"Filtered BC ({filtered['policy']}) matches or beats ReST on"
-            f" {selection_split}: the policy's samples add nothing over filtering the data."]
+  for role, says in (("filtered BC", "the policy's samples add nothing over filtering the"
+                      " data"),
+                     ("random selection", "the reward's choice adds nothing over training on"
+                      " the policy's own samples"),
+                     ("ReST (samples only)", "keeping the original pairs in the grown set"
+                      " (the paper's ReST) does not help here")):
+    pick = next((r for r in rows if r.get("arm_selected") and r.get("role") == role), None)
+    if pick is not None and pick["metrics"][key] >= chosen["metrics"][key]:
+      out += ["", f"{role} ({pick['policy']}) matches or beats ReST on {selection_split}:"
+              f" {says}."]
+  ablation = next((r for r in rows if r.get("arm_selected")
+                   and r.get("role") == "ReST (samples only)"), None)
+  if ablation is not None:
+    a, b = ablation["metrics"], control["metrics"]
+    out += ["", f"The ablation ReST on the samples alone ({ablation['policy']}) minus the"
+            " best control: " + ", ".join(
+                f"{split} BLEU {a[f'{split}/bleu'] - b[f'{split}/bleu']:+.2f}"
+                for split in splits if f"{split}/bleu" in a and f"{split}/bleu" in b) + "."]
   if chosen.get("role") == "BC":
     out += ["", "ReST selected BC itself: no Improve step beat BC on validation."]
   if not any(r.get("role") == "filtered BC" for r in rows) and steps.get("reward_reads_references"):
@@ -213,7 +243,8 @@ def time_shares(steps: Dict[str, Any]) -> Dict[str, float]:
       shares["writing"] += step.get("write_s", 0.0)
     elif name == "bc":
       shares["bc_training"] += step.get("seconds", 0.0)
-    elif name == layout.BC_PLUS or name.startswith("filtered_bc_"):
+    elif name == layout.BC_PLUS or name.startswith(("filtered_bc_", "samples_only_",
+                                                     "random_")):
       shares["controls_training"] += step.get("seconds", 0.0)
     elif layout.is_improve(name):
       shares["improve_training"] += step.get("seconds", 0.0)
@@ -294,6 +325,10 @@ def _guard_lines(steps) -> List[str]:
   return lines
 
 
+def _ran(rows, role: str) -> str:
+  return "run" if any(r.get("role") == role for r in rows) else "not run"
+
+
 def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, evaluation, rows,
                  steps) -> List[str]:
   """'What was run': the lines a reader needs before the tables."""
@@ -330,10 +365,19 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       f" each control's step keep their best checkpoint; test is evaluated for the selected"
       f" policies only.",
       "- Controls, each with Improve's optimizer steps, learning rate and selection: BC+ (BC"
-      " continued on the original pairs, its start a candidate) and filtered BC (BC continued"
+      " continued on the original pairs, its start a candidate), filtered BC (BC continued"
       " on the original pairs the reward keeps, thresholds"
-      f" {[round(t, 3) for t in steps.get('thresholds', {}).get('filtered_bc', [])] or 'not run'}).",
+      f" {[round(t, 3) for t in steps.get('thresholds', {}).get('filtered_bc', [])] or 'not run'})"
+      f" and random selection ({_ran(rows, 'random selection')}:"
+      " as many of Grow 1's samples as each Improve step keeps, drawn without the reward,"
+      " BC's loss). The ablation ReST on the samples alone"
+      f" ({_ran(rows, 'ReST (samples only)')})"
+      " is ReST without the original pairs in the grown set. These arms start from BC and"
+      " train on Grow 1's rows only (with G > 1, ReST alone goes on to later Grow steps).",
       *_guard_lines(steps),
+      *[f"- Grow step {g}: {100 * share:.1f}% of its sources have a sample that the task's"
+        " coverage check finds right (the colour demo: a sample with the source's colour)."
+        for g, share in sorted(steps.get("coverage", {}).items()) if share is not None],
       f"- Over-long examples cut to the feature lengths: BC training"
       f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
       f" references {grow_cut}, evaluation {cut}.", ""]
@@ -358,6 +402,11 @@ def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] 
     table = metrics_table([r for r in rows if f"{split}/reward" in r["metrics"]], split, n)
     body += [f"## The selected policies on {split} (never used to choose)", "", table, ""]
     summary.append(f"{split}:\n{table}")
+  trains_on = trains_on_table(rows)
+  if trains_on:
+    body += ["## What each step trains on", "", "The kept rows of its grown dataset: the"
+             " training reward's mean and the rows rater's (`ROWS_RATER`; the demo's: the"
+             " generator's rater) over them.", "", trains_on, ""]
   body += [f"## Degeneracy ({selection_split})", "", degeneracy_table(rows, selection_split), ""]
   flags = divergence_flags(rows, selection_split)
   body += ["## Reward-hacking watch", ""]

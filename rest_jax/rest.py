@@ -19,13 +19,16 @@ once a step has been (re)done, every later step is redone on top of it
 (`rest_jax/run_state.py`).
 """
 
+import io
 import json
 import os
 import time
 from typing import Any, Dict, List, Optional
+import zlib
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from rest_jax import controls, files, grow as grow_lib, improve as improve_lib, layout, losses
@@ -33,7 +36,7 @@ from rest_jax import partitioning, policy_eval, records, report, selection as se
 from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext
-from rest_jax.data import grown, pipeline
+from rest_jax.data import corpus_metrics, grown, pipeline
 from rest_jax.rewards import Reward
 from rest_jax.run_state import RunState
 
@@ -50,8 +53,10 @@ class _Run:
                improve: improve_lib.ImproveConfig, evaluation: policy_eval.EvalConfig,
                bc_selection: selection_lib.SelectionConfig, bc_learning_rate: Any,
                initial_checkpoint_path: Optional[str], partitioner: partitioning.Partitioner,
-               checkpoint_period: int, seed: int, progress_bar: bool):
+               checkpoint_period: int, seed: int, progress_bar: bool,
+               rows_rater: Optional[Reward] = None):
     self.model, self.model_dir = model, model_dir
+    self.rows_rater = rows_rater
     self.train_dataset_cfg, self.bc_steps = train_dataset_cfg, bc_steps
     self.reward, self.grow_config, self.improve_config = reward, grow, improve
     self.evaluation, self.bc_selection = evaluation, bc_selection
@@ -76,7 +81,11 @@ class _Run:
     # What every step's record holds besides its own config.
     self.model_record = {"model": records.describe(model), "task": self.task,
                          "lengths": self.lengths, "seed": seed}
+    # What every evaluation's record holds besides the policy's: how it evaluates, by what.
+    self.eval_record = {"evaluation": records.describe(evaluation),
+                        "reward": reward.identity, "task": self.task, "lengths": self.lengths}
     self._compiled: Dict[str, Any] = {}  # once per run: every Grow and Improve step uses them
+    self._columns: Dict[int, Any] = {}  # per Grow step: its rows' columns and rated scores
 
   # --- shared -----------------------------------------------------------------
 
@@ -108,9 +117,8 @@ class _Run:
       return self.policy_trainer
     if role == "BC+":
       return self.bc_plus_trainer()
-    if role == "filtered BC" and self.improve_config.loss.name != "bc":
-      return self._compiled["filtered_bc"]
-    return self.improve_trainer()
+    arm = next((a for a in controls.ARMS if a.role == role), None)
+    return self.arm_trainer(arm) if arm else self.improve_trainer()
 
   def evaluate(self, label: str, index: int, params, splits=(SELECTION_SPLIT,)) -> Row:
     tick = time.perf_counter()
@@ -129,7 +137,7 @@ class _Run:
 
   def bc(self, bc_from: Optional[str]) -> Policy:
     """BC to convergence on validation (or another run's finished BC): the BC policy."""
-    bc_dir = _finished_bc(bc_from) if bc_from else os.path.join(self.model_dir, layout.BC)
+    bc_dir = selection_lib.finished_bc(bc_from) if bc_from else os.path.join(self.model_dir, layout.BC)
     record = {"from": self.where(bc_dir) if bc_from else None, "bc_steps": self.bc_steps,
               "initial_checkpoint_path": self.initial_checkpoint_path,
               "data": records.describe(self.train_dataset_cfg),
@@ -169,7 +177,9 @@ class _Run:
     return Policy(state.params, state.opt_state, bc_dir)
 
   def bc_row(self, bc: Policy) -> Row:
-    row = self.state.run("eval_bc", True, lambda: self.evaluate("BC", 0, bc.params))
+    row = self.state.run("eval_bc", True, lambda: self.evaluate("BC", 0, bc.params),
+                         upstream=False, config={"policy": self.state.configs.get(layout.BC),
+                                 **self.eval_record})
     return {**row, "role": "BC", "optimizer_steps": _best_step(bc.directory),
             "dir": bc.directory}
 
@@ -183,48 +193,110 @@ class _Run:
             bc, config, self.context, output_dir=out_dir, total_steps=self.improve_total,
             trainer=trainer)),
         [out_dir], upstream=False,
-        config={"steps": self.improve_total, "improve": _improve_record(config),
+        config={"steps": self.improve_total, "improve": records.improve_record(config),
                 "optimizer": records.describe(trainer.optimizer),
-                "learning_rate": _rates(config.learning_rate_for(self.improve_total),
+                "learning_rate": records.rates(config.learning_rate_for(self.improve_total),
                                         self.improve_total), **self.model_record})
     params = _selected_state(out_dir, trainer).params
-    row = self.state.run("eval_bc_plus", True, lambda: self.evaluate("BC+", -1, params))
+    row = self.state.run("eval_bc_plus", True, lambda: self.evaluate("BC+", -1, params),
+                         upstream=False, config={"policy": self.state.configs.get(layout.BC_PLUS),
+                                 **self.eval_record})
     return {**row, "role": "BC+", "dir": out_dir, "bc_steps": _best_step(bc.directory),
             "optimizer_steps": _best_step(bc.directory) + _best_step(out_dir)}
 
-  def filtered_bc(self, bc: Policy, bc_row: Row, grow_dir: str) -> List[Row]:
-    """The filtered-BC control (`controls.py`), G x I steps on Grow 1's original pairs."""
+  def arm_trainer(self, arm: controls.Arm) -> trainer_lib.Trainer:
+    """An arm's compiled step: Improve's own when it has Improve's loss (or BC is it)."""
+    if arm.improve_loss or self.improve_config.loss.name == "bc":
+      return self.improve_trainer()
+    return self._compiled.setdefault("bc_loss", self.improve_config.trainer(
+        self.context, self.improve_config.steps, loss=losses.OfflineRLLoss("bc")))
+
+  def arm(self, arm: controls.Arm, bc: Policy, bc_row: Row, grow_dir: str,
+          rest_taus: List[float]) -> List[Row]:
+    """A chain beside ReST's (`controls.Arm`): from BC, I steps per Grow step it runs, all on
+    Grow 1's rows; filtered BC at its own thresholds, the others at ReST's Grow 1 ones."""
     config = self.improve_config
-    taus = controls.reference_thresholds(config, grow_dir)
-    self.state.steps.setdefault("thresholds", {})["filtered_bc"] = taus
-    trainer = (self.improve_trainer() if config.loss.name == "bc" else
-               self._compiled.setdefault("filtered_bc", config.trainer(
-                   self.context, config.steps, loss=losses.OfflineRLLoss("bc"))))
-    policy, rows, index = bc, [], 0
-    for g in range(1, self.grow_config.steps + 1):
+    if arm is controls.FILTERED_BC:
+      taus = controls.reference_thresholds(config, grow_dir)
+      self.state.steps.setdefault("thresholds", {})["filtered_bc"] = taus
+    else:
+      taus = rest_taus
+    trainer = self.arm_trainer(arm)
+    policy, rows, start = bc, [], self.state.configs.get(layout.BC)
+    for g in range(1, (arm.grow_steps or self.grow_config.steps) + 1):
       for i, tau in enumerate(taus, start=1):
-        index += 1
-        name = layout.filtered_bc_name(g, i)
+        name = layout.arm_step_name(arm.prefix, g, i)
         out_dir = os.path.join(self.model_dir, name)
-        self.state.run(
+        seed = self.context.seed + arm.seed_offset + 1000 * g + i
+        keys = controls.random_row_keys(grow_dir, improve_lib.kept_rows(
+            grow_dir, tau, config.references == "keep")["samples"], seed) if arm.random else None
+        record = {"arm": records.describe(arm), "grown": self.where(grow_dir), "threshold": tau,
+                  "rows": None if keys is None else int(zlib.crc32(keys.tobytes())),
+                  "start": start, "improve": records.improve_record(config),
+                  "optimizer": records.describe(trainer.optimizer), **self.model_record}
+        result = self.state.run(
             name, selection_lib.Selection(out_dir).finished,
-            lambda start=policy, tau=tau, g=g, i=i, out_dir=out_dir: _step_summary(
-                controls.filtered_bc_step(start, config, self.context, grown_dir=grow_dir,
-                                          threshold=tau, output_dir=out_dir, grow_step=g,
-                                          step=i, trainer=trainer)),
-            [out_dir], upstream=False,
-            config={"grown": self.where(grow_dir), "threshold": tau,
-                    "improve": _improve_record(config),
-                    "optimizer": records.describe(trainer.optimizer), **self.model_record})
+            lambda start=policy, tau=tau, g=g, i=i, out_dir=out_dir, keys=keys: _step_summary(
+                controls.arm_step(start, arm, config, self.context, grown_dir=grow_dir,
+                                  threshold=tau, output_dir=out_dir, grow_step=g, step=i,
+                                  trainer=trainer, row_keys=keys)),
+            [out_dir], upstream=False, config=record)
         state = _selected_state(out_dir, trainer)
-        policy = Policy(state.params, state.opt_state, out_dir)
-        row = self.state.run(f"eval_{name}", True, lambda g=g, i=i, tau=tau, p=state.params:
-                             self.evaluate(f"filtered BC G{g} I{i} (tau={tau:.3f})",
-                                           -1 - index, p))
-        rows.append({**row, "role": "filtered BC", "dir": out_dir,
+        policy, start = Policy(state.params, state.opt_state, out_dir), record
+        label = f"{arm.role} G{g} I{i}" + ("" if arm.random else f" (tau={tau:.3f})")
+        row = self.state.run(f"eval_{name}", True,
+                             lambda label=label, p=state.params: self.evaluate(label, -1, p),
+                             upstream=False, config={"policy": record, **self.eval_record})
+        rows.append({**row, "role": arm.role, "dir": out_dir,
+                     "kept_samples": result["metrics"]["kept_samples"],
+                     "kept_references": result["metrics"]["kept_references"],
+                     "trains_on": self.trains_on(
+                         1, grow_dir, tau, arm.references, arm.samples, keys),
                      "optimizer_steps": (rows[-1] if rows else bc_row)["optimizer_steps"]
                      + _best_step(out_dir)})
     return rows
+
+  def rated_rows(self, g: int, grow_dir: str) -> Optional[np.ndarray]:
+    """The rows rater's score of every row of Grow step g (None without a rater): what the
+    report's quality of each step's training rows is measured by."""
+    rater = self.rows_rater
+    if rater is None:
+      return None
+    path = layout.rated_rows_path(self.model_dir, g)
+
+    def rate():
+      tick = time.perf_counter()
+      texts = grown.read_texts(grown.shard_paths(grow_dir, grown.load_manifest(
+          grow_dir, verify_counts=False)))
+      reference = {sid: t for sid, t, ref in zip(texts["source_id"], texts["targets"],
+                                                 texts["is_reference"]) if ref}
+      scores = np.asarray(rater(texts["inputs"], texts["targets"],
+                                [reference.get(sid, "") for sid in texts["source_id"]]),
+                          np.float32)
+      if jax.process_index() == 0:
+        buffer = io.BytesIO()
+        np.save(buffer, scores)
+        files.atomic_write_bytes(path, buffer.getvalue())
+      return {"seconds": time.perf_counter() - tick, "rows": int(scores.size)}
+
+    self.state.run(f"rate_{layout.grow_name(g)}", files.exists(path), rate, upstream=False,
+                   config={"grown": self.state.configs.get(layout.grow_name(g)),
+                           "where": self.where(grow_dir), "rater": rater.identity})
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"rest: rated rows of Grow {g}")
+    return np.load(io.BytesIO(files.read_bytes(path)))
+
+  def trains_on(self, g: int, grow_dir: str, tau: float, references: bool, samples: bool = True,
+                keys: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """The quality of the rows a step trains on: per kind (samples, original pairs), their
+    number, mean training reward and mean score by the rows rater."""
+    if g not in self._columns:
+      manifest = grown.load_manifest(grow_dir, verify_counts=False)
+      self._columns[g] = (grown.read_columns(grown.shard_paths(grow_dir, manifest)),
+                          self.rated_rows(g, grow_dir))
+    columns, rated = self._columns[g]
+    keep = improve_lib.kept_mask(columns, tau, references, samples, keys)
+    return improve_lib.kept_quality(columns, keep, rated)
 
   def grow(self, g: int, policy: Policy, grow_from: Optional[str]) -> str:
     """Grow step g from `policy` (or, for g = 1, another run's grown dataset): its folder."""
@@ -262,7 +334,26 @@ class _Run:
     taus = self.improve_config.thresholds.resolve(
         grown.sample_rewards(grown.shard_paths(grow_dir, manifest)))
     self.state.steps.setdefault("thresholds", {})[str(g)] = taus
+    self.coverage(g, grow_dir)
     return taus
+
+  def coverage(self, g: int, grow_dir: str) -> None:
+    """The share of Grow step g's sources with a sample that the task's coverage function
+    finds right (the colour demo: the colour), when the task registers one."""
+    if corpus_metrics.get_coverage_fn(self.task) is None:
+      return
+    texts = grown.read_texts(grown.shard_paths(grow_dir, grown.load_manifest(
+        grow_dir, verify_counts=False)))
+    samples: Dict[int, List[str]] = {}
+    sources: Dict[int, str] = {}
+    for sid, src, hyp, ref in zip(texts["source_id"], texts["inputs"], texts["targets"],
+                                  texts["is_reference"]):
+      sources[sid] = src
+      if not ref:
+        samples.setdefault(sid, []).append(hyp)
+    ids = sorted(samples)
+    self.state.steps.setdefault("coverage", {})[str(g)] = corpus_metrics.coverage(
+        self.task, [sources[i] for i in ids], [samples[i] for i in ids])
 
   def improve(self, g: int, i: int, index: int, tau: float, policy: Policy, grow_dir: str,
               bc: Policy) -> Row:
@@ -278,30 +369,39 @@ class _Run:
             trainer=self.improve_trainer())),
         [out_dir], config={"grown": self.where(grow_dir), "threshold": tau,
                            "kl_weight": config.loss.kl_weight(index - 1, self.num_improve),
-                           "improve": _improve_record(config),
+                           "improve": records.improve_record(config),
                            "optimizer": records.describe(self.improve_trainer().optimizer),
-                           "learning_rate": _rates(config.learning_rate_for(config.steps),
+                           "learning_rate": records.rates(config.learning_rate_for(config.steps),
                                                    config.steps),
                            "reward_range": list(self.reward.range), **self.model_record})
     state = _selected_state(out_dir, self.improve_trainer())
     row = self.state.run(f"eval_{g}_{i}", True, lambda: self.evaluate(
-        f"G{g} I{i} (tau={tau:.3f})", index, state.params))
+        f"G{g} I{i} (tau={tau:.3f})", index, state.params),
+        upstream=False, config={"policy": self.state.configs.get(layout.improve_name(g, i)),
+                **self.eval_record})
     return {**row, "role": "ReST", "dir": out_dir, "policy_state": state,
             "kept_samples": result["metrics"]["kept_samples"],
-            "kept_references": result["metrics"]["kept_references"]}
+            "kept_references": result["metrics"]["kept_references"],
+            "trains_on": self.trains_on(g, grow_dir, tau, config.references == "keep")}
 
   def select(self, rows: List[Row], bc_from: Optional[str]) -> Row:
-    """The ReST policy: the best on validation over BC and every Improve step; filtered BC's
-    likewise over BC and its steps; and the best control on validation, ReST's yardstick."""
+    """The ReST policy: the best on validation over BC and every Improve step; each arm's
+    likewise over BC and its steps; and the best control on validation (BC, BC+, filtered
+    BC's and random selection's picks), ReST's yardstick."""
     key = f"{SELECTION_SPLIT}/reward"
     best = lambda candidates: max(candidates, key=lambda r: r["metrics"][key])  # noqa: E731
-    filtered = [r for r in rows if r["role"] == "filtered BC"]
-    if filtered:  # the control's own pick (BC itself if no step of it beat BC)
-      pick = best([rows[0]] + filtered)
-      if pick is not rows[0]:
-        pick["control_selected"] = True
-      self.state.steps["filtered_bc_selected"] = pick["policy"]
-    controls_ = [r for r in rows if r["role"] in ("BC", "BC+") or r.get("control_selected")]
+    picks = {}
+    for arm in controls.ARMS:
+      chain = [r for r in rows if r["role"] == arm.role]
+      if chain:  # the arm's own pick (BC itself if no step of it beat BC)
+        pick = best([rows[0]] + chain)
+        pick["arm_selected"] = pick is not rows[0]
+        picks[arm.role] = pick["policy"]
+    self.state.steps["arm_selected"] = picks
+    self.state.steps["filtered_bc_selected"] = picks.get(controls.FILTERED_BC.role)
+    control_roles = [arm.role for arm in controls.CONTROL_ARMS]
+    controls_ = [r for r in rows if r["role"] in ("BC", "BC+") or (
+        r.get("arm_selected") and r["role"] in control_roles)]
     self.state.steps["best_control"] = best(controls_)["policy"]
     chosen = best([r for r in rows if r["role"] in ("BC", "ReST")])  # the first of the best
     chosen["selected"] = True
@@ -313,11 +413,11 @@ class _Run:
     return chosen
 
   def test(self, rows: List[Row]) -> None:
-    """The other splits (test), for BC, the controls and the selected policy only."""
+    """The other splits (test), for BC, BC+, each arm's pick and the selected policy only."""
     others = [s for s in self.evaluation.splits if s != SELECTION_SPLIT]
     for row in rows:
-      if row["role"] in ("ReST", "filtered BC") and not (
-          row.get("selected") or row.get("control_selected")):
+      if row["role"] not in ("BC", "BC+") and not (row.get("selected")
+                                                   or row.get("arm_selected")):
         continue
       params = _selected_state(row["dir"], self.trainer_of(row["role"])).params
 
@@ -329,7 +429,9 @@ class _Run:
                                   json.dumps(self.evaluator.last_outputs))
         return out
 
-      extra = self.state.run("test_" + os.path.basename(row["dir"]), True, evaluate)
+      name = os.path.basename(row["dir"])
+      extra = self.state.run("test_" + name, True, evaluate, upstream=False, config={
+          "policy": self.state.configs.get(name), **self.eval_record})
       row["metrics"] = {**row["metrics"], **extra["metrics"]}
 
   def write_report(self, rows: List[Row]) -> None:
@@ -339,9 +441,10 @@ class _Run:
     self.state.steps["reward_reads_references"] = bool(self.reward.needs_reference)
     self.state.steps["reward_name"] = self.reward.name
     self.state.steps["rows"] = [
-        {k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps") if k in r}
-        | {"selected": bool(r.get("selected")),
-           "control_selected": bool(r.get("control_selected"))} for r in rows]
+        {k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps", "trains_on",
+                           "kept_samples", "kept_references") if k in r}
+        | {"selected": bool(r.get("selected")), "arm_selected": bool(r.get("arm_selected")),
+           "dir": self.where(r["dir"])} for r in rows]
     self.state.save()
     self.writer.flush()
     if jax.process_index() == 0:
@@ -368,6 +471,9 @@ def rest(
         eval_period=100, patience=5),
     bc_plus: bool = True,
     filtered_bc: bool = True,
+    samples_only: bool = True,
+    random_selection: bool = False,
+    rows_rater: Optional[Reward] = None,
     bc_learning_rate: Any = None,
     initial_checkpoint_path: Optional[str] = None,
     bc_from: Optional[str] = None,
@@ -399,6 +505,12 @@ def rest(
     filtered_bc: also run the filtered-BC control (BC continued on the original pairs
       the reward keeps at the same thresholds; `controls.py`), unless the reward reads
       references (then it would be BC+, and the report says so).
+    samples_only: also run the ablation ReST on the policy's samples alone (the original
+      pairs left out of the grown set), on Grow 1's rows at its thresholds.
+    random_selection: also run the random-selection control: at each Improve step of
+      Grow 1, as many samples as it keeps, drawn without the reward, BC's loss.
+    rows_rater: a reward that rates every grown row (the demo's rater; by default the
+      held-out reward): the report gives the mean over the rows each step trains on.
     bc_learning_rate: BC's rate or schedule for a model that carries a t5x
       `OptimizerDef` (rest_jax's models carry an optax optimizer with its rate).
     initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax
@@ -430,20 +542,25 @@ def rest(
              evaluation=evaluation, bc_selection=bc_selection,
              bc_learning_rate=bc_learning_rate, initial_checkpoint_path=initial_checkpoint_path,
              partitioner=partitioner or partitioning.Partitioner(),
-             checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar)
+             checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar,
+             rows_rater=rows_rater)
   if grow_from:  # checked before BC trains
-    grow_from = _grown_from(grow_from, bc_from or os.path.join(model_dir, layout.BC))
+    grow_from = grown.sampled_from(grow_from, bc_from or os.path.join(model_dir, layout.BC))
 
   bc = run.bc(bc_from)
   rows = [run.bc_row(bc)]
   if bc_plus and run.improve_total:
     rows.append(run.bc_plus(bc))
+  arms = [arm for arm, on in ((controls.FILTERED_BC, filtered_bc and not reward.needs_reference),
+                              (controls.SAMPLES_ONLY, samples_only and improve.references == "keep"),
+                              (controls.RANDOM_SELECTION, random_selection)) if on]
   policy, index = bc, 0
   for g in range(1, grow.steps + 1):
     grow_dir = run.grow(g, policy, grow_from)
-    if g == 1 and filtered_bc and run.improve_total and not reward.needs_reference:
-      rows[len(rows):len(rows)] = run.filtered_bc(bc, rows[0], grow_dir)
-    for i, tau in enumerate(run.thresholds(g, grow_dir), start=1):
+    taus = run.thresholds(g, grow_dir)
+    for arm in arms if g == 1 and run.improve_total else ():
+      rows += run.arm(arm, bc, rows[0], grow_dir, taus)
+    for i, tau in enumerate(taus, start=1):
       index += 1
       row = run.improve(g, i, index, tau, policy, grow_dir, bc)
       state = row.pop("policy_state")
@@ -480,46 +597,8 @@ def _step_summary(result) -> Dict[str, Any]:
   return {"metrics": dict(result.metrics), "seconds": result.seconds}
 
 
-def _improve_record(config: improve_lib.ImproveConfig) -> Any:
-  """ImproveConfig as a record, less its thresholds: each step records its own tau."""
-  described = records.describe(config)
-  described.pop("thresholds", None)
-  return described
-
-
 def _schedule_ignores_length(config: improve_lib.ImproveConfig) -> bool:
   """Whether Improve's rate is the same for a run of any length (then BC+ can share its
   compiled step)."""
   rate = config.learning_rate
   return not isinstance(rate, trainer_lib.LearningRateConfig) or rate.schedule == "constant"
-
-
-def _rates(learning_rate, steps: int) -> List[float]:
-  """A rate or schedule as comparable numbers: its values at the start, middle and end."""
-  if learning_rate is None:  # a t5x model's OptimizerDef: its gin rate
-    return []
-  if not callable(learning_rate):
-    return [float(learning_rate)]
-  return [float(learning_rate(s)) for s in (0, steps // 2, steps)]
-
-
-def _finished_bc(directory: str) -> str:
-  """`directory` if it holds a finished BC step (rest's `bc/`), else a ValueError."""
-  if not selection_lib.Selection(directory).finished:
-    raise ValueError(
-        f"BC_FROM = {directory!r} is not a finished BC step: it needs the"
-        f" {selection_lib.SELECTION_FILE} and best/ checkpoint that `rest` writes when BC"
-        " ends (point it at a run's bc/)")
-  return directory
-
-
-def _grown_from(directory: str, bc_dir: str) -> str:
-  """`directory` if it is a finished grown dataset sampled from the BC policy `bc_dir`."""
-  manifest = grown.load_manifest(directory, verify_counts=False)
-  policy = manifest["metadata"].get("policy")
-  if policy and os.path.abspath(policy) != os.path.abspath(bc_dir):
-    raise ValueError(
-        f"GROW_FROM = {directory!r} was sampled from the policy {policy}, but this run's BC"
-        f" policy is {bc_dir}: set BC_FROM = {policy!r} as well (Improve trains from the"
-        " policy that sampled it)")
-  return directory

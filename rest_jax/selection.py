@@ -138,3 +138,13 @@ class Selection:
     files.atomic_write_text(self.path, json.dumps(
         {"history": self.history, "finished": self.finished, "best": self.best,
          "config": dataclasses.asdict(self.config)}, indent=1), "selection.write")
+
+
+def finished_bc(directory: str) -> str:
+  """`directory` if it holds a finished BC step (rest's `bc/`), else a ValueError."""
+  if not Selection(directory).finished:
+    raise ValueError(
+        f"BC_FROM = {directory!r} is not a finished BC step: it needs the"
+        f" {SELECTION_FILE} and best/ checkpoint that `rest` writes when BC"
+        " ends (point it at a run's bc/)")
+  return directory

@@ -43,7 +43,7 @@ OTHER = {
 def _records(bc_selection=BC_SELECTION, bc_data=BC_DATA, grow_config=GROW,
              improve_config=IMPROVE):
   """The records of BC, Grow 1 and Improve 1/1 as `rest` derives them."""
-  improve_record = rest._improve_record(improve_config)  # pylint: disable=protected-access
+  improve_record = records.improve_record(improve_config)
   return {
       "bc": {"data": records.describe(bc_data), "selection": records.describe(bc_selection)},
       "grow_1": {"grow": records.describe(grow_config)},

@@ -32,7 +32,7 @@ def test_the_headline_is_against_the_best_control_and_says_when_filtering_suffic
   rows = [_row("BC", "BC", validation__reward=0.80, validation__bleu=70.0, test__bleu=71.0),
           _row("BC+", "BC+", validation__reward=0.81, validation__bleu=72.0, test__bleu=72.5),
           {**_row("filtered BC G1 I1 (tau=0.5)", "filtered BC", validation__reward=0.83,
-                  validation__bleu=74.0, test__bleu=74.0), "control_selected": True},
+                  validation__bleu=74.0, test__bleu=74.0), "arm_selected": True},
           {**_row("G1 I1 (tau=0.6)", "ReST", validation__reward=0.82, validation__bleu=73.0,
                   test__bleu=75.0), "selected": True}]
   steps = {"best_control": "filtered BC G1 I1 (tau=0.5)"}

@@ -33,7 +33,7 @@ def _run(model_dir, **overrides):
       evaluation=policy_eval.EvalConfig(max_examples=16, best_of_n=2),
       bc_selection=selection.SelectionConfig(eval_period=3),
       checkpoint_period=3, progress_bar=False,
-      partitioner=partitioning.Partitioner(mesh_shape=(4, 2)))
+      partitioner=partitioning.Partitioner(mesh_shape=(4, 2)), samples_only=False)
   kwargs.update(overrides)
   return rest.rest(**kwargs)
 
@@ -112,7 +112,10 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
   assert _newest(tmp_path / "improve_1_1") == improve_1
   assert _newest(tmp_path / "improve_1_2") > improve_2
   redone = [r.getMessage() for r in caplog.records if "configuration changed" in r.getMessage()]
-  assert len(redone) == 1 and "improve_1_2" in redone[0] and "threshold" in redone[0], redone
+  # The step itself, and its evaluations (their record holds the policy's).
+  trained = [m for m in redone if not m.startswith(("rest: redoing eval_", "rest: redoing test_"))]
+  assert len(trained) == 1 and "improve_1_2" in trained[0] and "threshold" in trained[0], redone
+  assert any(m.startswith("rest: redoing eval_1_2") for m in redone), redone
 
   # A changed loss knob (not a threshold) redoes the Improve steps, not Grow or BC, and the
   # log names the field: the record is derived from the whole ImproveConfig.
@@ -145,3 +148,64 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
   for a, b in zip(jax.tree_util.tree_leaves(ours["params"]),
                   jax.tree_util.tree_leaves(theirs["params"])):
     assert (a == b).all()
+
+
+@pytest.mark.slow
+def test_every_arm_from_one_bc_and_grow(tmp_path):
+  """The paper's ReST (samples and original pairs) beside filtered BC, the samples-only
+  ablation and random selection, all from one BC and Grow 1; with G = 2 the arms stop
+  after Grow 1 while ReST goes on. Each step reports the rows it trains on."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rater = rewards.DemoRater(forms="full", flaw="dative")  # reference-free: pairs are scored
+  rows = _run(tmp_path, reward=rater, rows_rater=rater, samples_only=True,
+              random_selection=True, grow=grow.GrowConfig(
+                  steps=2, max_sources=24, num_samples=2, batch_size=8, shard_size=16))
+  labels = [r["policy"].split(" (tau")[0] for r in rows]
+  assert labels == ["BC", "BC+", "filtered BC G1 I1", "filtered BC G1 I2", "filtered BC G2 I1",
+                    "filtered BC G2 I2", "ReST (samples only) G1 I1",
+                    "ReST (samples only) G1 I2", "random selection G1 I1",
+                    "random selection G1 I2", "G1 I1", "G1 I2", "G2 I1", "G2 I2"]
+  by_label = dict(zip(labels, rows))
+  for i in (1, 2):
+    rest_row = by_label[f"G1 I{i}"]
+    assert rest_row["kept_samples"] > 0 and rest_row["kept_references"] > 0
+    alone, drawn = by_label[f"ReST (samples only) G1 I{i}"], by_label[f"random selection G1 I{i}"]
+    assert (alone["kept_samples"], alone["kept_references"]) == (rest_row["kept_samples"], 0)
+    assert (drawn["kept_samples"], drawn["kept_references"]) == (rest_row["kept_samples"], 0)
+  # What each step trains on, by the rows rater's score of every grown row.
+  rated = np.load(tmp_path / "grow_1_rated_rows.npy")
+  import rest_jax.data.grown as grown_lib  # pylint: disable=g-import-not-at-top
+  columns = grown_lib.read_columns(grown_lib.shard_paths(
+      str(tmp_path / "grow_1"), grown_lib.load_manifest(str(tmp_path / "grow_1"))))
+  tau = _steps(tmp_path)["thresholds"]["1"][1]
+  kept = columns["reward"] >= np.float32(tau)
+  quality = by_label["G1 I2"]["trains_on"]
+  for kind, mask in (("samples", kept & ~columns["is_reference"]),
+                     ("references", kept & columns["is_reference"])):
+    assert quality[kind]["rows"] == mask.sum()
+    assert quality[kind]["held_out"] == pytest.approx(float(rated[mask].mean()))
+    assert quality[kind]["reward"] == pytest.approx(float(columns["reward"][mask].mean()))
+  # The reward picks better rows than chance, by the rater.
+  assert (quality["samples"]["held_out"]
+          >= by_label["random selection G1 I2"]["trains_on"]["samples"]["held_out"])
+  steps = _steps(tmp_path)
+  picks = steps["arm_selected"]
+  assert set(picks) == {"filtered BC", "ReST (samples only)", "random selection"}
+  controls_ = ["BC", "BC+", picks["filtered BC"], picks["random selection"]]
+  assert steps["best_control"] == max(
+      (r for r in rows if r["policy"] in controls_),
+      key=lambda r: r["metrics"]["validation/reward"])["policy"]
+  # Test for BC, BC+, every arm's pick and ReST's, with outputs kept for `seeds`.
+  tested = {r["policy"] for r in rows if "test/bleu" in r["metrics"]}
+  assert tested == {"BC", "BC+", steps["selected"], *(p for p in picks.values())}
+  for row in steps["rows"]:
+    if row["policy"] in tested:
+      assert (tmp_path / "outputs" / f"{os.path.basename(row['dir'])}.test.json").exists()
+  report = (tmp_path / "report.md").read_text()
+  assert "## What each step trains on" in report and "random selection (run" in report
+  # Nothing changed: nothing is redone.
+  again = _run(tmp_path, reward=rater, rows_rater=rater, samples_only=True,
+               random_selection=True, grow=grow.GrowConfig(
+                   steps=2, max_sources=24, num_samples=2, batch_size=8, shard_size=16))
+  assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]

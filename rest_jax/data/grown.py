@@ -197,16 +197,17 @@ def _parsed_rows(paths: Sequence[str], spec: Mapping[str, Any]) -> List[Dict[str
 
 
 def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
-  """Every row's `reward`, `scored`, `is_reference` and `source_id`, in shard order."""
+  """Every row's `reward`, `scored`, `is_reference`, `source_id` and `sample_id`, in shard
+  order."""
+  ints = ("scored", "is_reference", "source_id", "sample_id")
   rows = _parsed_rows(paths, {"reward": tf.io.FixedLenFeature([], tf.float32),
-                              "scored": tf.io.FixedLenFeature([], tf.int64),
-                              "is_reference": tf.io.FixedLenFeature([], tf.int64),
-                              "source_id": tf.io.FixedLenFeature([], tf.int64)})
+                              **{k: tf.io.FixedLenFeature([], tf.int64) for k in ints}})
   return {
       "reward": np.array([r["reward"] for r in rows], np.float32),
       "scored": np.array([r["scored"] for r in rows], bool),
       "is_reference": np.array([r["is_reference"] for r in rows], bool),
       "source_id": np.array([r["source_id"] for r in rows], np.int64),
+      "sample_id": np.array([r["sample_id"] for r in rows], np.int64),
   }
 
 
@@ -333,3 +334,15 @@ def feature_spec() -> Dict[str, Any]:
   spec.update({k: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
                for k in TOKEN_FLOAT_FIELDS})
   return spec
+
+
+def sampled_from(directory: str, bc_dir: str) -> str:
+  """`directory` if it is a finished grown dataset sampled from the BC policy `bc_dir`."""
+  manifest = load_manifest(directory, verify_counts=False)
+  policy = manifest["metadata"].get("policy")
+  if policy and os.path.abspath(policy) != os.path.abspath(bc_dir):
+    raise ValueError(
+        f"GROW_FROM = {directory!r} was sampled from the policy {policy}, but this run's BC"
+        f" policy is {bc_dir}: set BC_FROM = {policy!r} as well (Improve trains from the"
+        " policy that sampled it)")
+  return directory

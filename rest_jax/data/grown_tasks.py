@@ -13,6 +13,7 @@ filtered many times, rising thresholds give nested subsets of the same rows.
 import functools
 from typing import Mapping
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -49,6 +50,23 @@ def drop_references(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def drop_samples(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """Keeps the reference translations only (the original pairs; the filtered-BC control)."""
   return dataset.filter(lambda ex: tf.equal(ex["is_reference"], 1))
+
+
+def row_key(source_id, sample_id):
+  """One integer per grown row: its source and sample ids (numpy or TF int64)."""
+  return source_id * ROW_KEY_STRIDE + sample_id
+
+
+ROW_KEY_STRIDE = 1 << 20  # more samples per source than any Grow step draws
+
+
+def keep_rows(dataset: tf.data.Dataset, keys) -> tf.data.Dataset:
+  """Keeps the rows whose `row_key` is in `keys` (a chosen subset, e.g. drawn at random)."""
+  keys = tf.constant(np.asarray(keys, np.int64))
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), default_value=0)
+  return dataset.filter(lambda ex: tf.equal(table.lookup(row_key(
+      tf.cast(ex["source_id"], tf.int64), tf.cast(ex["sample_id"], tf.int64))), 1))
 
 
 def deduplicate_samples(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -107,6 +125,7 @@ def register_grown_task(
     deduplicate: bool = False,
     unscored_reward: float = 1.0,
     verify_counts: bool = True,
+    row_keys=None,
 ) -> seqio.Task:
   """Registers (or replaces) a seqio task over the grown dataset in `directory`.
 
@@ -122,6 +141,8 @@ def register_grown_task(
     deduplicate: drop repeated identical samples of one source.
     unscored_reward: the reward an unscored reference row carries into training.
     verify_counts: count every shard's rows against the manifest.
+    row_keys: keep only these rows (`row_key`s; e.g. a random subset of the samples),
+      before any other filter.
 
   Returns:
     The task; its only split is "train"; examples carry the features the losses read.
@@ -129,6 +150,8 @@ def register_grown_task(
   manifest = grown.load_manifest(directory, verify_counts=verify_counts)
   paths = grown.tensorflow_shard_paths(directory, manifest)
   preprocessors = []
+  if row_keys is not None:
+    preprocessors.append(functools.partial(keep_rows, keys=row_keys))
   if threshold is not None:
     preprocessors.append(functools.partial(filter_by_reward, threshold=float(threshold),
                                            keep_unscored=include_references))
