@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from rest_jax import grow, improve, losses, records, rest, rewards, run_state, sampling, selection
+from rest_jax import grow, improve, losses, records, rewards, run_state, sampling, selection
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
 
