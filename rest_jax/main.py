@@ -19,9 +19,10 @@ Commands:
   data    `data show --task=T --split=S -n 5` prints examples; `data stats --task=T`
           (and/or `--grown_dir=D`) prints counts, length and reward percentiles.
   seeds   `seeds --runs DIR DIR ... [--runs DIR ...]`: per group of finished rest runs
-          (seeds), ReST against its controls: every seed's row, mean and spread, the paired
-          bootstrap interval of ReST minus the best control, wins, and the reward's flaw
-          accuracy beside the margin (rest_jax/seeds.py).
+          (seeds), ReST against its controls: every seed's row, mean and spread, a
+          t-interval over seeds and a two-level bootstrap (seeds, then sentences) of ReST
+          minus the best control, wins, and the reward's flaw accuracy beside the margin
+          (rest_jax/seeds.py).
 
 Flags (t5x's):
   --gin_file=PATH         repeatable; looked up as given, then in gin/ and configs/.
