@@ -161,8 +161,7 @@ SAMPLES_ONLY = Arm("ReST (samples only)", "samples_only", samples=True, referenc
 # As many of the policy's samples as ReST's step keeps, drawn without the reward, BC's loss:
 # training on the model's own samples, which alone helps MT self-training; a control.
 RANDOM_SELECTION = Arm("random selection", "random", samples=True, references=False,
-                       improve_loss=False, random=True, seed_offset=RANDOM_SEED_OFFSET,
-                       grow_steps=1)
+                       improve_loss=False, random=True, seed_offset=RANDOM_SEED_OFFSET)
 
 
 def random_row_keys(grown_dir: str, count: int, seed: int) -> np.ndarray:
@@ -180,7 +179,8 @@ def random_row_keys(grown_dir: str, count: int, seed: int) -> np.ndarray:
 def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
              context: StepContext, *, grown_dir: str, threshold: float, output_dir: str,
              grow_step: int, step: int, trainer: Optional[trainer_lib.Trainer] = None,
-             row_keys: Optional[np.ndarray] = None) -> StepResult:
+             row_keys: Optional[np.ndarray] = None, reference_params: Any = None,
+             kl_weight: float = 0.0) -> StepResult:
   """One step of `arm`: from `policy`, on the rows of `grown_dir` it keeps at `threshold`
   (or exactly `row_keys`), for as many steps as an Improve step, with Improve's
   optimizer, learning rate and selection.
@@ -188,7 +188,8 @@ def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
   Filtered BC is the cheap alternative to ReST a user tries first (filter the data you
   have with the reward, no sampling): if it matches ReST, the policy's samples add
   nothing. Its rows are the grown dataset's original pairs, scored by the same
-  reference-free reward in Grow.
+  reference-free reward in Grow. An arm with Improve's loss trains as Improve does (its
+  KL term to `reference_params` at `kl_weight`, its mixed-in original pairs).
   """
   loss = config.loss if arm.improve_loss else losses.OfflineRLLoss("bc")
   selection = (selection_lib.Selection(output_dir, config.selection)
@@ -204,7 +205,11 @@ def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
       progress_bar=context.progress_bar, name=f"{arm.role} {grow_step}.{step}",
       trainer=trainer or config.trainer(context, config.steps, loss=loss),
       init_opt_state=policy.opt_state if config.optimizer_state == "continue" else None,
-      selection=selection, validate=context.validate, row_keys=row_keys)
+      selection=selection, validate=context.validate, row_keys=row_keys,
+      mix_task=context.task if arm.improve_loss and config.mix_ratio else None,
+      mix_ratio=config.mix_ratio if arm.improve_loss else 0.0,
+      reference_params=reference_params if loss.uses_reference_policy else None,
+      kl_weight=kl_weight)
   return StepResult(metrics=result["metrics"], seconds=result["seconds"],
                     directory=result["model_dir"])
 

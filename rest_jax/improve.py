@@ -137,8 +137,8 @@ def kept_quality(columns: Mapping[str, np.ndarray], keep: np.ndarray,
     out[kind] = {
         "rows": int(rows.sum()),
         "reward": float(columns["reward"][scored].mean()) if scored.any() else float("nan"),
-        "held_out": (float(rated[rows].mean()) if rated is not None and rows.any()
-                     else float("nan"))}
+        "held_out": (float(np.nanmean(rated[rows])) if rated is not None
+                     and np.isfinite(rated[rows]).any() else float("nan"))}
   return out
 
 

@@ -373,7 +373,8 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       " BC's loss). The ablation ReST on the samples alone"
       f" ({_ran(rows, 'ReST (samples only)')})"
       " is ReST without the original pairs in the grown set. These arms start from BC and"
-      " train on Grow 1's rows only (with G > 1, ReST alone goes on to later Grow steps).",
+      " train on Grow 1's rows only: filtered BC and random selection for G x I steps, the"
+      " samples-only ablation for Grow 1's I steps (with G > 1, ReST alone samples again).",
       *_guard_lines(steps),
       *[f"- Grow step {g}: {100 * share:.1f}% of its sources have a sample that the task's"
         " coverage check finds right (the colour demo: a sample with the source's colour)."

@@ -86,6 +86,7 @@ class _Run:
                         "reward": reward.identity, "task": self.task, "lengths": self.lengths}
     self._compiled: Dict[str, Any] = {}  # once per run: every Grow and Improve step uses them
     self._columns: Dict[int, Any] = {}  # per Grow step: its rows' columns and rated scores
+    self._arm_evals = 0
 
   # --- shared -----------------------------------------------------------------
 
@@ -222,9 +223,11 @@ class _Run:
     else:
       taus = rest_taus
     trainer = self.arm_trainer(arm)
-    policy, rows, start = bc, [], self.state.configs.get(layout.BC)
+    policy, rows, start, index = bc, [], self.state.configs.get(layout.BC), 0
     for g in range(1, (arm.grow_steps or self.grow_config.steps) + 1):
       for i, tau in enumerate(taus, start=1):
+        index += 1
+        self._arm_evals += 1  # its TensorBoard step: apart from every other arm's
         name = layout.arm_step_name(arm.prefix, g, i)
         out_dir = os.path.join(self.model_dir, name)
         seed = self.context.seed + arm.seed_offset + 1000 * g + i
@@ -239,13 +242,16 @@ class _Run:
             lambda start=policy, tau=tau, g=g, i=i, out_dir=out_dir, keys=keys: _step_summary(
                 controls.arm_step(start, arm, config, self.context, grown_dir=grow_dir,
                                   threshold=tau, output_dir=out_dir, grow_step=g, step=i,
-                                  trainer=trainer, row_keys=keys)),
+                                  trainer=trainer, row_keys=keys, reference_params=bc.params,
+                                  kl_weight=config.loss.kl_weight(index - 1,
+                                                                  self.num_improve))),
             [out_dir], upstream=False, config=record)
         state = _selected_state(out_dir, trainer)
         policy, start = Policy(state.params, state.opt_state, out_dir), record
         label = f"{arm.role} G{g} I{i}" + ("" if arm.random else f" (tau={tau:.3f})")
         row = self.state.run(f"eval_{name}", True,
-                             lambda label=label, p=state.params: self.evaluate(label, -1, p),
+                             lambda label=label, p=state.params, at=-1 - self._arm_evals:
+                             self.evaluate(label, at, p),
                              upstream=False, config={"policy": record, **self.eval_record})
         rows.append({**row, "role": arm.role, "dir": out_dir,
                      "kept_samples": result["metrics"]["kept_samples"],
@@ -270,9 +276,13 @@ class _Run:
           grow_dir, verify_counts=False)))
       reference = {sid: t for sid, t, ref in zip(texts["source_id"], texts["targets"],
                                                  texts["is_reference"]) if ref}
-      scores = np.asarray(rater(texts["inputs"], texts["targets"],
-                                [reference.get(sid, "") for sid in texts["source_id"]]),
-                          np.float32)
+      # A rater that reads references never rates a reference against itself: nan there.
+      rated = [k for k, ref in enumerate(texts["is_reference"])
+               if not (ref and rater.needs_reference)]
+      scores = np.full(len(texts["targets"]), np.nan, np.float32)
+      scores[rated] = rater([texts["inputs"][k] for k in rated],
+                            [texts["targets"][k] for k in rated],
+                            [reference.get(texts["source_id"][k], "") for k in rated])
       if jax.process_index() == 0:
         buffer = io.BytesIO()
         np.save(buffer, scores)
@@ -429,9 +439,10 @@ class _Run:
                                   json.dumps(self.evaluator.last_outputs))
         return out
 
-      name = os.path.basename(row["dir"])
+      name = os.path.basename(os.path.normpath(row["dir"]))
+      step = layout.BC if row["role"] == "BC" else name  # BC_FROM's folder may be named apart
       extra = self.state.run("test_" + name, True, evaluate, upstream=False, config={
-          "policy": self.state.configs.get(name), **self.eval_record})
+          "policy": self.state.configs.get(step), **self.eval_record})
       row["metrics"] = {**row["metrics"], **extra["metrics"]}
 
   def write_report(self, rows: List[Row]) -> None:

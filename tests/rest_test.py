@@ -153,8 +153,9 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
 @pytest.mark.slow
 def test_every_arm_from_one_bc_and_grow(tmp_path):
   """The paper's ReST (samples and original pairs) beside filtered BC, the samples-only
-  ablation and random selection, all from one BC and Grow 1; with G = 2 the arms stop
-  after Grow 1 while ReST goes on. Each step reports the rows it trains on."""
+  ablation and random selection, all from one BC and Grow 1; with G = 2 the controls train
+  G x I steps on Grow 1's rows, the ablation stops after Grow 1, ReST samples again. Each
+  step reports the rows it trains on."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   rater = rewards.DemoRater(forms="full", flaw="dative")  # reference-free: pairs are scored
@@ -165,7 +166,8 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   assert labels == ["BC", "BC+", "filtered BC G1 I1", "filtered BC G1 I2", "filtered BC G2 I1",
                     "filtered BC G2 I2", "ReST (samples only) G1 I1",
                     "ReST (samples only) G1 I2", "random selection G1 I1",
-                    "random selection G1 I2", "G1 I1", "G1 I2", "G2 I1", "G2 I2"]
+                    "random selection G1 I2", "random selection G2 I1",
+                    "random selection G2 I2", "G1 I1", "G1 I2", "G2 I1", "G2 I2"]
   by_label = dict(zip(labels, rows))
   for i in (1, 2):
     rest_row = by_label[f"G1 I{i}"]

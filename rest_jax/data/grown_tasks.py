@@ -52,12 +52,12 @@ def drop_samples(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.filter(lambda ex: tf.equal(ex["is_reference"], 1))
 
 
+ROW_KEY_STRIDE = 1 << 20  # more samples per source than any Grow step draws
+
+
 def row_key(source_id, sample_id):
   """One integer per grown row: its source and sample ids (numpy or TF int64)."""
   return source_id * ROW_KEY_STRIDE + sample_id
-
-
-ROW_KEY_STRIDE = 1 << 20  # more samples per source than any Grow step draws
 
 
 def keep_rows(dataset: tf.data.Dataset, keys) -> tf.data.Dataset:
