@@ -260,6 +260,38 @@ def _seed_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
   return out + [""]
 
 
+def _quality(row: Optional[Dict[str, Any]], kind: str) -> str:
+  q = (row or {}).get("trains_on", {}).get(kind)
+  if not q or not q["rows"]:
+    return "-"
+  return f"{q['held_out']:.3f} / {q['reward']:.3f} ({q['rows']})"
+
+
+def _trains_on_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
+  """Per seed, what each arm's picked step trained on: the rows rater's mean / the training
+  reward's mean (rows) over its kept samples and kept original pairs; and per Grow step the
+  share of sources with a sample the task's coverage check finds right."""
+  if not any(r.get("trains_on") for s in steps.values() for r in s["rows"]):
+    return []
+  roles = ("filtered BC", RANDOM, SAMPLES_ONLY, "ReST")
+  header = ["run"] + [f"{role}: {kind}" for role in roles for kind in ("samples", "pairs")
+                      if not (role == "filtered BC" and kind == "samples")
+                      and not (role in (RANDOM, SAMPLES_ONLY) and kind == "pairs")]
+  cover = any(s.get("coverage") for s in steps.values())
+  header += ["Grow coverage"] if cover else []
+  out = ["What each arm's picked step trained on, per seed: rated quality / training reward"
+         " (rows):", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for run, s in steps.items():
+    cells = [run, _quality(_pick(s, "filtered BC"), "references"),
+             _quality(_pick(s, RANDOM), "samples"), _quality(_pick(s, SAMPLES_ONLY), "samples"),
+             _quality(_pick(s, "ReST"), "samples"), _quality(_pick(s, "ReST"), "references")]
+    if cover:
+      cells.append(", ".join(f"G{g} {share:.3f}" for g, share in sorted(
+          s.get("coverage", {}).items()) if share is not None) or "-")
+    out.append("| " + " | ".join(cells) + " |")
+  return out + [""]
+
+
 def _mean_table(steps: Dict[str, Dict[str, Any]], split: str) -> List[str]:
   """The mean and spread over the seeds of every role every run has, on `split`."""
   present = [(m, d) for m, d in METRICS
@@ -353,7 +385,8 @@ def summarize_group(runs: Sequence[str], label: str = "") -> str:
   reward_names = sorted({s.get("reward_name", "") for s in steps.values()} - {""})
   out = [f"## {label or 'runs'}: {len(runs)} seeds" + (f" (reward {', '.join(reward_names)})"
                                                         if reward_names else ""), ""]
-  out += _seed_table(steps) + _mean_table(steps, "test") + _mean_table(steps, "validation")
+  out += _seed_table(steps) + _trains_on_table(steps)
+  out += _mean_table(steps, "test") + _mean_table(steps, "validation")
   out.append(_t_line("ReST - best control", _margins(steps, "best control", required=True)))
   samples_only = _margins(steps, SAMPLES_ONLY)
   if samples_only is not None:

@@ -127,6 +127,26 @@ def test_samples_only_and_random_selection_arms(tmp_path):
       pytest.approx((2.0, low, high), abs=0.006)
   # The best control's outputs are found through its row's folder (random_1_1).
   assert _interval(_line(text, "Two-level bootstrap"))[0] > 0
+  assert "What each arm's picked step trained on" not in text  # no run reports it
+
+
+def test_what_each_arm_trained_on_per_seed(tmp_path):
+  run = _run_with_arms(tmp_path / "a", 83.0, 82.0, 80.0, 2, 10)
+  path = tmp_path / "a" / layout.STATE_FILE
+  state = json.loads(path.read_text())
+  quality = lambda rated, reward, rows: {"held_out": rated, "reward": reward, "rows": rows}  # noqa: E731
+  none = quality(float("nan"), float("nan"), 0)
+  for row in state["steps"]["rows"]:
+    row["trains_on"] = {
+        "ReST": {"samples": quality(0.9, 0.8, 120), "references": quality(0.7, 0.85, 40)},
+        seeds.RANDOM: {"samples": quality(0.6, 0.5, 120), "references": none},
+        seeds.SAMPLES_ONLY: {"samples": quality(0.9, 0.8, 120), "references": none},
+    }.get(row["role"], {"samples": none, "references": none})
+  state["steps"]["coverage"] = {"1": 0.25, "2": 0.5}
+  path.write_text(json.dumps(state))
+  text = seeds.summarize([[run]])
+  assert (f"| {run} | - | 0.600 / 0.500 (120) | 0.900 / 0.800 (120) | 0.900 / 0.800 (120) |"
+          " 0.700 / 0.850 (40) | G1 0.250, G2 0.500 |") in text
 
 
 def test_t_interval_matches_scipy_and_needs_two_seeds(tmp_path):
