@@ -44,6 +44,7 @@ WORKER = textwrap.dedent("""
 # A small ReST run of configs/demo.gin: BC 6 steps, one Grow step over 48 sources with 2
 # samples each (3 shards of 16), two Improve steps of 4 steps, evaluation on 16 examples.
 # The reward is chrF (rest.gin's): the demo's learned reward needs `make demo-reward` first.
+# The rows rater stays the demo's (every grown row rated, a file process 0 writes).
 SMALL_REST = [
     "--gin_file=configs/demo.gin", "--gin.REWARD=@rewards.get()", "--gin.BC_STEPS=6",
     "--gin.GROW_MAX_SOURCES=48",
@@ -54,6 +55,9 @@ SMALL_REST = [
     "--gin.tasks.demo_corpus_sizes.test_size=32", "--gin.GROW_BATCH_SIZE=16",
     "--gin.grow.GrowConfig.shard_size=16", "--gin.rest.rest.checkpoint_period=3",
     "--gin.rest.rest.progress_bar=False",
+    # The arms beside ReST share its loop and files (tests/rest_test.py runs every arm and
+    # re-runs it); off here, where each of these tests runs `rest` many times.
+    "--gin.SAMPLES_ONLY=False", "--gin.RANDOM_SELECTION=False",
 ]
 
 

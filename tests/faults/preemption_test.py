@@ -30,7 +30,8 @@ import jax
 import numpy as np
 import pytest
 
-from rest_jax import checkpoints, files, preemption, rest
+from rest_jax import checkpoints, files, preemption, selection
+from rest_jax.data import grown
 from tests import multihost_test
 
 SEED = int(os.environ.get("REST_JAX_FAULT_SEED", "20261124"))
@@ -230,9 +231,9 @@ def test_a_new_run_starts_from_another_runs_bc_and_grown_dataset(reference_run):
       np.testing.assert_array_equal(value, want, err_msg=f"{step}{jax.tree_util.keystr(path)}")
   # A grown dataset of another policy than this run's BC is refused (before BC trains).
   with pytest.raises(ValueError, match=re.escape(f"set BC_FROM = '{ref / 'bc'}'")):
-    rest._grown_from(str(ref / "grow_1"), str(model_dir / "bc"))  # pylint: disable=protected-access
+    grown.sampled_from(str(ref / "grow_1"), str(model_dir / "bc"))
   with pytest.raises(ValueError, match="not a finished BC step"):
-    rest._finished_bc(str(model_dir))  # pylint: disable=protected-access
+    selection.finished_bc(str(model_dir))
 
 
 @pytest.mark.slow
