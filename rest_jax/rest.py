@@ -86,7 +86,7 @@ class _Run:
                         "reward": reward.identity, "task": self.task, "lengths": self.lengths}
     self._compiled: Dict[str, Any] = {}  # once per run: every Grow and Improve step uses them
     self._columns: Dict[int, Any] = {}  # per Grow step: its rows' columns and rated scores
-    self._arm_evals = 0
+    self._arm_evals = 0  # the arms' evaluations so far: each its own TensorBoard step
 
   # --- shared -----------------------------------------------------------------
 
@@ -214,8 +214,8 @@ class _Run:
 
   def arm(self, arm: controls.Arm, bc: Policy, bc_row: Row, grow_dir: str,
           rest_taus: List[float]) -> List[Row]:
-    """A chain beside ReST's (`controls.Arm`): from BC, I steps per Grow step it runs, all on
-    Grow 1's rows; filtered BC at its own thresholds, the others at ReST's Grow 1 ones."""
+    """A chain beside ReST's (`controls.Arm`) from BC on Grow 1's rows; filtered BC at its
+    own thresholds, the others at ReST's Grow 1 ones."""
     config = self.improve_config
     if arm is controls.FILTERED_BC:
       taus = controls.reference_thresholds(config, grow_dir)
@@ -226,8 +226,7 @@ class _Run:
     policy, rows, start, index = bc, [], self.state.configs.get(layout.BC), 0
     for g in range(1, (arm.grow_steps or self.grow_config.steps) + 1):
       for i, tau in enumerate(taus, start=1):
-        index += 1
-        self._arm_evals += 1  # its TensorBoard step: apart from every other arm's
+        index, self._arm_evals = index + 1, self._arm_evals + 1
         name = layout.arm_step_name(arm.prefix, g, i)
         out_dir = os.path.join(self.model_dir, name)
         seed = self.context.seed + arm.seed_offset + 1000 * g + i
@@ -263,8 +262,7 @@ class _Run:
     return rows
 
   def rated_rows(self, g: int, grow_dir: str) -> Optional[np.ndarray]:
-    """The rows rater's score of every row of Grow step g (None without a rater): what the
-    report's quality of each step's training rows is measured by."""
+    """The rows rater's score of every row of Grow step g (None without a rater)."""
     rater = self.rows_rater
     if rater is None:
       return None
@@ -298,8 +296,7 @@ class _Run:
 
   def trains_on(self, g: int, grow_dir: str, tau: float, references: bool, samples: bool = True,
                 keys: Optional[np.ndarray] = None) -> Dict[str, Any]:
-    """The quality of the rows a step trains on: per kind (samples, original pairs), their
-    number, mean training reward and mean score by the rows rater."""
+    """The rows a step trains on, per kind: count, mean reward, mean rows-rater score."""
     if g not in self._columns:
       manifest = grown.load_manifest(grow_dir, verify_counts=False)
       self._columns[g] = (grown.read_columns(grown.shard_paths(grow_dir, manifest)),
@@ -352,18 +349,9 @@ class _Run:
     finds right (the colour demo: the colour), when the task registers one."""
     if corpus_metrics.get_coverage_fn(self.task) is None:
       return
-    texts = grown.read_texts(grown.shard_paths(grow_dir, grown.load_manifest(
-        grow_dir, verify_counts=False)))
-    samples: Dict[int, List[str]] = {}
-    sources: Dict[int, str] = {}
-    for sid, src, hyp, ref in zip(texts["source_id"], texts["inputs"], texts["targets"],
-                                  texts["is_reference"]):
-      sources[sid] = src
-      if not ref:
-        samples.setdefault(sid, []).append(hyp)
-    ids = sorted(samples)
+    sources, samples = grown.samples_by_source(grow_dir)
     self.state.steps.setdefault("coverage", {})[str(g)] = corpus_metrics.coverage(
-        self.task, [sources[i] for i in ids], [samples[i] for i in ids])
+        self.task, sources, samples)
 
   def improve(self, g: int, i: int, index: int, tau: float, policy: Policy, grow_dir: str,
               bc: Policy) -> Row:
@@ -516,12 +504,9 @@ def rest(
     filtered_bc: also run the filtered-BC control (BC continued on the original pairs
       the reward keeps at the same thresholds; `controls.py`), unless the reward reads
       references (then it would be BC+, and the report says so).
-    samples_only: also run the ablation ReST on the policy's samples alone (the original
-      pairs left out of the grown set), on Grow 1's rows at its thresholds.
-    random_selection: also run the random-selection control: at each Improve step of
-      Grow 1, as many samples as it keeps, drawn without the reward, BC's loss.
-    rows_rater: a reward that rates every grown row (the demo's rater; by default the
-      held-out reward): the report gives the mean over the rows each step trains on.
+    samples_only: also run the ablation ReST on the samples alone (`controls.SAMPLES_ONLY`).
+    random_selection: also run the random-selection control (`controls.RANDOM_SELECTION`).
+    rows_rater: rates every grown row: the report's quality of the rows each step trains on.
     bc_learning_rate: BC's rate or schedule for a model that carries a t5x
       `OptimizerDef` (rest_jax's models carry an optax optimizer with its rate).
     initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax

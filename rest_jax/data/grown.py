@@ -40,7 +40,7 @@ smaller dataset.
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -346,3 +346,17 @@ def sampled_from(directory: str, bc_dir: str) -> str:
         f" policy is {bc_dir}: set BC_FROM = {policy!r} as well (Improve trains from the"
         " policy that sampled it)")
   return directory
+
+
+def samples_by_source(directory: str) -> Tuple[List[str], List[List[str]]]:
+  """Each source of a grown dataset (by source id) and its samples' texts."""
+  texts = read_texts(shard_paths(directory, load_manifest(directory, verify_counts=False)))
+  sources: Dict[int, str] = {}
+  samples: Dict[int, List[str]] = {}
+  for sid, src, hyp, ref in zip(texts["source_id"], texts["inputs"], texts["targets"],
+                                texts["is_reference"]):
+    sources[sid] = src
+    if not ref:
+      samples.setdefault(sid, []).append(hyp)
+  ids = sorted(samples)
+  return [sources[i] for i in ids], [samples[i] for i in ids]
