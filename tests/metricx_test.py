@@ -98,11 +98,12 @@ def test_a_missing_or_misshaped_tensor_is_named(tmp_path, reference):
 
 
 def test_the_readme_gin_block_builds_the_guarded_cached_reward(checkpoint, tmp_path, monkeypatch):
+  """The MetricX gin block of docs/rewards.md (the README links it), as written."""
   import re
 
   import gin
 
-  with open(os.path.join(os.path.dirname(FIXTURE), "..", "..", "README.md")) as f:
+  with open(os.path.join(os.path.dirname(FIXTURE), "..", "..", "docs", "rewards.md")) as f:
     readme = f.read()
   block = re.search(r"```\n(from rest_jax import partitioning\n.*?)```", readme, re.S).group(1)
   monkeypatch.setenv("REST_JAX_CACHE", str(tmp_path))

@@ -1,6 +1,6 @@
-"""The README's commands, run as the README writes them (its exact flags).
+"""The documented commands, run as README.md and docs/*.md write them (their exact flags).
 
-Every `python -m rest_jax.main ...` line of the README's shell blocks is parsed with
+Every `python -m rest_jax.main ...` line of their shell blocks is parsed with
 --dry_run (or run, for `data`) by `rest_jax.main.main` on the line's argv, in this
 process (one start-up of TF and JAX instead of one per line); lines that need a user's
 own files (`$T5X`, `my_configs/`, a copied `my_corpus.gin`, a grown dataset at
@@ -10,6 +10,7 @@ own files (`$T5X`, `my_configs/`, a copied `my_corpus.gin`, a grown dataset at
 """
 
 import contextlib
+import glob
 import io
 import os
 import re
@@ -24,10 +25,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLACEHOLDERS = ("$T5X", "my_configs/", "my_corpus.gin")
 
 
+def documented_files():
+  """README.md, then the docs/ pages it links to, in name order."""
+  return [os.path.join(ROOT, "README.md"),
+          *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+
+
 def readme_commands():
-  """[(line, argv after `python -m rest_jax.main`)] of the README's shell blocks."""
-  with open(os.path.join(ROOT, "README.md")) as f:
-    text = f.read()
+  """[(line, argv after `python -m rest_jax.main`)] of README.md's and docs/*.md's shell
+  blocks, in that order."""
+  text = ""
+  for path in documented_files():
+    with open(path) as f:
+      text += f.read() + "\n"
   out = []
   for block in re.findall(r"```sh\n(.*?)```", text, re.S):
     for line in block.replace("\\\n", " ").splitlines():
@@ -77,7 +87,9 @@ def test_every_readme_command_parses_as_written(monkeypatch):
 
 
 def _readme_line(command):
-  return next(argv for line, argv in readme_commands() if argv[0] == command)
+  """The first documented line of `command` that needs none of a user's own files."""
+  return next(argv for line, argv in readme_commands()
+              if argv[0] == command and not any(p in line for p in PLACEHOLDERS))
 
 
 def _replace(argv, **values):
