@@ -5,8 +5,9 @@ For a split of a task, each evaluated policy reports:
 - `reward`: the training reward of its greedy (or beam) translations;
 - held-out metrics that are not the training reward: `bleu`, `chrf`, `ter` against
   the references, and `held_out_reward` when a second reward is configured;
-- degeneracy rates (`data.corpus_metrics.degeneracy`): `length_ratio`, `repeated_ngram_rate`
-  (beside the references' own), `empty_rate`, `copy_rate`;
+- degeneracy rates (`data.corpus_metrics.degeneracy`, words split by the target language's
+  tokenizer): `length_ratio`, `repeated_ngram_rate`, `empty_rate`, `copy_rate`, and the
+  references' own (`reference_*`) that a report's limits start from;
 - best-of-N: N samples per source (the run's sampling configuration), the one a
   *reference-free* reward prefers kept (`best_of_N_*`; the training reward when it
   reads no reference, else `EvalConfig.reranker`), and apart, labelled as such,
@@ -135,7 +136,8 @@ class PolicyEvaluator:
                          "bleu_tokenize": getattr(self._bleu, "keywords", {}).get(
                              "tokenize", "13a")}
     results = self._scores(sources, hyps, references, "")
-    results.update(metrics_lib.degeneracy(sources, references, hyps))
+    results.update(metrics_lib.degeneracy(  # words split as the target language needs
+        sources, references, hyps, tokenize=metrics_lib.task_word_tokenizer(task_name)))
     results.update(metrics_lib.source_metrics(task_name, sources, references, hyps))
     if samples:
       # Each reward scores the N samples once; reranking, the picked samples' rewards and

@@ -80,10 +80,16 @@ def degeneracy_table(rows, split: str) -> str:
     if f"{split}/length_ratio" in row["metrics"]:
       lines.append(f"| {row['policy']} | " + " | ".join(
           _cell(row["metrics"].get(f"{split}/{k}"), 3) for k, _ in cols) + " |")
-  ref = next((r["metrics"].get(f"{split}/reference_repeated_ngram_rate") for r in rows
+  ref = next((r["metrics"] for r in rows
               if f"{split}/reference_repeated_ngram_rate" in r["metrics"]), None)
-  if ref is not None:
-    lines.append(f"\nThe references' own repeated 3-gram rate: {ref:.3f}.")
+  if ref is not None:  # the references' own level, where every limit starts
+    lines.append("| references (their own rates) | 1.000 | " + " | ".join(
+        _cell(ref.get(f"{split}/reference_{k}"), 3) for k, _ in cols[1:]) + " |")
+    lines.append(f"\nWords are split by the target language's tokenizer. BC is flagged"
+                 f" degenerate at a length ratio outside {list(DEGENERATE_LENGTH)} or a rate"
+                 " above " + ", ".join(
+                     f"{label} max({factor:g} x the references', theirs + {margin:g})"
+                     for label, factor, margin in DEGENERATE.values()) + ".")
   return "\n".join(lines)
 
 
@@ -126,36 +132,56 @@ def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation
   return flags
 
 
-# Degenerate output, against the references' own rates: a baseline this broken makes any
-# comparison with it meaningless (the report opens with a warning).
-DEGENERATE = {"length_ratio": (0.7, 1.3), "empty_rate": (None, 0.05),
-              "copy_rate": (None, 0.1)}
+# Degenerate output, every limit relative to the references' own level: a baseline this
+# broken makes any comparison with it meaningless (the report opens with a warning). The
+# length ratio is already the outputs' words over the references'; a rate is degenerate
+# above max(factor x the references' rate, theirs + margin) (`reference_<rate>`, taken as 0
+# in metrics recorded before it was).
+DEGENERATE_LENGTH = (0.7, 1.3)
+DEGENERATE = {"repeated_ngram_rate": ("repeated 3-gram rate", 2.0, 0.05),
+              "empty_rate": ("empty rate", 1.0, 0.05),
+              "copy_rate": ("copy-of-source rate", 1.0, 0.1)}
+
+
+def _bc_not_converged(selection: Mapping[str, Any]) -> str:
+  """Why BC may not have converged, from its selection summary ('' when it did, or when it
+  did not train here: BC_STEPS = 0 from a checkpoint)."""
+  best, last = selection.get("best_step"), selection.get("last_step")
+  if best is None or not last:
+    return ""
+  if best == last:
+    return (f"BC's validation reward was still rising at its last step (best at step {best}"
+            f" of {last}): BC has not converged")
+  patience, since = selection.get("patience"), selection.get("since_best")
+  if patience is None or since is None or since >= patience:
+    return ""  # patience ran out (at or before BC_STEPS), or BC has none to run out
+  return (f"BC ran all its BC_STEPS (to step {last}) without its patience running out: its"
+          f" best validation reward was at step {best}, {since} evaluation"
+          f"{'s' if since != 1 else ''} before the end, fewer than its patience of"
+          f" {patience}, so it may still have been improving: BC has not converged")
 
 
 def warnings(rows, steps, split: str = "validation") -> List[str]:
-  """Why the comparison may not be meaningful: a BC still improving, or degenerate."""
+  """Why the comparison may not be meaningful: a BC that has not converged, or degenerate."""
   out = []
   bc = steps.get("bc", {})
   selection = bc.get("selection", {}) if isinstance(bc, dict) else {}
-  if (selection.get("best_step") is not None and selection.get("last_step")
-      and selection["best_step"] == selection["last_step"] and selection["last_step"] > 0):
-    out.append(
-        f"BC's validation reward was still rising at its last step (best at step"
-        f" {selection['best_step']} of {selection['last_step']}): BC has not converged, and"
-        " any gain of ReST or a control may be more training. Raise BC_STEPS (its patience"
-        " stops it when it has converged).")
+  why = _bc_not_converged(selection or {})
+  if why:
+    out.append(f"{why}, and any gain of ReST or a control may be more training. Raise"
+               " BC_STEPS (its patience stops it when it has converged).")
   base = next((r for r in rows if r.get("role") == "BC"), None)
   metrics = base["metrics"] if base else {}
   broken = []
-  for key, (low, high) in DEGENERATE.items():
+  ratio = metrics.get(f"{split}/length_ratio")
+  low, high = DEGENERATE_LENGTH
+  if ratio is not None and not low <= ratio <= high:
+    broken.append(f"length ratio {ratio:.3f} (its words over the references')")
+  for key, (label, factor, margin) in DEGENERATE.items():
     value = metrics.get(f"{split}/{key}")
-    if value is not None and ((low is not None and value < low) or
-                              (high is not None and value > high)):
-      broken.append(f"{key.replace('_', ' ')} {value:.3f}")
-  ref = metrics.get(f"{split}/reference_repeated_ngram_rate")
-  rate = metrics.get(f"{split}/repeated_ngram_rate")
-  if ref is not None and rate is not None and rate > max(2 * ref, ref + 0.05):
-    broken.append(f"repeated 3-gram rate {rate:.3f} against the references' {ref:.3f}")
+    ref = metrics.get(f"{split}/reference_{key}") or 0.0
+    if value is not None and value > max(factor * ref, ref + margin):
+      broken.append(f"{label} {value:.3f} against the references' {ref:.3f}")
   if broken:
     out.append(
         f"BC's {split} outputs are degenerate ({'; '.join(broken)}; BLEU"

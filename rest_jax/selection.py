@@ -45,9 +45,11 @@ class SelectionConfig:
 class Selection:
   """The validation history and best checkpoint of one training run (BC, Improve, BC+)."""
 
-  def __init__(self, model_dir: str, config: SelectionConfig = SelectionConfig()):
+  def __init__(self, model_dir: str, config: Optional[SelectionConfig] = None):
+    """`config` None: the one the run's file recorded (a reader, e.g. of another run's BC,
+    sees its patience and min_delta), else the default."""
     self.model_dir = model_dir
-    self.config = config
+    self.config = config or SelectionConfig()
     self.path = files.join(model_dir, SELECTION_FILE)
     self.history: List[Tuple[int, float]] = []
     self.finished = False
@@ -57,6 +59,9 @@ class Selection:
       saved = json.loads(files.read_text(self.path))
       self.history = [(int(s), float(v)) for s, v in saved["history"]]
       self.finished = bool(saved["finished"])
+      if config is None and saved.get("config"):
+        known = {f.name for f in dataclasses.fields(SelectionConfig)}
+        self.config = SelectionConfig(**{k: v for k, v in saved["config"].items() if k in known})
     self._best_ckpt = None
 
   # --- queries ---------------------------------------------------------------
@@ -119,11 +124,14 @@ class Selection:
       self._best_ckpt = None
 
   def summary(self) -> Dict[str, Any]:
+    """The history in brief; `since_best` (evaluations after the best) against `patience`
+    says whether the run converged: patience ran out, at or before its last step."""
     best = self.best
     return {"evaluations": len(self.history), "best_step": best and best[0],
             "best_score": best and best[1],
             "last_step": self.history[-1][0] if self.history else None,
-            "stopped_early": self.should_stop}
+            "stopped_early": self.should_stop, "patience": self.config.patience,
+            "since_best": sum(1 for step, _ in self.history if best and step > best[0])}
 
   def _best_checkpointer(self) -> checkpoints.Checkpointer:
     if self._best_ckpt is None:

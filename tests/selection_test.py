@@ -105,6 +105,43 @@ def test_degeneracy_rates_on_hand_made_outputs():
   assert rates["length_ratio"] == pytest.approx((3 + 8 + 0 + 3) / (3 + 5 + 3 + 3))
 
 
+def test_degeneracy_of_chinese_counts_characters_not_spaces():
+  """Chinese has no spaces: split on whitespace, a sentence said three times is one "word",
+  as long as the reference and with no repeated 3-gram; sacrebleu's `zh` tokenizer sees
+  three times the reference's words and the repeat. Outputs and references split alike."""
+  sources = ["I like cats.", "The dog sleeps."]
+  refs = ["我喜欢猫。", "狗在睡觉。"]
+  outputs = ["我喜欢猫我喜欢猫我喜欢猫。", "狗在睡觉。"]
+  spaces = metrics.degeneracy(sources, refs, outputs)  # 13a: what whitespace splitting saw
+  assert spaces["length_ratio"] == 1.0 and spaces["repeated_ngram_rate"] == 0
+  rates = metrics.degeneracy(sources, refs, outputs, tokenize=metrics.word_tokenizer("zh"))
+  assert rates["length_ratio"] == pytest.approx((12 + 4) / (4 + 4))
+  assert rates["repeated_ngram_rate"] == 0.5 and rates["reference_repeated_ngram_rate"] == 0
+  assert metrics.words("猫在睡觉，狗 sleeps.", "zh") == ["猫", "在", "睡", "觉", "狗", "sleeps"]
+
+
+def test_degeneracy_reports_the_references_own_rates():
+  sources = ["Paris", "The dog sleeps.", "Berlin", "Hello."]
+  refs = ["Paris", "Der Hund schläft.", "Berlin", ""]  # names copied; one empty reference
+  rates = metrics.degeneracy(sources, refs, ["Paris", "Der Hund.", "Berlin", "Hallo."])
+  assert rates["reference_copy_rate"] == 0.5 and rates["copy_rate"] == 0.5
+  assert rates["reference_empty_rate"] == 0.25 and rates["empty_rate"] == 0
+
+
+def test_a_run_read_back_keeps_its_recorded_patience(tmp_path):
+  """A reader (BC_FROM's, the report's) sees the patience BC ran with, not the default,
+  and does not overwrite it in the file."""
+  sel = selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2, patience=2,
+                                                                     min_delta=0.1))
+  sel.history = [(2, 0.5), (4, 0.55), (6, 0.52)]
+  sel.finish()
+  for _ in range(2):
+    summary = selection.Selection(str(tmp_path)).summary()
+    assert summary["patience"] == 2 and summary["best_step"] == 2  # 0.55 is within min_delta
+    assert summary["since_best"] == 2 and summary["stopped_early"]
+  assert report.warnings([], {"bc": {"selection": summary}}) == []  # it converged
+
+
 def test_the_divergence_flag_fires_on_a_synthetic_history():
   def row(policy, role, reward, bleu, chrf, ter=50.0):
     return {"policy": policy, "role": role, "metrics": {

@@ -235,3 +235,17 @@ def test_bleu_tokenizes_by_the_target_language():
   assert to_zh(refs, hyps)["bleu"] > metrics.bleu(refs, hyps)["bleu"]  # 13a: one "word"
   assert metrics.task_bleu("wmt20_en_zh")(refs, hyps) == to_zh(refs, hyps)
   assert metrics.task_bleu("wmt19_zh_en") is metrics.bleu
+
+
+def test_degeneracy_splits_words_by_the_target_language():
+  """A task's target language picks the words its degeneracy rates count: Chinese by
+  sacrebleu's `zh`, Japanese by character (no MeCab), the others (English, Korean) by 13a."""
+  from rest_jax.data import corpus_metrics as metrics  # pylint: disable=g-import-not-at-top
+
+  assert metrics.task_word_tokenizer("wmt19_en_zh") == "zh"
+  assert metrics.task_word_tokenizer("wmt19_zh_en") == "13a"
+  assert metrics.word_tokenizer("ja") == "char" and metrics.word_tokenizer("ko") == "13a"
+  assert metrics.word_tokenizer("zh-Hant") == "zh" and metrics.word_tokenizer(None) == "13a"
+  to_ja = metrics.bleu_for("ja")  # its BLEU is 13a's still; it records the language
+  assert to_ja.target_language == "ja" and to_ja(["a b c"], ["a b c"]) == metrics.bleu(
+      ["a b c"], ["a b c"])

@@ -16,6 +16,15 @@ import sacrebleu
 # sacrebleu's tokenizer for a target language whose words are not separated by spaces (its
 # own recommendations; Japanese and Korean need MeCab, which is not a dependency here).
 BLEU_TOKENIZERS = {"zh": "zh"}
+# sacrebleu's tokenizer that splits the words `degeneracy` counts, for a target language
+# written without spaces between words (13a for the others, Korean included: it spaces its
+# words). Without MeCab, Japanese and the South-East Asian scripts split by character.
+WORD_TOKENIZERS = {"zh": "zh", "yue": "zh", "ja": "char", "th": "char", "lo": "char",
+                   "my": "char", "km": "char"}
+
+
+def _language(target_language: Optional[str]) -> str:
+  return (target_language or "").replace("_", "-").split("-")[0].lower()
 
 
 def bleu(targets: Sequence[str], predictions: Sequence[str], tokenize: str = "13a") -> dict:
@@ -26,10 +35,28 @@ def bleu(targets: Sequence[str], predictions: Sequence[str], tokenize: str = "13
 
 def bleu_for(target_language: Optional[str]) -> Callable[..., dict]:
   """BLEU with the tokenizer of `target_language` (sacrebleu's `zh` for Chinese)."""
-  tokenize = BLEU_TOKENIZERS.get((target_language or "").split("-")[0].lower(), "13a")
-  if tokenize == "13a":
+  tokenize = BLEU_TOKENIZERS.get(_language(target_language), "13a")
+  if tokenize == "13a" and _language(target_language) not in WORD_TOKENIZERS:
     return bleu
-  return functools.update_wrapper(functools.partial(bleu, tokenize=tokenize), bleu)
+  fn = functools.update_wrapper(functools.partial(bleu, tokenize=tokenize), bleu)
+  fn.target_language = target_language  # what `task_word_tokenizer` reads
+  return fn
+
+
+def word_tokenizer(target_language: Optional[str]) -> str:
+  """The sacrebleu tokenizer that splits `target_language`'s words (`WORD_TOKENIZERS`)."""
+  return WORD_TOKENIZERS.get(_language(target_language), "13a")
+
+
+def task_word_tokenizer(task_name: str) -> str:
+  """The word tokenizer of a seqio task's target language, as its BLEU function records it
+  (`bleu_for`); a BLEU that splits Chinese (`zh`, `char`) without a language keeps its own."""
+  fn = task_bleu(task_name)
+  language = getattr(fn, "target_language", None)
+  if language:
+    return word_tokenizer(language)
+  tokenize = getattr(fn, "keywords", {}).get("tokenize", "13a")
+  return tokenize if tokenize in ("zh", "char") else "13a"
 
 
 def task_bleu(task_name: str) -> Callable[..., dict]:
@@ -57,38 +84,58 @@ def _normalised(text: str) -> str:
   return " ".join(text.casefold().strip().rstrip(".!?").split())
 
 
-def _has_repeated_ngram(text: str, n: int) -> bool:
-  words = re.findall(r"\w+", text.casefold())  # punctuation and case aside
-  grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+@functools.cache
+def _tokenizer(tokenize: str) -> Callable[[str], str]:
+  return sacrebleu.BLEU(tokenize=tokenize).tokenizer
+
+
+def words(text: str, tokenize: str = "13a") -> List[str]:
+  """`text`'s words by sacrebleu's `tokenize` (`zh`: one per Chinese character; `char`: one
+  per character), case and punctuation aside."""
+  return [w for w in _tokenizer(tokenize)(text.casefold()).split() if re.search(r"\w", w)]
+
+
+def _has_repeated_ngram(tokens: Sequence[str], n: int) -> bool:
+  grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
   return len(grams) != len(set(grams))
 
 
 def degeneracy(sources: Sequence[str], targets: Sequence[str], predictions: Sequence[str],
-               ngram: int = 3) -> dict:
-  """The ways a policy can please a reward without translating better, as rates.
+               ngram: int = 3, tokenize: str = "13a") -> dict:
+  """The ways a policy can please a reward without translating better, as rates, each
+  beside the references' own (their natural level, which a report's limits start from).
+
+  Words are split the same way in outputs and references, by sacrebleu's `tokenize` (the
+  target language's: `task_word_tokenizer`; Chinese has no spaces to split on).
 
   Returns:
     `length_ratio`: words of the outputs over words of the references (corpus level);
     `repeated_ngram_rate`: share of outputs in which some word `ngram`-gram occurs
     twice (a repetition loop or a phrase said twice), and `reference_repeated_ngram_rate`
-    the same share among the references, its natural level;
-    `empty_rate`: share of empty outputs;
+    the same share among the references;
+    `empty_rate`: share of empty outputs, and `reference_empty_rate`;
     `copy_rate`: share of outputs that are the source itself (case, spacing and a final
-    stop aside), i.e. untranslated.
+    stop aside), i.e. untranslated, and `reference_copy_rate` (names, numbers, titles).
   """
   n = len(predictions)
   if not n:
     return {}
-  words = [p.split() for p in predictions]
-  ref_words = sum(len(t.split()) for t in targets)
+  hyp_words = [words(p, tokenize) for p in predictions]
+  ref_words = [words(t, tokenize) for t in targets]
+
+  def copy(source: str, text: str) -> bool:
+    return bool(text.strip()) and _normalised(text) == _normalised(source)
+
   return {
-      "length_ratio": sum(len(w) for w in words) / max(ref_words, 1),
-      "repeated_ngram_rate": sum(_has_repeated_ngram(p, ngram) for p in predictions) / n,
+      "length_ratio": sum(map(len, hyp_words)) / max(sum(map(len, ref_words)), 1),
+      "repeated_ngram_rate": sum(_has_repeated_ngram(w, ngram) for w in hyp_words) / n,
       "reference_repeated_ngram_rate":
-          sum(_has_repeated_ngram(t, ngram) for t in targets) / n,
-      "empty_rate": sum(not w for w in words) / n,
-      "copy_rate": sum(bool(p.strip()) and _normalised(p) == _normalised(s)
-                       for s, p in zip(sources, predictions)) / n,
+          sum(_has_repeated_ngram(w, ngram) for w in ref_words) / max(len(targets), 1),
+      "empty_rate": sum(not p.strip() for p in predictions) / n,
+      "reference_empty_rate": sum(not t.strip() for t in targets) / max(len(targets), 1),
+      "copy_rate": sum(copy(s, p) for s, p in zip(sources, predictions)) / n,
+      "reference_copy_rate":
+          sum(copy(s, t) for s, t in zip(sources, targets)) / max(len(targets), 1),
   }
 
 
