@@ -50,6 +50,7 @@ class Policy:
   params: PyTree
   opt_state: PyTree = None
   directory: str = ""
+  stage: Any = None  # the `stages.Spec` that made it (`rest`): what reads it records it
 
 
 @dataclasses.dataclass(frozen=True)

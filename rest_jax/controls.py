@@ -29,6 +29,7 @@ from rest_jax import selection as selection_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext, StepResult
 from rest_jax.data import grown, grown_tasks, pipeline
+from rest_jax.roles import Role
 
 BC_PLUS_SEED_OFFSET = 999
 FILTERED_BC_SEED_OFFSET = 500_000
@@ -130,7 +131,7 @@ class Arm:
   """A chain of steps beside ReST's own, from the BC policy on Grow 1's rows.
 
   Attributes:
-    role: its name in the report (`ROLES`).
+    role: its role in the report.
     prefix: its steps' folder prefix (`layout.arm_step_name`).
     samples: trains on the policy's samples.
     references: trains on the original pairs.
@@ -142,7 +143,7 @@ class Arm:
       on Grow 1's rows.
   """
 
-  role: str
+  role: Role
   prefix: str
   samples: bool
   references: bool
@@ -153,14 +154,14 @@ class Arm:
 
 
 # The original pairs alone that the reward keeps (lambda = 0 of the paper's Eq. 3): a control.
-FILTERED_BC = Arm("filtered BC", "filtered_bc", samples=False, references=True,
+FILTERED_BC = Arm(Role.FILTERED_BC, "filtered_bc", samples=False, references=True,
                   improve_loss=False, seed_offset=FILTERED_BC_SEED_OFFSET)
 # ReST on the policy's samples alone (lambda = 1): an ablation, Improve's loss and thresholds.
-SAMPLES_ONLY = Arm("ReST (samples only)", "samples_only", samples=True, references=False,
+SAMPLES_ONLY = Arm(Role.SAMPLES_ONLY, "samples_only", samples=True, references=False,
                    improve_loss=True, seed_offset=SAMPLES_ONLY_SEED_OFFSET, grow_steps=1)
 # As many of the policy's samples as ReST's step keeps, drawn without the reward, BC's loss:
 # training on the model's own samples, which alone helps MT self-training; a control.
-RANDOM_SELECTION = Arm("random selection", "random", samples=True, references=False,
+RANDOM_SELECTION = Arm(Role.RANDOM_SELECTION, "random", samples=True, references=False,
                        improve_loss=False, random=True, seed_offset=RANDOM_SEED_OFFSET)
 
 

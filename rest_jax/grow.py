@@ -16,6 +16,7 @@ against itself).
 
 import dataclasses
 import inspect
+import json
 import os
 import time
 from typing import Any, Dict, Mapping, Optional
@@ -278,7 +279,8 @@ def grow(
         "grow_step": grow_step, "task": task_name, "split": split, "num_samples": num_samples,
         "sampling": dataclasses.asdict(sampling),
         "sampler": f"{decoders.sampler.decode_fn.__module__}.{decoders.sampler.decode_fn.__name__}",
-        "reward": reward.name, "reward_range": list(reward.range),
+        "reward": reward.name, "reward_identity": json.loads(json.dumps(
+            reward.identity, default=str)), "reward_range": list(reward.range),
         "reward_reads_references": bool(reward.needs_reference),
         "references_scored": bool(include_references and not reward.needs_reference),
         "seed": seed, **dict(metadata or {})})

@@ -59,6 +59,14 @@ class EvalConfig:
   held_out_reward: Optional[Reward] = None
   reranker: Optional[Reward] = None
 
+  @property
+  def selection(self) -> "EvalConfig":
+    """What selection on validation reads (the greedy or beam output's training reward,
+    `PolicyEvaluator.validation_reward`): this config less what only the report shows.
+    A training step's record holds it: it picks the step's checkpoint."""
+    return dataclasses.replace(self, splits=(), best_of_n=1, sampling=None,
+                               held_out_reward=None, reranker=None)
+
 
 class PolicyEvaluator:
   """Compiled decoders for one model, mesh and batch size, reused across evaluations."""

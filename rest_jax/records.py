@@ -16,6 +16,9 @@ import types
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
+import seqio
+
+from rest_jax.data import identity as identity_lib
 
 # Deep enough for an optax chain inside a schedule inside a config; a cycle stops earlier.
 _MAX_DEPTH = 12
@@ -40,8 +43,10 @@ def _describe(obj: Any, depth: int, seen: set) -> Any:
   seen = seen | {id(obj)}
   recurse = functools.partial(_describe, depth=depth + 1, seen=seen)
   identity = getattr(type(obj), "identity", None)
-  if isinstance(identity, property):  # a reward: what its scores depend on
+  if isinstance(identity, (property, functools.cached_property)):  # a reward: what its scores depend on
     return {"identity": recurse(obj.identity)}
+  if isinstance(obj, seqio.Vocabulary):  # by its model's bytes, not its path
+    return identity_lib.vocabulary(obj)
   if isinstance(obj, Mapping):
     return {str(k): recurse(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple, set, frozenset)) and not hasattr(obj, "_fields"):
@@ -72,9 +77,10 @@ def _describe(obj: Any, depth: int, seen: set) -> Any:
     return _name(obj)
   if isinstance(obj, types.ModuleType):
     return obj.__name__
-  state = {k: v for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(
+  # Every setting, private ones too (a model's loss settings and vocabularies are).
+  state = {k.lstrip("_"): v for k, v in vars(obj).items() if not k.startswith("__")} if hasattr(
       obj, "__dict__") else {}
-  return {"type": _name(type(obj)), **{k: recurse(v) for k, v in state.items()
+  return {"type": _name(type(obj)), **{k: recurse(v) for k, v in sorted(state.items())
                                        if _is_setting(v)}}
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from rest_jax import files, layout
 from rest_jax.data import grown
+from rest_jax.roles import Role
 
 # Held-out metrics watched for a fall while the training reward rises (name, higher is better).
 HELD_OUT = (("bleu", True), ("chrf", True), ("ter", False), ("held_out_reward", True))
@@ -28,7 +29,7 @@ def _cell(value, digits=2) -> str:
 
 
 def _name(row) -> str:
-  same = " (its start, BC: no step beat it on validation)" if row.get("role") == "BC+" and (
+  same = " (its start, BC: no step beat it on validation)" if row.get("role") == Role.BC_PLUS and (
       row.get("optimizer_steps") is not None and row.get("bc_steps") == row["optimizer_steps"]) else ""
   return row["policy"] + same + (" **(selected)**" if row.get("selected") else
                                  " (the arm's pick)" if row.get("arm_selected") else "")
@@ -107,12 +108,12 @@ def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation
   base = None
   previous: Dict[str, Any] = {}  # per chain (ReST, filtered BC): its last row
   for row in rows:
-    role = row.get("role", "ReST")
-    if role == "BC":
+    role = row.get("role", Role.REST)
+    if role == Role.BC:
       base = row
       continue
-    before = base if role == "BC+" else previous.get(role, base)
-    if role != "BC+":
+    before = base if role == Role.BC_PLUS else previous.get(role, base)
+    if role != Role.BC_PLUS:
       previous[role] = row
     if before is None:
       continue
@@ -170,7 +171,7 @@ def warnings(rows, steps, split: str = "validation") -> List[str]:
   if why:
     out.append(f"{why}, and any gain of ReST or a control may be more training. Raise"
                " BC_STEPS (its patience stops it when it has converged).")
-  base = next((r for r in rows if r.get("role") == "BC"), None)
+  base = next((r for r in rows if r.get("role") == Role.BC), None)
   metrics = base["metrics"] if base else {}
   broken = []
   ratio = metrics.get(f"{split}/length_ratio")
@@ -213,7 +214,7 @@ def headline(rows, steps, splits: Sequence[str], selection_split: str = "validat
          f" ({control['policy']}), one seed** (`seeds` gives the spread over seeds):", ""]
   out += lines
   key = f"{selection_split}/reward"
-  for role, says in (("filtered BC", "the policy's samples add nothing over filtering the"
+  for role, says in ((Role.FILTERED_BC, "the policy's samples add nothing over filtering the"
                       " data"),
                      ("random selection", "the reward's choice adds nothing over training on"
                       " the policy's own samples"),
@@ -231,9 +232,9 @@ def headline(rows, steps, splits: Sequence[str], selection_split: str = "validat
             " best control: " + ", ".join(
                 f"{split} BLEU {a[f'{split}/bleu'] - b[f'{split}/bleu']:+.2f}"
                 for split in splits if f"{split}/bleu" in a and f"{split}/bleu" in b) + "."]
-  if chosen.get("role") == "BC":
+  if chosen.get("role") == Role.BC:
     out += ["", "ReST selected BC itself: no Improve step beat BC on validation."]
-  if not any(r.get("role") == "filtered BC" for r in rows) and steps.get("reward_reads_references"):
+  if not any(r.get("role") == Role.FILTERED_BC for r in rows) and steps.get("reward_reads_references"):
     out += ["", "Filtered BC was not run: the reward reads references, so a reference would"
             " score itself and filtering the original pairs is BC+."]
   return out + [""]
@@ -310,7 +311,7 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
     plt.close(fig)
     written.append(path)
     g += 1
-  chain = [r for r in rows if r.get("role") in ("BC", "ReST")]
+  chain = [r for r in rows if r.get("role") in (Role.BC, Role.REST)]
   if not chain:
     return written
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -319,7 +320,7 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
     values = [r["metrics"].get(f"{split}/{key}", np.nan) for r in chain]
     ax.plot(x, values, "o-", label="BC then ReST")
     ax.axhline(values[0], color="grey", linestyle=":", label="BC")
-    plus = next((r for r in rows if r.get("role") == "BC+"), None)
+    plus = next((r for r in rows if r.get("role") == Role.BC_PLUS), None)
     if plus is not None:
       ax.axhline(plus["metrics"].get(f"{split}/{key}", np.nan), color="tab:orange",
                  linestyle="--", label="BC+ (equal compute)")
@@ -402,6 +403,8 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       " train on Grow 1's rows only: filtered BC and random selection for G x I steps, the"
       " samples-only ablation for Grow 1's I steps (with G > 1, ReST alone samples again).",
       *_guard_lines(steps),
+      *[f"- `{name}` was not run: it keeps no rows ({why}); its arm stops there."
+        for name, why in sorted(steps.get("empty_steps", {}).items())],
       *[f"- Grow step {g}: {100 * share:.1f}% of its sources have a sample that the task's"
         " coverage check finds right (the colour demo: a sample with the source's colour)."
         for g, share in sorted(steps.get("coverage", {}).items()) if share is not None],

@@ -33,10 +33,12 @@ import numpy as np
 
 from rest_jax import controls, files, grow as grow_lib, improve as improve_lib, layout, losses
 from rest_jax import partitioning, policy_eval, records, report, selection as selection_lib
+from rest_jax import stages
 from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext
-from rest_jax.data import corpus_metrics, grown, pipeline
+from rest_jax.roles import Role
+from rest_jax.data import corpus_metrics, grown, identity, pipeline
 from rest_jax.rewards import Reward
 from rest_jax.run_state import RunState
 
@@ -64,6 +66,7 @@ class _Run:
     self.task = train_dataset_cfg.mixture_or_task_name
     self.lengths = dict(train_dataset_cfg.task_feature_lengths)
     self.state = RunState.load(model_dir)
+    self.state.steps.pop("empty_steps", None)  # this run finds its own
     self.policy_trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size,
                                                            self.lengths),
@@ -78,12 +81,9 @@ class _Run:
         progress_bar=progress_bar, validate=self.validate)
     self.num_improve = grow.steps * len(improve.thresholds.values)
     self.improve_total = self.num_improve * improve.steps
-    # What every step's record holds besides its own config.
-    self.model_record = {"model": records.describe(model), "task": self.task,
-                         "lengths": self.lengths, "seed": seed}
-    # What every evaluation's record holds besides the policy's: how it evaluates, by what.
-    self.eval_record = {"evaluation": records.describe(evaluation),
-                        "reward": reward.identity, "task": self.task, "lengths": self.lengths}
+    # What every stage's record holds: the model, the task's rows, the reward, the seed.
+    self.setting = stages.Setting(model, self.task, self.lengths, reward, seed)
+    self.specs: Dict[str, stages.Spec] = {}  # every stage this run declared, in order
     self._compiled: Dict[str, Any] = {}  # once per run: every Grow and Improve step uses them
     self._columns: Dict[int, Any] = {}  # per Grow step: its rows' columns and rated scores
     self._arm_evals = 0  # the arms' evaluations so far: each its own TensorBoard step
@@ -93,6 +93,18 @@ class _Run:
   def validate(self, params) -> float:
     return self.evaluator.validation_reward(params, self.task, SELECTION_SPLIT, self.lengths,
                                             self.evaluation.max_examples)
+
+  def declare(self, spec: stages.Spec) -> stages.Spec:
+    self.specs[spec.name] = spec
+    return spec
+
+  def training_spec(self, name: str, after=(), **inputs) -> stages.Spec:
+    """A training stage: its checkpoint is picked on validation (`EvalConfig.selection`)."""
+    return self.declare(stages.training(name, self.setting, self.evaluation.selection,
+                                        after=tuple(after), **inputs))
+
+  def eval_spec(self, name: str, policy: stages.Spec, splits=None) -> stages.Spec:
+    return self.declare(stages.evaluation(name, self.setting, self.evaluation, policy, splits))
 
   def where(self, path: str) -> str:
     """A step's input as its record holds it (`layout.relative`)."""
@@ -114,9 +126,9 @@ class _Run:
     return self._compiled["bc_plus"]
 
   def trainer_of(self, role: str) -> trainer_lib.Trainer:
-    if role == "BC":
+    if role == Role.BC:
       return self.policy_trainer
-    if role == "BC+":
+    if role == Role.BC_PLUS:
       return self.bc_plus_trainer()
     arm = next((a for a in controls.ARMS if a.role == role), None)
     return self.arm_trainer(arm) if arm else self.improve_trainer()
@@ -139,12 +151,17 @@ class _Run:
   def bc(self, bc_from: Optional[str]) -> Policy:
     """BC to convergence on validation (or another run's finished BC): the BC policy."""
     bc_dir = selection_lib.finished_bc(bc_from) if bc_from else os.path.join(self.model_dir, layout.BC)
-    record = {"from": self.where(bc_dir) if bc_from else None, "bc_steps": self.bc_steps,
-              "initial_checkpoint_path": self.initial_checkpoint_path,
-              "data": records.describe(self.train_dataset_cfg),
-              "selection": records.describe(self.bc_selection),
-              "learning_rate": records.describe(self.bc_learning_rate),
-              "optimizer": records.describe(self.policy_trainer.optimizer), **self.model_record}
+    if bc_from:  # another run's BC, as that run recorded it
+      spec = self.declare(stages.Spec(layout.BC, {
+          "from": self.where(bc_dir),
+          "record": RunState.load(os.path.dirname(os.path.normpath(bc_dir))).configs.get(
+              layout.BC)}))
+    else:
+      spec = self.training_spec(
+          layout.BC, data=self.train_dataset_cfg, steps=self.bc_steps,
+          selection=self.bc_selection, learning_rate=self.bc_learning_rate,
+          optimizer=self.policy_trainer.optimizer,
+          initial_checkpoint_path=self.initial_checkpoint_path)
     overlength = lambda: pipeline.overlength_count(self.train_dataset_cfg)  # noqa: E731
 
     def reuse():
@@ -170,39 +187,40 @@ class _Run:
               "overlength_examples": overlength()}
 
     if bc_from:
-      self.state.run(layout.BC, True, reuse, config=record)
+      self.state.run(spec, True, reuse)
     else:
-      self.state.run(layout.BC, selection_lib.Selection(bc_dir).finished, train, [bc_dir],
-                     config=record)
+      self.state.run(spec, selection_lib.Selection(bc_dir).finished, train, [bc_dir])
     state = _selected_state(bc_dir, self.policy_trainer)
-    return Policy(state.params, state.opt_state, bc_dir)
+    return Policy(state.params, state.opt_state, bc_dir, spec)
 
   def bc_row(self, bc: Policy) -> Row:
-    row = self.state.run("eval_bc", True, lambda: self.evaluate("BC", 0, bc.params),
-                         upstream=False, config={"policy": self.state.configs.get(layout.BC),
-                                 **self.eval_record})
-    return {**row, "role": "BC", "optimizer_steps": _best_step(bc.directory),
-            "dir": bc.directory}
+    row = self.state.run(self.eval_spec("eval_bc", bc.stage), True,
+                         lambda: self.evaluate(Role.BC, 0, bc.params))
+    return {**row, "role": Role.BC, "grow_step": 0, "improve_step": 0,
+            "optimizer_steps": _best_step(bc.directory),
+            "dir": bc.directory, "stage": bc.stage}
 
   def bc_plus(self, bc: Policy) -> Row:
     """The equal-compute control: BC continued for as many steps as all Improve steps."""
     out_dir = os.path.join(self.model_dir, layout.BC_PLUS)
     config, trainer = self.improve_config, self.bc_plus_trainer()
+    spec = self.training_spec(
+        layout.BC_PLUS, after=[bc.stage], steps=self.improve_total,
+        improve=records.improve_record(config), optimizer=trainer.optimizer,
+        learning_rate=records.rates(config.learning_rate_for(self.improve_total),
+                                    self.improve_total))
     self.state.run(
-        layout.BC_PLUS, selection_lib.Selection(out_dir).finished,
+        spec, selection_lib.Selection(out_dir).finished,
         lambda: _step_summary(controls.bc_plus_step(
             bc, config, self.context, output_dir=out_dir, total_steps=self.improve_total,
             trainer=trainer)),
-        [out_dir], upstream=False,
-        config={"steps": self.improve_total, "improve": records.improve_record(config),
-                "optimizer": records.describe(trainer.optimizer),
-                "learning_rate": records.rates(config.learning_rate_for(self.improve_total),
-                                        self.improve_total), **self.model_record})
+        [out_dir])
     params = _selected_state(out_dir, trainer).params
-    row = self.state.run("eval_bc_plus", True, lambda: self.evaluate("BC+", -1, params),
-                         upstream=False, config={"policy": self.state.configs.get(layout.BC_PLUS),
-                                 **self.eval_record})
-    return {**row, "role": "BC+", "dir": out_dir, "bc_steps": _best_step(bc.directory),
+    row = self.state.run(self.eval_spec("eval_bc_plus", spec), True,
+                         lambda: self.evaluate(Role.BC_PLUS, -1, params))
+    return {**row, "role": Role.BC_PLUS, "grow_step": 0, "improve_step": 0, "dir": out_dir,
+            "stage": spec,
+            "bc_steps": _best_step(bc.directory),
             "optimizer_steps": _best_step(bc.directory) + _best_step(out_dir)}
 
   def arm_trainer(self, arm: controls.Arm) -> trainer_lib.Trainer:
@@ -223,7 +241,8 @@ class _Run:
     else:
       taus = rest_taus
     trainer = self.arm_trainer(arm)
-    policy, rows, start, index = bc, [], self.state.configs.get(layout.BC), 0
+    grown_spec = self.specs[layout.grow_name(1)]
+    policy, rows, index = bc, [], 0
     for g in range(1, (arm.grow_steps or self.grow_config.steps) + 1):
       for i, tau in enumerate(taus, start=1):
         index, self._arm_evals = index + 1, self._arm_evals + 1
@@ -232,27 +251,35 @@ class _Run:
         seed = self.context.seed + arm.seed_offset + 1000 * g + i
         keys = controls.random_row_keys(grow_dir, improve_lib.kept_rows(
             grow_dir, tau, config.references == "keep")["samples"], seed) if arm.random else None
-        record = {"arm": records.describe(arm), "grown": self.where(grow_dir), "threshold": tau,
-                  "rows": None if keys is None else int(zlib.crc32(keys.tobytes())),
-                  "start": start, "improve": records.improve_record(config),
-                  "optimizer": records.describe(trainer.optimizer), **self.model_record}
+        try:  # e.g. an absolute threshold that no original pair reaches: filtered BC ends
+          improve_lib.kept_rows(grow_dir, tau, arm.references, arm.samples, keys)
+        except improve_lib.EmptyImproveStepError as e:
+          logging.warning("rest: %s keeps no rows, so %s stops here (ReST goes on): %s",
+                          name, arm.role, e)
+          self.state.steps.setdefault("empty_steps", {})[name] = str(e)
+          return rows
+        kl_weight = config.loss.kl_weight(index - 1, self.num_improve)
+        spec = self.training_spec(
+            name, after=[policy.stage, grown_spec], arm=arm, threshold=tau,
+            rows=None if keys is None else int(zlib.crc32(keys.tobytes())),
+            improve=records.improve_record(config), optimizer=trainer.optimizer,
+            kl_weight=kl_weight)
         result = self.state.run(
-            name, selection_lib.Selection(out_dir).finished,
+            spec, selection_lib.Selection(out_dir).finished,
             lambda start=policy, tau=tau, g=g, i=i, out_dir=out_dir, keys=keys: _step_summary(
                 controls.arm_step(start, arm, config, self.context, grown_dir=grow_dir,
                                   threshold=tau, output_dir=out_dir, grow_step=g, step=i,
                                   trainer=trainer, row_keys=keys, reference_params=bc.params,
-                                  kl_weight=config.loss.kl_weight(index - 1,
-                                                                  self.num_improve))),
-            [out_dir], upstream=False, config=record)
+                                  kl_weight=kl_weight)),
+            [out_dir])
         state = _selected_state(out_dir, trainer)
-        policy, start = Policy(state.params, state.opt_state, out_dir), record
+        policy = Policy(state.params, state.opt_state, out_dir, spec)
         label = f"{arm.role} G{g} I{i}" + ("" if arm.random else f" (tau={tau:.3f})")
-        row = self.state.run(f"eval_{name}", True,
+        row = self.state.run(self.eval_spec(f"eval_{name}", spec), True,
                              lambda label=label, p=state.params, at=-1 - self._arm_evals:
-                             self.evaluate(label, at, p),
-                             upstream=False, config={"policy": record, **self.eval_record})
-        rows.append({**row, "role": arm.role, "dir": out_dir,
+                             self.evaluate(label, at, p))
+        rows.append({**row, "role": arm.role, "grow_step": g, "improve_step": i,
+                     "dir": out_dir, "stage": spec,
                      "kept_samples": result["metrics"]["kept_samples"],
                      "kept_references": result["metrics"]["kept_references"],
                      "trains_on": self.trains_on(
@@ -287,9 +314,9 @@ class _Run:
         files.atomic_write_bytes(path, buffer.getvalue())
       return {"seconds": time.perf_counter() - tick, "rows": int(scores.size)}
 
-    self.state.run(f"rate_{layout.grow_name(g)}", files.exists(path), rate, upstream=False,
-                   config={"grown": self.state.configs.get(layout.grow_name(g)),
-                           "where": self.where(grow_dir), "rater": rater.identity})
+    spec = self.declare(stages.Spec(f"rate_{layout.grow_name(g)}", {"rater": rater},
+                                    (self.specs[layout.grow_name(g)],)))
+    self.state.run(spec, files.exists(path), rate)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"rest: rated rows of Grow {g}")
     return np.load(io.BytesIO(files.read_bytes(path)))
@@ -308,18 +335,23 @@ class _Run:
   def grow(self, g: int, policy: Policy, grow_from: Optional[str]) -> str:
     """Grow step g from `policy` (or, for g = 1, another run's grown dataset): its folder."""
     out_dir = os.path.join(self.model_dir, layout.grow_name(g))
-    record = {"policy": self.where(policy.directory),
-              "grow": records.describe(self.grow_config), "reward": self.reward.identity,
-              **self.model_record}
+    if g == 1 and grow_from:  # another run's, by its manifest (what it sampled, how)
+      out_dir = grow_from
+      spec = self.declare(stages.Spec(layout.grow_name(1), {
+          "from": self.where(grow_from),
+          "manifest": identity.file_digest(files.join(grow_from, grown.MANIFEST))},
+          (policy.stage,)))
+    else:
+      spec = self.declare(stages.Spec(layout.grow_name(g), {
+          "setting": self.setting, "grow": self.grow_config}, (policy.stage,)))
     if g == 1 and grow_from:
-      out_dir, record["from"] = grow_from, self.where(grow_from)
 
       def reuse():
         manifest = grown.load_manifest(out_dir, verify_counts=False)
         return {"seconds": 0.0, "reused_from": out_dir, "samples": manifest["num_samples"],
                 "counts": manifest.get("counts", {})}
 
-      self.state.run(layout.grow_name(1), True, reuse, config=record)
+      self.state.run(spec, True, reuse)
       return out_dir
 
     def sample():
@@ -331,8 +363,7 @@ class _Run:
                                 grow_step=g, params_sharding=self.policy_trainer.params_sharding,
                                 decoders=self._compiled["grow"])
 
-    self.state.run(layout.grow_name(g), files.exists(files.join(out_dir, grown.MANIFEST)),
-                   sample, [out_dir], config=record)
+    self.state.run(spec, files.exists(files.join(out_dir, grown.MANIFEST)), sample, [out_dir])
     return out_dir
 
   def thresholds(self, g: int, grow_dir: str) -> List[float]:
@@ -358,26 +389,24 @@ class _Run:
     """Improve step i of Grow step g (the run's `index`-th, 1-based) from `policy`."""
     out_dir = os.path.join(self.model_dir, layout.improve_name(g, i))
     config = self.improve_config
+    spec = self.training_spec(
+        layout.improve_name(g, i), after=[policy.stage, self.specs[layout.grow_name(g)]],
+        threshold=tau, kl_weight=config.loss.kl_weight(index - 1, self.num_improve),
+        improve=records.improve_record(config), optimizer=self.improve_trainer().optimizer,
+        learning_rate=records.rates(config.learning_rate_for(config.steps), config.steps))
     result = self.state.run(
-        layout.improve_name(g, i), selection_lib.Selection(out_dir).finished,
+        spec, selection_lib.Selection(out_dir).finished,
         lambda: _step_summary(improve_lib.improve_step(
             policy, config, self.context, grown_dir=grow_dir, threshold=tau,
             output_dir=out_dir, grow_step=g, step=i, improve_index=index - 1,
             num_improve_steps=self.num_improve, reference_params=bc.params,
             trainer=self.improve_trainer())),
-        [out_dir], config={"grown": self.where(grow_dir), "threshold": tau,
-                           "kl_weight": config.loss.kl_weight(index - 1, self.num_improve),
-                           "improve": records.improve_record(config),
-                           "optimizer": records.describe(self.improve_trainer().optimizer),
-                           "learning_rate": records.rates(config.learning_rate_for(config.steps),
-                                                   config.steps),
-                           "reward_range": list(self.reward.range), **self.model_record})
+        [out_dir])
     state = _selected_state(out_dir, self.improve_trainer())
-    row = self.state.run(f"eval_{g}_{i}", True, lambda: self.evaluate(
-        f"G{g} I{i} (tau={tau:.3f})", index, state.params),
-        upstream=False, config={"policy": self.state.configs.get(layout.improve_name(g, i)),
-                **self.eval_record})
-    return {**row, "role": "ReST", "dir": out_dir, "policy_state": state,
+    row = self.state.run(self.eval_spec(f"eval_{g}_{i}", spec), True, lambda: self.evaluate(
+        f"G{g} I{i} (tau={tau:.3f})", index, state.params))
+    return {**row, "role": Role.REST, "grow_step": g, "improve_step": i, "dir": out_dir,
+            "policy_state": state, "stage": spec,
             "kept_samples": result["metrics"]["kept_samples"],
             "kept_references": result["metrics"]["kept_references"],
             "trains_on": self.trains_on(g, grow_dir, tau, config.references == "keep")}
@@ -398,15 +427,15 @@ class _Run:
     self.state.steps["arm_selected"] = picks
     self.state.steps["filtered_bc_selected"] = picks.get(controls.FILTERED_BC.role)
     control_roles = [arm.role for arm in controls.CONTROL_ARMS]
-    controls_ = [r for r in rows if r["role"] in ("BC", "BC+") or (
+    controls_ = [r for r in rows if r["role"] in (Role.BC, Role.BC_PLUS) or (
         r.get("arm_selected") and r["role"] in control_roles)]
     self.state.steps["best_control"] = best(controls_)["policy"]
-    chosen = best([r for r in rows if r["role"] in ("BC", "ReST")])  # the first of the best
+    chosen = best([r for r in rows if r["role"] in (Role.BC, Role.REST)])  # the first of the best
     chosen["selected"] = True
     self.state.steps["selected"] = chosen["policy"]
     # Where the selected policy is, relative to the run (`commands.policy_checkpoint`).
     self.state.steps["selected_dir"] = (
-        os.path.abspath(chosen["dir"]) if bc_from and chosen["role"] == "BC"
+        os.path.abspath(chosen["dir"]) if bc_from and chosen["role"] == Role.BC
         else os.path.relpath(chosen["dir"], self.model_dir))
     return chosen
 
@@ -414,7 +443,7 @@ class _Run:
     """The other splits (test), for BC, BC+, each arm's pick and the selected policy only."""
     others = [s for s in self.evaluation.splits if s != SELECTION_SPLIT]
     for row in rows:
-      if row["role"] not in ("BC", "BC+") and not (row.get("selected")
+      if row["role"] not in (Role.BC, Role.BC_PLUS) and not (row.get("selected")
                                                    or row.get("arm_selected")):
         continue
       params = _selected_state(row["dir"], self.trainer_of(row["role"])).params
@@ -427,10 +456,9 @@ class _Run:
                                   json.dumps(self.evaluator.last_outputs))
         return out
 
-      name = os.path.basename(os.path.normpath(row["dir"]))
-      step = layout.BC if row["role"] == "BC" else name  # BC_FROM's folder may be named apart
-      extra = self.state.run("test_" + name, True, evaluate, upstream=False, config={
-          "policy": self.state.configs.get(step), **self.eval_record})
+      name = row["stage"].name  # BC_FROM's folder may be named apart: its stage is `bc`
+      extra = self.state.run(self.eval_spec("test_" + name, row["stage"], others), True,
+                             evaluate)
       row["metrics"] = {**row["metrics"], **extra["metrics"]}
 
   def write_report(self, rows: List[Row]) -> None:
@@ -439,9 +467,11 @@ class _Run:
     self.state.steps["reward_quality"] = dict(getattr(self.reward, "held_out", {}) or {})
     self.state.steps["reward_reads_references"] = bool(self.reward.needs_reference)
     self.state.steps["reward_name"] = self.reward.name
+    self.state.forget_others(self.specs)
     self.state.steps["rows"] = [
-        {k: r[k] for k in ("policy", "role", "metrics", "optimizer_steps", "trains_on",
-                           "kept_samples", "kept_references") if k in r}
+        {k: r[k] for k in ("policy", "role", "grow_step", "improve_step", "metrics",
+                           "optimizer_steps", "trains_on", "kept_samples", "kept_references")
+         if k in r}
         | {"selected": bool(r.get("selected")), "arm_selected": bool(r.get("arm_selected")),
            "dir": self.where(r["dir"])} for r in rows]
     self.state.save()
@@ -541,7 +571,8 @@ def rest(
              checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar,
              rows_rater=rows_rater)
   if grow_from:  # checked before BC trains
-    grow_from = grown.sampled_from(grow_from, bc_from or os.path.join(model_dir, layout.BC))
+    grow_from = grown.sampled_from(grow_from, bc_from or os.path.join(model_dir, layout.BC),
+                                   reward)
 
   bc = run.bc(bc_from)
   rows = [run.bc_row(bc)]
@@ -560,8 +591,8 @@ def rest(
       index += 1
       row = run.improve(g, i, index, tau, policy, grow_dir, bc)
       state = row.pop("policy_state")
-      policy = Policy(state.params, state.opt_state, row["dir"])
-      row["optimizer_steps"] = rows[-1 if rows[-1]["role"] == "ReST" else 0][
+      policy = Policy(state.params, state.opt_state, row["dir"], row["stage"])
+      row["optimizer_steps"] = rows[-1 if rows[-1]["role"] == Role.REST else 0][
           "optimizer_steps"] + _best_step(row["dir"])
       rows.append(row)
   run.select(rows, bc_from)

@@ -1,23 +1,23 @@
 """`rest_state.json`: which steps of a run are finished, under which records, with results.
 
-`RunState.run(name, finished, fn, outputs, config=...)` runs a step unless it is
-finished and unchanged. A step's `config` is its record (`rest_jax/records.py`,
-derived from its config objects); a changed record, or a step before it redone in
-this run, redoes it from scratch (its outputs removed first) and the log says why,
-naming the changed fields.
+`RunState.run(spec, finished, fn, outputs)` runs a stage unless it is finished and
+unchanged. A stage's record is derived from its spec (`rest_jax/stages.py`: its
+inputs and the records of the stages it reads); a changed record, or a stage it
+reads redone in this run, redoes it from scratch (its outputs removed first) and the
+log says why, naming the changed fields.
 """
 
 import dataclasses
 import json
 import os
 import resource
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
-from rest_jax import files, layout, records
+from rest_jax import files, layout, records, stages
 
 
 def memory_mb() -> Dict[str, float]:
@@ -39,7 +39,8 @@ class RunState:
   steps: Dict[str, Any] = dataclasses.field(default_factory=dict)
   # Each step's configuration as it was when the step started (what makes a result stale).
   configs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-  upstream_changed: str = ""  # the first step this run (re)did that later steps build on
+  # The stages this run did work in: every stage that reads one of them is redone.
+  redone: set = dataclasses.field(default_factory=set)
 
   @classmethod
   def load(cls, model_dir: str) -> "RunState":
@@ -51,6 +52,13 @@ class RunState:
       state = json.loads(files.read_text(path))
     return cls(path, state.get("steps", {}), state.get("configs", {}))
 
+  def forget_others(self, names) -> None:
+    """Drops the stages this run did not build (a G or an arm no longer run, a policy no
+    longer picked for test): the state holds this run's stages only."""
+    for name in [n for n in self.configs if n not in names]:
+      self.configs.pop(name)
+      self.steps.pop(name, None)
+
   def save(self) -> None:
     if jax.process_index() != 0:
       return
@@ -58,27 +66,26 @@ class RunState:
         self.path, json.dumps({"steps": self.steps, "configs": self.configs}, indent=2),
         "rest.state")
 
-  def run(self, name: str, finished: bool, fn, outputs: Sequence[str] = (),
-          upstream: bool = True, config: Optional[Mapping[str, Any]] = None) -> Any:
-    """Runs step `name` unless it is finished and nothing it depends on changed.
+  def run(self, spec: stages.Spec, finished: bool, fn, outputs: Sequence[str] = ()) -> Any:
+    """Runs stage `spec` unless it is finished and nothing it depends on changed.
 
-    A step is redone, its `outputs` removed first, when a step before it was redone
-    in this run, or when its `config` differs from the one it was started with (the
-    log says which of the two, and which values changed). A step whose outputs are
-    finished on disk but which this state file does not record (a killed run, or a
-    finished `bc/` or `grow_1/` copied from another run) is run again to read its
-    result back (it finds its work done), and does not make the steps after it start
-    afresh: only a step that did work does, and only if it is `upstream` of them
-    (BC+, a control beside the chain, is not).
+    A stage is redone, its `outputs` removed first, when its record (`spec.record`:
+    its inputs, and the records of the stages it reads) differs from the one it was
+    started with, or when a stage it reads did work in this run (the log says which,
+    and names the changed fields). A stage whose outputs are finished on disk but
+    which this state file does not record (a killed run, or a finished `bc/` or
+    `grow_1/` copied from another run) is run again to read its result back (it finds
+    its work done), and does not make the stages that read it start afresh: only a
+    stage that did work does.
     """
-    config = json.loads(json.dumps(config, default=str)) if config is not None else None
+    name, config = spec.name, spec.record
     recorded = self.configs.get(name)
-    changed = ", ".join(records.changes(recorded, config))
-    if finished and name in self.steps and not self.upstream_changed and not changed:
+    changed = ", ".join(records.changes(recorded, config)) if recorded != config else ""
+    upstream = [s.name for s in spec.after if s.name in self.redone]
+    if finished and name in self.steps and not upstream and not changed:
       logging.info("rest: %s already done", name)
       return self.steps[name]
-    why = "; ".join(([f"{self.upstream_changed} was redone in this run"]
-                     if self.upstream_changed else []) +
+    why = "; ".join(([f"{', '.join(upstream)} was redone in this run"] if upstream else []) +
                     ([f"its configuration changed ({changed})"] if changed else []))
     reused = finished and not why
     if reused and outputs and name not in self.steps:
@@ -95,14 +102,14 @@ class RunState:
       logging.warning("rest: redoing %s: %s", name, why)
     if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
       multihost_utils.sync_global_devices(f"rest: {name} starts")
-    if config is not None and recorded != config:
+    if recorded != config:
       self.configs[name] = config
       self.save()  # before any work: a killed step resumes only under the same config
     result = fn()
     if isinstance(result, dict):  # memory after each step: a leak shows as a rising line
       result = {**result, **memory_mb()}
     self.steps[name] = result
-    if upstream and not reused and not self.upstream_changed:
-      self.upstream_changed = name
+    if not reused:
+      self.redone.add(name)
     self.save()
     return result

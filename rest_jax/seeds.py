@@ -40,16 +40,17 @@ import sacrebleu
 from scipy import stats as scipy_stats
 
 from rest_jax import files, layout
+from rest_jax.roles import Role
 
 METRICS = (("reward", 4), ("held_out_reward", 4), ("bleu", 2), ("chrf", 2), ("ter", 2),
            ("colour_recall", 3))
 BOOTSTRAP_SAMPLES = 1000
-SAMPLES_ONLY = "ReST (samples only)"
-RANDOM = "random selection"
+SAMPLES_ONLY = Role.SAMPLES_ONLY
+RANDOM = Role.RANDOM_SELECTION
 # Chains whose pick (their best step on validation, or BC) `rest` names in "arm_selected".
-CHAINS = ("filtered BC", SAMPLES_ONLY, RANDOM)
+CHAINS = (Role.FILTERED_BC, SAMPLES_ONLY, RANDOM)
 # The table's columns, controls first; every one but BC and BC+ is a pick among steps.
-ROLES = ("BC", "BC+", "filtered BC", RANDOM, "best control", SAMPLES_ONLY, "ReST")
+ROLES = (Role.BC, Role.BC_PLUS, Role.FILTERED_BC, RANDOM, "best control", SAMPLES_ONLY, Role.REST)
 
 
 def _state(model_dir: str) -> Dict[str, Any]:
@@ -72,13 +73,13 @@ def _by_label(rows: List[Dict[str, Any]], label: Optional[str],
 def _pick(steps: Dict[str, Any], role: str) -> Optional[Dict[str, Any]]:
   """The row that stands for `role` in a run (None if the run has none)."""
   rows = steps["rows"]
-  if role == "ReST":
+  if role == Role.REST:
     return next(r for r in rows if r.get("selected"))
   if role == "best control":
     return _by_label(rows, steps.get("best_control"))
   if role in CHAINS:  # the chain's own pick: its best step, or BC if none beat BC
     pick = steps.get("arm_selected", {}).get(role)
-    if pick is None and role == "filtered BC":  # runs from before "arm_selected"
+    if pick is None and role == Role.FILTERED_BC:  # runs from before "arm_selected"
       pick = steps.get("filtered_bc_selected")
     return _by_label(rows, pick, role) if pick else None
   return next((r for r in rows if r["role"] == role), None)
@@ -96,18 +97,18 @@ def _step_dir(steps: Dict[str, Any], row: Dict[str, Any]) -> str:
   label (BC from another run keeps its path)."""
   if "dir" in row:
     return row["dir"]
-  if row["role"] == "BC":
+  if row["role"] == Role.BC:
     return layout.BC
-  if row["role"] == "BC+":
+  if row["role"] == Role.BC_PLUS:
     return layout.BC_PLUS
   if row.get("selected"):
     return steps["selected_dir"]
-  if row["role"] not in ("ReST", "filtered BC"):
+  if row["role"] not in (Role.REST, Role.FILTERED_BC):
     raise ValueError(f"the state row of {row['policy']!r} ({row['role']}) names no folder"
                      " (\"dir\"); re-run `rest` to record it (finished steps are reused)")
   label = row["policy"].split(" (")[0]  # "G1 I3" or "filtered BC G1 I3"
   g, i = (int(x[1:]) for x in label.split()[-2:])
-  return layout.filtered_bc_name(g, i) if row["role"] == "filtered BC" else \
+  return layout.filtered_bc_name(g, i) if row["role"] == Role.FILTERED_BC else \
       layout.improve_name(g, i)
 
 
@@ -228,19 +229,22 @@ def _margins(steps: Dict[str, Dict[str, Any]], other: str,
       if required:
         raise ValueError(f"{layout.state_path(run)} has no test metrics of the {other}")
       return None
-    picks.append((_pick(s, "ReST")["metrics"], theirs["metrics"]))
+    picks.append((_pick(s, Role.REST)["metrics"], theirs["metrics"]))
   return {m: np.array([r[f"test/{m}"] - o[f"test/{m}"] for r, o in picks])
           for m in ("bleu", "chrf")}
 
 
 def _step_label(row: Dict[str, Any]) -> str:
-  """A row's policy without its threshold: "G1 I3", "ReST (samples only) G1 I2", "BC"."""
-  return row["policy"].split(" (tau=")[0]
+  """A row's step: "G1 I3" (ReST's), "ReST (samples only) G1 I2", "BC"."""
+  if not row.get("grow_step"):  # BC, BC+, or a run from before rows held their steps
+    return row["policy"].split(" (tau=")[0]
+  prefix = "" if row["role"] == Role.REST else f"{row['role']} "
+  return f"{prefix}G{row['grow_step']} I{row['improve_step']}"
 
 
 def _seed_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
   """Every seed's row, on test."""
-  header = ["run", "BC", "BC+", "filtered BC", RANDOM, "best control (validation)",
+  header = ["run", Role.BC, Role.BC_PLUS, Role.FILTERED_BC, RANDOM, "best control (validation)",
             SAMPLES_ONLY, "ReST (selected)", "ReST - best control", "reward's flaw accuracy"]
   out = ["Test BLEU / chrF per seed:", "", "| " + " | ".join(header) + " |",
          "|" + "---|" * len(header)]
@@ -251,7 +255,7 @@ def _seed_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
       row = _pick(s, role)
       m = row["metrics"] if row else {}
       cell = (f"{m['test/bleu']:.2f} / {m['test/chrf']:.2f}" if "test/bleu" in m else "-")
-      if role not in ("BC", "BC+") and row:  # which step was picked
+      if role not in (Role.BC, Role.BC_PLUS) and row:  # which step was picked
         cell += f" ({_step_label(row)})"
       cells.append(cell)
     cells += [f"{margins['bleu'][k]:+.2f} / {margins['chrf'][k]:+.2f}",
@@ -273,18 +277,18 @@ def _trains_on_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
   share of sources with a sample the task's coverage check finds right."""
   if not any(r.get("trains_on") for s in steps.values() for r in s["rows"]):
     return []
-  roles = ("filtered BC", RANDOM, SAMPLES_ONLY, "ReST")
+  roles = (Role.FILTERED_BC, RANDOM, SAMPLES_ONLY, Role.REST)
   header = ["run"] + [f"{role}: {kind}" for role in roles for kind in ("samples", "pairs")
-                      if not (role == "filtered BC" and kind == "samples")
+                      if not (role == Role.FILTERED_BC and kind == "samples")
                       and not (role in (RANDOM, SAMPLES_ONLY) and kind == "pairs")]
   cover = any(s.get("coverage") for s in steps.values())
   header += ["Grow coverage"] if cover else []
   out = ["What each arm's picked step trained on, per seed: rated quality / training reward"
          " (rows):", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for run, s in steps.items():
-    cells = [run, _quality(_pick(s, "filtered BC"), "references"),
+    cells = [run, _quality(_pick(s, Role.FILTERED_BC), "references"),
              _quality(_pick(s, RANDOM), "samples"), _quality(_pick(s, SAMPLES_ONLY), "samples"),
-             _quality(_pick(s, "ReST"), "samples"), _quality(_pick(s, "ReST"), "references")]
+             _quality(_pick(s, Role.REST), "samples"), _quality(_pick(s, Role.REST), "references")]
     if cover:
       cells.append(", ".join(f"G{g} {share:.3f}" for g, share in sorted(
           s.get("coverage", {}).items()) if share is not None) or "-")
@@ -295,7 +299,7 @@ def _trains_on_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
 def _mean_table(steps: Dict[str, Dict[str, Any]], split: str) -> List[str]:
   """The mean and spread over the seeds of every role every run has, on `split`."""
   present = [(m, d) for m, d in METRICS
-             if all(f"{split}/{m}" in _pick(s, "ReST")["metrics"] for s in steps.values())]
+             if all(f"{split}/{m}" in _pick(s, Role.REST)["metrics"] for s in steps.values())]
   out = [f"Mean ± sd over seeds, {split}:", "",
          "| policy | " + " | ".join(m for m, _ in present) + " |", "|---|" + "---|" * len(present)]
   values = {}
@@ -309,8 +313,8 @@ def _mean_table(steps: Dict[str, Dict[str, Any]], split: str) -> List[str]:
       values[(role, metric)] = v
       cells.append(_mean_sd(v, digits))
     out.append(f"| {role} | " + " | ".join(cells) + " |")
-  if ("ReST", present[0][0]) in values and ("best control", present[0][0]) in values:
-    cells = [_mean_sd(values[("ReST", m)] - values[("best control", m)], d, sign=True)
+  if (Role.REST, present[0][0]) in values and ("best control", present[0][0]) in values:
+    cells = [_mean_sd(values[(Role.REST, m)] - values[("best control", m)], d, sign=True)
              for m, d in present]
     out.append("| ReST - best control (per seed) | " + " | ".join(cells) + " |")
   return out + [""]
@@ -337,7 +341,7 @@ def _test_outputs(steps: Dict[str, Dict[str, Any]]):
   """
   refs, first, ours, theirs, tokenize = None, None, [], [], "13a"
   for run, s in steps.items():
-    a = _outputs(run, s, _pick(s, "ReST"), "test")
+    a = _outputs(run, s, _pick(s, Role.REST), "test")
     b = _outputs(run, s, _pick(s, "best control"), "test")
     if a["references"] != b["references"]:
       raise ValueError(f"{run}: ReST's and the control's test outputs are of other sentences")

@@ -11,9 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from rest_jax import grow, improve, losses, records, rewards, run_state, sampling, selection
+from rest_jax import grow, improve, losses, policy_eval, records, rewards, run_state, sampling
+from rest_jax import selection, stages
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
+from tests.conftest import make_model
 
 GROW = grow.GrowConfig()
 IMPROVE = improve.ImproveConfig(
@@ -40,20 +42,24 @@ OTHER = {
 }
 
 
-def _records(bc_selection=BC_SELECTION, bc_data=BC_DATA, grow_config=GROW,
-             improve_config=IMPROVE):
-  """The records of BC, Grow 1 and Improve 1/1 as `rest` derives them."""
-  improve_record = records.improve_record(improve_config)
-  return {
-      "bc": {"data": records.describe(bc_data), "selection": records.describe(bc_selection)},
-      "grow_1": {"grow": records.describe(grow_config)},
-      "improve_1_1": {"improve": improve_record,
-                      "optimizer": records.describe(improve_config.optimizer_for(60))},
-  }
+SETTING = stages.Setting(make_model(), "rest_demo_en_de", {"inputs": 8, "targets": 8},
+                         rewards.get("chrf", processes=1), 0)
+
+
+def _specs(bc_selection=BC_SELECTION, bc_data=BC_DATA, grow_config=GROW,
+           improve_config=IMPROVE):
+  """BC, Grow 1 and Improve 1/1 as `rest` declares them (`rest_jax/stages.py`)."""
+  validation = policy_eval.EvalConfig().selection
+  bc = stages.training("bc", SETTING, validation, data=bc_data, selection=bc_selection)
+  grown = stages.Spec("grow_1", {"setting": SETTING, "grow": grow_config}, (bc,))
+  step = stages.training("improve_1_1", SETTING, validation, after=(bc, grown),
+                         improve=records.improve_record(improve_config),
+                         optimizer=improve_config.optimizer_for(60))
+  return [bc, grown, step]
 
 
 def _variants():
-  """(step, field path, records) with one field of one step's config changed."""
+  """(step, field path, specs) with one field of one step's config changed."""
   out = []
   for step, (key, config) in {"bc": ("bc_selection", BC_SELECTION),
                               "bc/data": ("bc_data", BC_DATA),
@@ -68,7 +74,7 @@ def _variants():
       if step.endswith("/loss"):
         changed = dataclasses.replace(config, loss=changed)
       path = f"loss.{field.name}" if step.endswith("/loss") else field.name
-      out.append((step.split("/")[0], path, _records(**{key: changed})))
+      out.append((step.split("/")[0], path, _specs(**{key: changed})))
   return out
 
 
@@ -78,19 +84,19 @@ ORDER = ["bc", "grow_1", "improve_1_1"]
 @pytest.mark.parametrize("step,field,changed", _variants(),
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_each_field_redoes_its_step_and_the_ones_after(step, field, changed, tmp_path, caplog):
-  base = _records()
+  base = _specs()
   if field == "thresholds":  # each Improve step records its own tau instead
-    assert records.changes(base["improve_1_1"], changed["improve_1_1"]) == []
+    assert records.changes(base[2].record, changed[2].record) == []
     return
   progress = run_state.RunState.load(str(tmp_path))
-  for name in ORDER:
-    progress.run(name, False, lambda: {"done": 1}, config=base[name])
+  for spec in base:
+    progress.run(spec, False, lambda: {"done": 1})
   progress = run_state.RunState.load(str(tmp_path))
   ran = []
   with caplog.at_level(logging.WARNING):
-    for name in ORDER:
-      progress.run(name, True, lambda name=name: ran.append(name) or {"done": 2},
-                   [str(tmp_path / name)], config=changed[name])
+    for spec in changed:
+      progress.run(spec, True, lambda name=spec.name: ran.append(name) or {"done": 2},
+                   [str(tmp_path / spec.name)])
   assert ran == ORDER[ORDER.index(step):], (field, ran)
   # The log line of the changed step names the field (by its dotted path).
   named = [m for m in caplog.messages if "its configuration changed" in m]

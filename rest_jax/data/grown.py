@@ -336,15 +336,32 @@ def feature_spec() -> Dict[str, Any]:
   return spec
 
 
-def sampled_from(directory: str, bc_dir: str) -> str:
-  """`directory` if it is a finished grown dataset sampled from the BC policy `bc_dir`."""
+def sampled_from(directory: str, bc_dir: str, reward=None) -> str:
+  """`directory` if it is a finished grown dataset sampled from the BC policy `bc_dir` and
+  scored by `reward` (a ValueError naming what differs otherwise)."""
   manifest = load_manifest(directory, verify_counts=False)
-  policy = manifest["metadata"].get("policy")
+  meta = manifest["metadata"]
+  policy = meta.get("policy")
   if policy and os.path.abspath(policy) != os.path.abspath(bc_dir):
     raise ValueError(
         f"GROW_FROM = {directory!r} was sampled from the policy {policy}, but this run's BC"
         f" policy is {bc_dir}: set BC_FROM = {policy!r} as well (Improve trains from the"
         " policy that sampled it)")
+  if reward is None:
+    return directory
+  if meta.get("reward_reads_references") and not reward.needs_reference:
+    raise ValueError(
+        f"GROW_FROM = {directory!r} was scored by {meta.get('reward')!r}, a reward that reads"
+        f" references: its original pairs carry no reward, and this run's REWARD"
+        f" ({reward.name!r}) filters them by theirs. Grow again with this run's reward")
+  theirs = meta.get("reward_identity")
+  mine = json.loads(json.dumps(reward.identity, default=str))
+  if (theirs if theirs is not None else meta.get("reward")) != (
+      mine if theirs is not None else reward.name):
+    raise ValueError(
+        f"GROW_FROM = {directory!r} was scored by another reward ({meta.get('reward')!r},"
+        f" {theirs}) than this run's REWARD ({reward.name!r}, {mine}): its thresholds and"
+        " rewards would not be this run's. Grow again, or set REWARD to the one it used")
   return directory
 
 

@@ -22,7 +22,8 @@ import gin
 import seqio
 import tensorflow as tf
 
-from rest_jax.data import corpus_metrics as metrics, parallel_text, preprocessors
+from rest_jax.data import corpus_metrics as metrics, identity as identity_lib, parallel_text
+from rest_jax.data import preprocessors
 
 
 @gin.configurable(module="rest_jax.data.translation_tasks")
@@ -88,11 +89,16 @@ class DeferredVocabulary(seqio.Vocabulary):
     (`utils.verify_matching_vocabs`, task first), so a task over the configured
     SentencePiece file equals a model built on that file.
     """
-    if isinstance(other, DeferredVocabulary):
-      return self._factory == other._factory or self._vocab == other._vocab
-    if isinstance(other, seqio.Vocabulary):
-      return self._vocab == other
-    return NotImplemented
+    if not isinstance(other, seqio.Vocabulary):
+      return NotImplemented
+    if isinstance(other, DeferredVocabulary) and self._factory == other._factory:
+      return True
+    try:  # unbound (no SentencePiece file configured yet): equal to nothing else
+      mine = self._vocab
+      theirs = other._vocab if isinstance(other, DeferredVocabulary) else other
+    except ValueError:
+      return False
+    return mine == theirs
 
 
 VOCABULARY = DeferredVocabulary(lambda: task_vocabulary())  # noqa: PLW0108 (gin looks it up late)
@@ -236,6 +242,23 @@ def register_local_task(name: str, source_lang: str, target_lang: str,
 
     spec = {"inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string)}
     return tf.data.Dataset.from_generator(generate, output_signature=spec)
+
+  def identity():
+    """What decides the rows (`identity.task`): each split's files by content, how read."""
+    out = {}
+    for split in splits:
+      try:
+        found, skip = _local_files(name, split, source_lang, target_lang, corpus_scope)
+      except FileNotFoundError as e:
+        out[split] = {"missing": str(e)}
+        continue
+      paths = [found] if isinstance(found, str) else list(found)
+      out[split] = {"files": [identity_lib.file_digest(p) for p in paths],
+                    "skip_bad_lines": skip,
+                    "columns": list(tsv_columns if isinstance(found, str) else (0, 1))}
+    return out
+
+  dataset_fn.identity = identity
 
   return _add(name, seqio.FunctionDataSource(dataset_fn, splits=splits),
               preprocessors.identity, vocabulary, target_lang)

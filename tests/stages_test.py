@@ -1,0 +1,258 @@
+"""Stage specs: every stage `rest` builds declares what it depends on, so a change redoes
+exactly the stages that read it, and a re-run after a change equals a fresh run.
+
+The specs are the ones a real (tiny) `rest` run builds, caught as it hands them to
+`RunState.run`, not a copy of them.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+
+import gin
+import jax
+import pytest
+
+from rest_jax import decoding, grow, improve, losses, partitioning, policy_eval, records, rest
+from rest_jax import rewards
+from rest_jax import run_state, selection, stages
+from rest_jax.data import identity, pipeline, tasks, translation_tasks, vocab
+from tests.conftest import make_model
+
+LENGTHS = {"inputs": 48, "targets": 40}
+IMPROVE = improve.ImproveConfig(
+    thresholds=rewards.ThresholdSchedule([0.0, 0.5], quantiles=True),
+    loss=losses.OfflineRLLoss("bc"), steps=2, batch_size=16,
+    selection=selection.SelectionConfig(eval_period=2))
+EVALUATION = policy_eval.EvalConfig(max_examples=8, best_of_n=1)
+
+
+def _run(model_dir, **overrides):
+  rater = rewards.DemoRater(forms="full", flaw="dative")  # reference-free: pairs are scored
+  kwargs = dict(
+      model=make_model(decoding.beam_search, vocabulary=vocab.DemoVocabulary(), vocab_size=384),
+      model_dir=str(model_dir),
+      train_dataset_cfg=pipeline.DatasetConfig(tasks.DEMO_TASK, LENGTHS, "train", 16, seed=1),
+      bc_steps=2, reward=rater, rows_rater=rater,
+      grow=grow.GrowConfig(steps=1, max_sources=8, num_samples=2, batch_size=8,
+                           shard_size=16),
+      partitioner=partitioning.Partitioner(devices=jax.devices()[:1]),
+      improve=IMPROVE, evaluation=EVALUATION,
+      bc_selection=selection.SelectionConfig(eval_period=2),
+      checkpoint_period=2, progress_bar=False, samples_only=True, random_selection=True)
+  kwargs.update(overrides)
+  return rest.rest(**kwargs)
+
+
+def _caught(monkeypatch):
+  """Every spec `rest` hands to `RunState.run`, in order, and the names it (re)ran."""
+  specs, ran = [], []
+  real = run_state.RunState.run
+
+  def run(self, spec, finished, fn, outputs=()):
+    specs.append(spec)
+    return real(self, spec, finished, lambda: ran.append(spec.name) or fn(), outputs)
+
+  monkeypatch.setattr(run_state.RunState, "run", run)
+  return specs, ran
+
+
+def _state(model_dir):
+  with open(os.path.join(model_dir, rest.STATE_FILE)) as f:
+    return json.load(f)
+
+
+def _downstream(specs, name):
+  """`name` and every stage that reads it, directly or not."""
+  out = {name}
+  for spec in specs:  # in run order: a stage comes after what it reads
+    if any(a.name in out for a in spec.after):
+      out.add(spec.name)
+  return out
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("run")
+  with pytest.MonkeyPatch.context() as mp:
+    specs, _ = _caught(mp)
+    rows = _run(model_dir)
+  return model_dir, specs, rows
+
+
+@pytest.mark.slow
+def test_rest_declares_what_each_stage_reads(base_run):
+  """Each evaluation reads the policy it evaluates; each training step the policy it
+  starts from and the Grow step it trains on; every stage the run's setting."""
+  _, specs, _ = base_run
+  by_name = {s.name: s for s in specs}
+  names = list(by_name)
+  assert {"bc", "eval_bc", "bc_plus", "eval_bc_plus", "grow_1", "rate_grow_1",
+          "filtered_bc_1_1", "filtered_bc_1_2", "samples_only_1_2", "random_1_2",
+          "improve_1_1", "improve_1_2", "eval_1_2", "test_bc"} <= set(names), names
+  for spec in specs:
+    after = [a.name for a in spec.after]
+    if spec.name.startswith(("eval_", "test_")):
+      policy = spec.name.split("_", 1)[1]
+      policy = {"1_1": "improve_1_1", "1_2": "improve_1_2"}.get(policy, policy)
+      assert after == [policy], (spec.name, after)
+      assert {"setting", "evaluation"} <= set(spec.inputs), spec.name
+    elif spec.name.endswith(("_1_1", "_1_2")):  # a training step on Grow 1
+      start = "bc" if spec.name.endswith("_1_1") else spec.name[:-1] + "1"
+      assert after == [start, "grow_1"], (spec.name, after)
+      assert {"setting", "validation"} <= set(spec.inputs), spec.name
+    assert spec.record == by_name[spec.name].record
+  # The setting holds the model's loss settings and vocabulary, and the task's rows.
+  setting = by_name["bc"].record["setting"]["identity"]
+  flat = records.flatten(setting)
+  assert any(k.startswith("model.") and k.endswith("z_loss") for k in flat), sorted(flat)[:20]
+  assert "task.source.flaw_rate" in flat
+  assert any(k.endswith("sentencepiece_sha256") for k in flat)
+
+
+@pytest.mark.slow
+def test_each_input_of_each_stage_redoes_it_and_what_reads_it(base_run, caplog, monkeypatch):
+  """For every stage `rest` built and every one of its inputs: a change there redoes that
+  stage and everything downstream of it, names the input in the log, and reuses the rest."""
+  model_dir, specs, _ = base_run
+  recorded = _state(model_dir)
+  monkeypatch.setattr(run_state.RunState, "save", lambda self: None)
+  checked = 0
+  for target in specs:
+    for key in target.inputs:
+      changed = {}
+      for spec in specs:
+        after = tuple(changed.get(a.name, a) for a in spec.after)
+        inputs = dict(spec.inputs)
+        if spec is target:
+          inputs[key] = {"changed": inputs[key]}
+        if spec is target or any(a is not b for a, b in zip(after, spec.after)):
+          changed[spec.name] = stages.Spec(spec.name, inputs, after)
+      state = run_state.RunState("unused", json.loads(json.dumps(recorded["steps"])),
+                                 json.loads(json.dumps(recorded["configs"])))
+      ran = []
+      caplog.clear()
+      with caplog.at_level(logging.WARNING):
+        for spec in specs:
+          state.run(changed.get(spec.name, spec), True,
+                    lambda name=spec.name: ran.append(name) or {})
+      assert set(ran) == _downstream(specs, target.name), (target.name, key, ran)
+      named = [m for m in caplog.messages if f"redoing {target.name}:" in m]
+      assert named and f"{key}." in named[0], (target.name, key, named)
+      checked += 1
+  assert checked > 3 * len(specs)
+
+
+@pytest.mark.slow
+def test_a_rerun_after_changes_equals_a_fresh_run(base_run, tmp_path, monkeypatch):
+  """IMPROVE_LEARNING_RATE, then EVAL_MAX_EXAMPLES, changed in the same MODEL_DIR: the
+  state's evaluations are those of a fresh run with the final flags; the learning rate
+  redoes BC+ and every arm and Improve step with their evaluations, not BC or Grow."""
+  model_dir, _, _ = base_run
+  rerun = tmp_path / "rerun"
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  shutil.copytree(model_dir, rerun)
+  faster = dataclasses.replace(IMPROVE, learning_rate=trainer_rate(3e-3))
+  _, ran = _caught(monkeypatch)
+  _run(rerun, improve=faster)
+  training = [n for n in ran if not n.startswith(("eval_", "test_", "rate_"))]
+  assert "bc" not in ran and "grow_1" not in ran and "eval_bc" not in ran, ran
+  assert {"bc_plus", "filtered_bc_1_1", "filtered_bc_1_2", "improve_1_1",
+          "random_1_2", "samples_only_1_2"} <= set(training), ran
+  assert {"eval_bc_plus", "eval_filtered_bc_1_1", "eval_filtered_bc_1_2", "eval_1_2"} <= set(ran)
+  ran.clear()
+  fewer = dataclasses.replace(EVALUATION, max_examples=6)
+  _run(rerun, improve=faster, evaluation=fewer)
+  assert "bc" in ran and "grow_1" in ran  # validation picks BC's checkpoint: BC is redone
+  fresh = tmp_path / "fresh"
+  _run(fresh, improve=faster, evaluation=fewer)
+  again, new = _state(rerun)["steps"], _state(fresh)["steps"]
+  evaluations = sorted(k for k in new if k.startswith(("eval_", "test_")))
+  assert evaluations == sorted(k for k in again if k.startswith(("eval_", "test_")))
+  for name in evaluations:
+    assert again[name]["metrics"] == new[name]["metrics"], name
+
+
+def trainer_rate(rate):
+  from rest_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  return trainer_lib.LearningRateConfig(rate, "constant")
+
+
+def test_evaluation_settings_are_in_evaluations_and_what_validation_selects_with():
+  """EvalConfig's example count and beam pick every checkpoint (training stages hold them);
+  best-of-N and the held-out reward only change what an evaluation reports."""
+  setting = stages.Setting(make_model(), "rest_demo_en_de", LENGTHS,
+                           rewards.get("chrf", processes=1), 0)
+  base = policy_eval.EvalConfig(max_examples=8)
+
+  def records_with(config):
+    policy = stages.training("bc", setting, config.selection, steps=1)
+    return policy.record, stages.evaluation("eval_bc", setting, config, policy).record
+
+  train, evaluation = records_with(base)
+  for change, retrains in (({"max_examples": 9}, True), ({"beam_size": 2}, True),
+                           ({"best_of_n": 8}, False),
+                           ({"held_out_reward": rewards.get("bleu")}, False)):
+    other_train, other_eval = records_with(dataclasses.replace(base, **change))
+    assert other_eval != evaluation, change
+    assert (other_train != train) == retrains, change
+
+
+def test_a_models_loss_settings_vocabulary_and_a_tasks_rows_are_in_the_setting(tmp_path):
+  chrf = rewards.get("chrf", processes=1)
+
+  def setting(model=None, task="rest_demo_en_de"):
+    return records.describe(stages.Setting(model or make_model(), task, LENGTHS, chrf, 0))
+
+  base = setting()
+  for model in (make_model(), ):
+    assert setting(model) == base  # the same settings: the same record
+  from rest_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  def with_loss(**kwargs):
+    m = make_model()
+    return model_lib.EncoderDecoderModel(m.module, m.input_vocabulary, m.output_vocabulary,
+                                         decode_fn=decoding.temperature_sample, **kwargs)
+
+  assert setting(with_loss(z_loss=1e-4)) != setting(with_loss(z_loss=0.0))
+  assert setting(with_loss(label_smoothing=0.1)) != setting(with_loss(label_smoothing=0.0))
+  other_vocab = make_model(vocabulary=vocab.DemoVocabulary(grammar="colour"), vocab_size=384)
+  assert setting(other_vocab) != setting(make_model(vocabulary=vocab.DemoVocabulary(),
+                                                    vocab_size=384))
+  # The demo corpus's gin-bound flaw rate decides its rows.
+  with gin.unlock_config():
+    gin.bind_parameter("rest_jax.data.tasks.demo_corpus_sizes.flaw_rate", 0.3)
+  try:
+    assert setting() != base
+  finally:
+    gin.clear_config()
+  assert setting() == base
+  # A local corpus: its files' bytes.
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for split in ("train", "valid", "test"):
+    (corpus / f"{split}.tsv").write_text("hola\thello\n")
+  spm = vocab.DemoVocabulary().sentencepiece_model_file
+  with gin.unlock_config():
+    gin.bind_parameter("rest_jax.data.translation_tasks.task_vocabulary.sentencepiece_model_file",
+                       spm)
+  try:
+    name = translation_tasks.parallel_corpus(name="stages_test_corpus", directory=str(corpus),
+                                             source_lang="es", target_lang="en")
+    before = identity.task(name)
+    (corpus / "train.tsv").write_text("hola\thi\n")
+    assert identity.task(name) != before
+    assert identity.task(name)["source"]["train"]["files"][0]["file"] == "train.tsv"
+  finally:
+    gin.clear_config()
+
+
+def test_an_unbound_deferred_vocabulary_equals_nothing_else():
+  deferred = translation_tasks.DeferredVocabulary(translation_tasks.task_vocabulary)
+  assert deferred != vocab.DemoVocabulary()
+  assert deferred == translation_tasks.DeferredVocabulary(translation_tasks.task_vocabulary)
+  assert translation_tasks.DeferredVocabulary(lambda: translation_tasks.task_vocabulary()) != (
+      vocab.DemoVocabulary())
