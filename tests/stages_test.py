@@ -256,3 +256,59 @@ def test_an_unbound_deferred_vocabulary_equals_nothing_else():
   assert deferred == translation_tasks.DeferredVocabulary(translation_tasks.task_vocabulary)
   assert translation_tasks.DeferredVocabulary(lambda: translation_tasks.task_vocabulary()) != (
       vocab.DemoVocabulary())
+
+
+@pytest.mark.slow
+def test_an_empty_filtered_bc_step_ends_its_arm_not_the_run(base_run, tmp_path, monkeypatch):
+  """A threshold that keeps no original pair (an absolute one above every pair's reward):
+  filtered BC stops there, the report says so, ReST's own steps still run."""
+  model_dir, _, _ = base_run
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  rerun = tmp_path / "rerun"
+  shutil.copytree(model_dir, rerun)
+  real = improve.kept_rows
+
+  def kept_rows(grown_dir, threshold, include_references, include_samples=True, row_keys=None):
+    if include_references and not include_samples and threshold == _state(
+        rerun)["steps"]["thresholds"]["filtered_bc"][1]:
+      raise improve.EmptyImproveStepError(f"threshold {threshold} keeps no rows")
+    return real(grown_dir, threshold, include_references, include_samples, row_keys)
+
+  monkeypatch.setattr(improve, "kept_rows", kept_rows)
+  rows = _run(rerun)
+  labels = [r["policy"].split(" (tau")[0] for r in rows]
+  assert "filtered BC G1 I1" in labels and "filtered BC G1 I2" not in labels
+  assert "G1 I2" in labels  # ReST went on
+  steps = _state(rerun)["steps"]
+  assert list(steps["empty_steps"]) == ["filtered_bc_1_2"]
+  assert "filtered_bc_1_2" not in steps and "eval_filtered_bc_1_2" not in steps
+  assert "`filtered_bc_1_2` was not run: it keeps no rows" in (rerun / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_grow_from_a_dataset_scored_by_another_reward_is_refused(base_run, tmp_path):
+  from rest_jax.data import grown  # pylint: disable=g-import-not-at-top
+
+  model_dir, _, _ = base_run
+  grow_dir, bc_dir = str(model_dir / "grow_1"), str(model_dir / "bc")
+  rater = rewards.DemoRater(forms="full", flaw="dative")
+  assert grown.sampled_from(grow_dir, bc_dir, rater) == grow_dir  # the reward it was scored by
+  with pytest.raises(ValueError, match="scored by another reward"):
+    grown.sampled_from(grow_dir, bc_dir, rewards.DemoRater(forms="full", flaw="adjective"))
+  # Scored by a reward that reads references: its pairs carry none for this run's.
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  copy = tmp_path / "grow_1"
+  shutil.copytree(grow_dir, copy)
+  manifest = json.loads((copy / grown.MANIFEST).read_text())
+  manifest["metadata"].update(reward="chrf", reward_reads_references=True,
+                              reward_identity="chrf")
+  (copy / grown.MANIFEST).write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match="reads references: its original pairs carry no reward"):
+    grown.sampled_from(str(copy), bc_dir, rater)
+  # And before any work: `rest` with GROW_FROM checks it first.
+  with pytest.raises(ValueError, match="scored by another reward"):
+    _run(tmp_path / "other", bc_from=bc_dir, grow_from=grow_dir,
+         reward=rewards.DemoRater(forms="full", flaw="adjective"))
+  assert not (tmp_path / "other" / "rest_state.json").exists()

@@ -137,6 +137,13 @@ class DemoRater(Reward):
                                          forms=forms, flaw=flaw, grammar=grammar)
     self.correct = {p.source: p.correct for split in corpus.values() for p in split}
     self.rating = EditRating(penalty)
+    self._settings = (penalty, train_size, validation_size, test_size, seed, forms, flaw,
+                      grammar)
+
+  @property
+  def identity(self) -> str:
+    """Its corpus's settings decide what it takes for correct: they are in its identity."""
+    return f"{self.name}{self._settings!r}"
 
   def score(self, sources, hypotheses, references):
     del references
