@@ -60,3 +60,4 @@ class StepResult:
   metrics: Mapping[str, Any]
   seconds: float
   directory: str
+  state: Any = None  # its policy: the best state on validation (else the last)

@@ -20,12 +20,11 @@ left out of the grown set), ReST's thresholds and loss, on Grow 1's rows. Each o
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
-from rest_jax import improve as improve_lib, losses, partitioning
-from rest_jax import selection as selection_lib
+from rest_jax import improve as improve_lib, losses
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext, StepResult
 from rest_jax.data import grown, grown_tasks, pipeline
@@ -37,73 +36,24 @@ SAMPLES_ONLY_SEED_OFFSET = 600_000
 RANDOM_SEED_OFFSET = 700_000
 
 
-def bc_plus(*, model, init_params: Any, partitioner: partitioning.Partitioner, task: str,
-            model_dir: str, feature_lengths: Mapping[str, int], train_steps: int,
-            batch_size: int, trainer: Optional[trainer_lib.Trainer] = None,
-            init_opt_state: Any = None, reward_high: float = 1.0,
-            checkpoint_period: int = 200, seed: int = 0, progress_bar: bool = True,
-            selection: Optional[selection_lib.Selection] = None,
-            validate: Optional[Callable[[Any], float]] = None,
-            include_start: bool = True) -> Dict[str, Any]:
-  """BC continued on the original data, selected on validation.
-
-  Args:
-    model: the policy (t5x API).
-    init_params: the BC policy.
-    partitioner: the mesh.
-    task: the original parallel data (its train split).
-    model_dir: the control's directory.
-    feature_lengths: task feature lengths.
-    train_steps: all Improve steps' optimizer steps together.
-    batch_size: Improve's batch size.
-    trainer: a `Trainer` with the BC loss and Improve's optimizer over `train_steps`;
-      built here (with the model's optimizer) if None.
-    init_opt_state: an optimizer state to continue from (BC's, when Improve continues).
-    reward_high: the reward scale's top (carried by the rows; BC ignores it).
-    checkpoint_period: steps between checkpoints.
-    seed: data order and dropout.
-    progress_bar: tqdm bar.
-    selection: keeps the best checkpoint on validation.
-    validate: the validation score of parameters.
-    include_start: the starting point (step 0) is a candidate of the selection.
-  """
-  if trainer is None:
-    trainer = trainer_lib.Trainer(
-        model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
-        loss_fn=losses.OfflineRLLoss("bc"))
-  state, accumulator, seconds = improve_lib.finetune(
-      trainer=trainer, init_params=init_params, init_opt_state=init_opt_state,
-      dataset=lambda: pipeline.host_rows(
-          improve_lib.original_pairs(task, feature_lengths, seed, reward_high), batch_size,
-          partitioner.process_rows(batch_size), drop_remainder=True),
-      train_steps=train_steps, model_dir=model_dir, checkpoint_period=checkpoint_period,
-      seed=seed, progress_bar=progress_bar, name="BC+", loss_args={}, selection=selection,
-      validate=validate, include_start=include_start)
-  results = accumulator.compute() if accumulator else {}
-  results["train_steps"] = train_steps
-  if selection is not None:
-    results["selection"] = selection.summary()
-  return {"state": state, "params": state.params, "metrics": results, "seconds": seconds,
-          "model_dir": model_dir}
-
-
 def bc_plus_step(policy: Policy, config: improve_lib.ImproveConfig, context: StepContext, *,
                  output_dir: str, total_steps: int,
                  trainer: Optional[trainer_lib.Trainer] = None) -> StepResult:
-  """The BC+ control of a run whose Improve steps (`config`) total `total_steps`."""
-  selection = (selection_lib.Selection(output_dir, config.selection)
-               if context.validate is not None else None)
-  result = bc_plus(
-      model=context.model, init_params=policy.params, partitioner=context.partitioner,
-      task=context.task, model_dir=output_dir, feature_lengths=context.feature_lengths,
-      train_steps=total_steps, batch_size=config.batch_size,
-      trainer=trainer or bc_plus_trainer(config, context, total_steps),
-      init_opt_state=policy.opt_state if config.optimizer_state == "continue" else None,
-      reward_high=context.reward.range[1], checkpoint_period=context.checkpoint_period,
-      seed=context.seed + BC_PLUS_SEED_OFFSET, progress_bar=context.progress_bar,
-      selection=selection, validate=context.validate)
-  return StepResult(metrics=result["metrics"], seconds=result["seconds"],
-                    directory=output_dir)
+  """The BC+ control of a run whose Improve steps (`config`) total `total_steps`: BC
+  continued on the original pairs for as many steps, with Improve's optimizer (its
+  schedule over `total_steps`), batch size and selection, its start a candidate."""
+  step = improve_lib.Step(output_dir, Role.BC_PLUS, context.seed + BC_PLUS_SEED_OFFSET,
+                          total_steps, include_start=True)
+  start = policy if config.optimizer_state == "continue" else Policy(policy.params)
+  rows = context.partitioner.process_rows(config.batch_size)
+  state, metrics, seconds = improve_lib.train_step(
+      trainer or bc_plus_trainer(config, context, total_steps), start,
+      lambda: pipeline.host_rows(improve_lib.original_pairs(
+          context.task, context.feature_lengths, step.seed, context.reward.range[1]),
+          config.batch_size, rows, drop_remainder=True),
+      context, step, selection=config.selection)
+  metrics["train_steps"] = total_steps
+  return StepResult(metrics=metrics, seconds=seconds, directory=output_dir, state=state)
 
 
 def bc_plus_trainer(config: improve_lib.ImproveConfig, context: StepContext,
@@ -193,26 +143,15 @@ def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
   KL term to `reference_params` at `kl_weight`, its mixed-in original pairs).
   """
   loss = config.loss if arm.improve_loss else losses.OfflineRLLoss("bc")
-  selection = (selection_lib.Selection(output_dir, config.selection)
-               if context.validate is not None else None)
-  result = improve_lib.improve(
-      model=context.model, init_params=policy.params, partitioner=context.partitioner,
-      grown_dir=grown_dir, threshold=threshold, model_dir=output_dir,
-      feature_lengths=context.feature_lengths, loss=loss,
-      train_steps=config.steps, batch_size=config.batch_size,
-      references="keep" if arm.references else "drop", samples=arm.samples,
-      reward_high=context.reward.range[1], checkpoint_period=context.checkpoint_period,
-      seed=context.seed + arm.seed_offset + 1000 * grow_step + step,
-      progress_bar=context.progress_bar, name=f"{arm.role} {grow_step}.{step}",
-      trainer=trainer or config.trainer(context, config.steps, loss=loss),
-      init_opt_state=policy.opt_state if config.optimizer_state == "continue" else None,
-      selection=selection, validate=context.validate, row_keys=row_keys,
-      mix_task=context.task if arm.improve_loss and config.mix_ratio else None,
-      mix_ratio=config.mix_ratio if arm.improve_loss else 0.0,
-      reference_params=reference_params if loss.uses_reference_policy else None,
-      kl_weight=kl_weight)
-  return StepResult(metrics=result["metrics"], seconds=result["seconds"],
-                    directory=result["model_dir"])
+  rows = improve_lib.Rows(grown_dir, threshold, references=arm.references,
+                          samples=arm.samples, row_keys=row_keys,
+                          mix_ratio=config.mix_ratio if arm.improve_loss else 0.0)
+  return improve_lib.train_on_rows(
+      policy, rows, config, context,
+      improve_lib.Step(output_dir, f"{arm.role} {grow_step}.{step}",
+                       context.seed + arm.seed_offset + 1000 * grow_step + step, config.steps),
+      loss=loss, trainer=trainer or config.trainer(context, config.steps, loss=loss),
+      kl_weight=kl_weight, reference_params=reference_params)
 
 
 ARMS = (FILTERED_BC, SAMPLES_ONLY, RANDOM_SELECTION)

@@ -21,7 +21,7 @@ import optax
 import seqio
 import tensorflow as tf
 
-from rest_jax import checkpoints, files, losses, loop, partitioning
+from rest_jax import checkpoints, files, losses, loop
 from rest_jax import selection as selection_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext, StepResult
@@ -224,157 +224,131 @@ def _load_metrics(model_dir: str, step: int):
   return trainer_lib.MetricsAccumulator.from_state_dict(json.loads(files.read_text(path)))
 
 
-def improve(
-    *,
-    model,
-    init_params: Any,
-    partitioner: partitioning.Partitioner,
-    grown_dir: str,
-    threshold: float,
-    model_dir: str,
-    feature_lengths: Mapping[str, int],
-    loss: Optional[losses.OfflineRLLoss] = None,
-    train_steps: int = 500,
-    batch_size: int = 64,
-    references: str = "keep",
-    samples: bool = True,
-    mix_task: Optional[str] = None,
-    mix_ratio: float = 0.0,
-    reward_high: float = 1.0,
-    checkpoint_period: int = 200,
-    seed: int = 0,
-    progress_bar: bool = True,
-    name: str = "improve",
-    trainer: Optional[trainer_lib.Trainer] = None,
-    init_opt_state: Any = None,
-    reference_params: Any = None,
-    kl_weight: float = 0.0,
-    selection: Optional[selection_lib.Selection] = None,
-    validate: Optional[Callable[[Any], float]] = None,
-    row_keys: Optional[np.ndarray] = None,
-) -> Dict[str, Any]:
-  """Runs one Improve step; returns its final state and training metrics.
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """What a training step trains on: the rows of a grown dataset it keeps, and original
+  pairs mixed into its batches.
 
-  Args:
-    model: the policy (t5x API).
-    init_params: the previous policy's parameters (host or sharded arrays).
-    partitioner: the mesh.
+  Attributes:
     grown_dir: the Grow step's dataset.
-    threshold: keep scored rows with `reward >= threshold`.
-    model_dir: this step's directory (its checkpoints go in `checkpoints/`).
-    feature_lengths: task feature lengths.
-    loss: the offline-RL loss (default BC).
-    train_steps: optimizer steps of this Improve step.
-    batch_size: global batch size.
-    references: "keep" the reference rows (scored ones are filtered like
-      samples, unscored ones kept at every threshold) or "drop" them.
-    mix_task: a task of original parallel data to mix in.
-    mix_ratio: share of each batch drawn from `mix_task`.
-    reward_high: the reward scale's top, given to unscored references and
-      mixed-in pairs.
-    checkpoint_period: steps between checkpoints.
-    seed: data order and dropout.
-    progress_bar: tqdm bar with tokens/s.
-    name: label for logs and the task name.
-    trainer: a `Trainer` with `loss` as its loss, Improve's optimizer and
-      `batch_size` batches, reused across Improve steps so that nothing is
-      compiled again; built here (with the model's optimizer) if None.
-    init_opt_state: the optimizer state to continue from (None: a fresh one).
-    reference_params: the frozen BC policy, for a loss with a KL term.
-    kl_weight: that term's weight in this step.
-    selection: keeps the step's best checkpoint by `validate(params)`; the step's
-      policy (the returned state) is that one.
-    validate: the validation score of parameters (higher is better).
-    row_keys: train on exactly these rows (`grown_tasks.row_key`s) instead of the ones
-      the threshold keeps (random selection).
+    threshold: scored rows pass at `reward >= threshold` (unscored references always).
+    references: train on the dataset's original pairs (`is_reference` rows).
+    samples: train on the policy's samples.
+    row_keys: exactly these rows (`grown_tasks.row_key`s) instead of the ones the
+      threshold keeps (random selection).
+    mix_ratio: share of each batch drawn from the task's original pairs.
+  """
+
+  grown_dir: str
+  threshold: float
+  references: bool = True
+  samples: bool = True
+  row_keys: Optional[np.ndarray] = None
+  mix_ratio: float = 0.0
+
+  def task(self, vocabulary: seqio.Vocabulary, reward_high: float) -> seqio.Task:
+    """The kept rows as a seqio task (registered once per rows)."""
+    keys = "" if self.row_keys is None else zlib.crc32(
+        np.asarray(self.row_keys, np.int64).tobytes())
+    mode = "keep" if self.references else "drop"
+    name = "rest_grown_" + str(zlib.crc32(
+        f"{self.grown_dir}@{self.threshold}@{mode}@{self.samples}@{keys}".encode()))
+    return grown_tasks.register_grown_task(
+        name, self.grown_dir, vocabulary,
+        threshold=self.threshold if self.row_keys is None else None,
+        include_references=self.references, include_samples=self.samples,
+        unscored_reward=reward_high, verify_counts=False, row_keys=self.row_keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One training step of a run: its folder, its name in logs, its data-order and dropout
+  seed, its optimizer steps, and whether its start is a candidate of its selection (BC+:
+  it can end where it started, never below it on validation)."""
+
+  output_dir: str
+  name: str
+  seed: int
+  steps: int
+  include_start: bool = False
+
+
+def train_step(trainer: trainer_lib.Trainer, policy: Policy, batches: Callable[[], Any],
+               context: StepContext, step: Step, *,
+               selection: Optional[selection_lib.SelectionConfig],
+               loss_args: Mapping[str, Any] = None) -> Tuple[Any, Dict[str, Any], float]:
+  """Trains `step` from `policy` (or resumes it from its own latest checkpoint) on
+  `batches()`, keeping its best checkpoint on validation when the context validates.
+
+  Returns:
+    `(state, metrics, seconds)`: the best state on validation (else the last), the
+    step's accumulated training metrics (with its selection's summary), wall time.
+  """
+  ckpt = checkpoints.Checkpointer(step.output_dir, save_every=context.checkpoint_period, keep=1)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(trainer.abstract_state)
+  else:
+    state = trainer.state_from_params(policy.params, policy.opt_state)
+  start = int(jax.device_get(state.step))
+  accumulator = _load_metrics(step.output_dir, start)
+  keeper = (selection_lib.Selection(step.output_dir, selection)
+            if context.validate is not None and selection is not None else None)
+  result = loop.run(
+      name=step.name, trainer=trainer, state=state,
+      batches=batches().skip(start).as_numpy_iterator(), total_steps=step.steps,
+      checkpointer=ckpt, dropout_rng=jax.random.PRNGKey(step.seed + 17),
+      fault_point="improve.step", loss_args=dict(loss_args or {}), selection=keeper,
+      validate=context.validate, include_start=step.include_start,
+      after_step=lambda done, new_state, metrics, batch: accumulator.add(metrics),
+      # The metrics so far, saved with (just before) the checkpoint of the same step, so
+      # that a resumed step reports what an uninterrupted one would.
+      before_checkpoint=lambda done: _save_metrics(step.output_dir, done, accumulator),
+      progress_bar=context.progress_bar)
+  state, metrics = result.state, accumulator.compute() if accumulator else {}
+  if keeper is not None:
+    state = keeper.restore_best(trainer.abstract_state)
+    metrics["selection"] = keeper.summary()
+    keeper.close()
+  return state, metrics, result.seconds
+
+
+def train_on_rows(policy: Policy, rows: Rows, config: ImproveConfig, context: StepContext,
+                  step: Step, *, loss: losses.OfflineRLLoss, trainer: trainer_lib.Trainer,
+                  kl_weight: float = 0.0, reference_params: Any = None) -> StepResult:
+  """A step on the rows of a grown dataset (an Improve step, or an arm's beside it), with
+  Improve's optimizer state rule, batch size and selection.
 
   Raises:
-    EmptyImproveStepError: the threshold keeps nothing (before any training).
+    EmptyImproveStepError: the rows keep nothing (before any training).
     ValueError: the loss cannot use the rows this step would train on.
   """
-  loss = loss or losses.OfflineRLLoss("bc")
-  if references not in REFERENCE_MODES:
-    raise ValueError(f"references={references!r}: use one of {REFERENCE_MODES}")
-  include_references = references == "keep"
-  kept = kept_rows(grown_dir, threshold, include_references, samples, row_keys)
-  loss.validate_rows(kept["unscored_references"], f"reference rows of {grown_dir}")
-  if mix_task and mix_ratio > 0:
-    loss.validate_rows(1, f"mixed-in original pairs of {mix_task} (MIX_RATIO {mix_ratio})")
-  keys = "" if row_keys is None else zlib.crc32(np.asarray(row_keys, np.int64).tobytes())
-  task = grown_tasks.register_grown_task(
-      "rest_grown_" + str(zlib.crc32(
-          f"{grown_dir}@{threshold}@{references}@{samples}@{keys}".encode())),
-      grown_dir, model.output_vocabulary,
-      threshold=threshold if row_keys is None else None,
-      include_references=include_references, include_samples=samples,
-      unscored_reward=reward_high, verify_counts=False, row_keys=row_keys)
-  if trainer is None:
-    trainer = trainer_lib.Trainer(
-        model, partitioner, trainer_lib.batch_input_shapes(batch_size, feature_lengths),
-        loss_fn=loss)
+  kept = kept_rows(rows.grown_dir, rows.threshold, rows.references, rows.samples,
+                   rows.row_keys)
+  loss.validate_rows(kept["unscored_references"], f"reference rows of {rows.grown_dir}")
+  if rows.mix_ratio > 0:
+    loss.validate_rows(1, f"mixed-in original pairs of {context.task} (MIX_RATIO"
+                       f" {rows.mix_ratio})")
   loss_args = {}
   if loss.uses_reference_policy:
     if reference_params is None:
       raise ValueError(f"Improve loss '{loss.name}' has a KL term to the BC policy: pass"
                        " reference_params")
     loss_args = {"reference_params": reference_params, "kl_weight": np.float32(kl_weight)}
-  state, accumulator, seconds = finetune(
-      trainer=trainer, init_params=init_params, init_opt_state=init_opt_state,
-      dataset=lambda: _mixed_dataset(task.name, feature_lengths, batch_size, seed, mix_task,
-                                     mix_ratio, reward_high,
-                                     partitioner.process_rows(batch_size)),
-      train_steps=train_steps, model_dir=model_dir, checkpoint_period=checkpoint_period,
-      seed=seed, progress_bar=progress_bar, name=name, loss_args=loss_args,
-      selection=selection, validate=validate)
-  results = accumulator.compute() if accumulator else {}
-  results.update({"kept_samples": kept["samples"], "kept_references": kept["references"],
-                  "threshold": float(threshold)})
+  high, lengths = context.reward.range[1], context.feature_lengths
+  task = rows.task(context.model.output_vocabulary, high)
+  start = policy if config.optimizer_state == "continue" else Policy(policy.params)
+  state, metrics, seconds = train_step(
+      trainer, start, lambda: _mixed_dataset(
+          task.name, lengths, config.batch_size, step.seed, context.task if rows.mix_ratio
+          else None, rows.mix_ratio, high, context.partitioner.process_rows(config.batch_size)),
+      context, step, selection=config.selection, loss_args=loss_args)
+  metrics.update({"kept_samples": kept["samples"], "kept_references": kept["references"],
+                  "threshold": float(rows.threshold)})
   if loss_args:
-    results["kl_weight"] = float(kl_weight)
-  if selection is not None:
-    results["selection"] = selection.summary()
-  logging.info("%s: %s", name, results)
-  return {"state": state, "params": state.params, "metrics": results,
-          "seconds": seconds, "model_dir": os.path.abspath(model_dir)}
-
-
-def finetune(*, trainer: trainer_lib.Trainer, init_params: Any, init_opt_state: Any,
-             dataset: Callable[[], tf.data.Dataset], train_steps: int, model_dir: str,
-             checkpoint_period: int, seed: int, progress_bar: bool, name: str,
-             loss_args: Mapping[str, Any], selection: Optional[selection_lib.Selection],
-             validate: Optional[Callable[[Any], float]], include_start: bool = False):
-  """The training loop of Improve and of the BC+ control: resumable, selected on validation.
-
-  With `include_start`, the starting parameters (step 0) are a candidate of the
-  selection too: the run can end where it started, never below it on validation.
-
-  Returns:
-    `(state, accumulated metrics, seconds)`; the state is the best one on
-    validation when `selection` is given, else the last.
-  """
-  ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period, keep=1)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(trainer.abstract_state)
-  else:
-    state = trainer.state_from_params(init_params, init_opt_state)
-  start = int(jax.device_get(state.step))
-  accumulator = _load_metrics(model_dir, start)
-  result = loop.run(
-      name=name, trainer=trainer, state=state,
-      batches=dataset().skip(start).as_numpy_iterator(), total_steps=train_steps,
-      checkpointer=ckpt, dropout_rng=jax.random.PRNGKey(seed + 17),
-      fault_point="improve.step", loss_args=loss_args, selection=selection,
-      validate=validate, include_start=include_start,
-      after_step=lambda done, new_state, metrics, batch: accumulator.add(metrics),
-      # The metrics so far, saved with (just before) the checkpoint of the same step, so
-      # that a resumed step reports what an uninterrupted one would.
-      before_checkpoint=lambda done: _save_metrics(model_dir, done, accumulator),
-      progress_bar=progress_bar)
-  state = result.state
-  if selection is not None:
-    state = selection.restore_best(trainer.abstract_state)
-    selection.close()
-  return state, accumulator, result.seconds
+    metrics["kl_weight"] = float(kl_weight)
+  logging.info("%s: %s", step.name, metrics)
+  return StepResult(metrics=metrics, seconds=seconds,
+                    directory=os.path.abspath(step.output_dir), state=state)
 
 
 def improve_step(policy: Policy, config: ImproveConfig, context: StepContext, *,
@@ -399,22 +373,14 @@ def improve_step(policy: Policy, config: ImproveConfig, context: StepContext, *,
     reference_params: the frozen BC policy, for a loss with a KL term.
     trainer: `config.trainer(context, config.steps)`, compiled once per run.
   """
-  loss = config.loss
-  kl_weight = loss.kl_weight(improve_index, num_improve_steps)
-  selection = (selection_lib.Selection(output_dir, config.selection)
-               if context.validate is not None else None)
-  result = improve(
-      model=context.model, init_params=policy.params, partitioner=context.partitioner,
-      grown_dir=grown_dir, threshold=threshold, model_dir=output_dir,
-      feature_lengths=context.feature_lengths, loss=loss, train_steps=config.steps,
-      batch_size=config.batch_size, references=config.references,
-      mix_task=context.task if config.mix_ratio else None, mix_ratio=config.mix_ratio,
-      reward_high=context.reward.range[1], checkpoint_period=context.checkpoint_period,
-      seed=context.seed + 1000 * grow_step + step, progress_bar=context.progress_bar,
-      name=f"improve {grow_step}.{step}",
-      trainer=trainer or config.trainer(context, config.steps),
-      init_opt_state=policy.opt_state if config.optimizer_state == "continue" else None,
-      reference_params=reference_params if loss.uses_reference_policy else None,
-      kl_weight=kl_weight, selection=selection, validate=context.validate)
-  return StepResult(metrics=result["metrics"], seconds=result["seconds"],
-                    directory=result["model_dir"])
+  if config.references not in REFERENCE_MODES:
+    raise ValueError(f"references={config.references!r}: use one of {REFERENCE_MODES}")
+  rows = Rows(grown_dir, threshold, references=config.references == "keep",
+              mix_ratio=config.mix_ratio)
+  return train_on_rows(
+      policy, rows, config, context,
+      Step(output_dir, f"improve {grow_step}.{step}", context.seed + 1000 * grow_step + step,
+           config.steps),
+      loss=config.loss, trainer=trainer or config.trainer(context, config.steps),
+      kl_weight=config.loss.kl_weight(improve_index, num_improve_steps),
+      reference_params=reference_params)

@@ -165,7 +165,12 @@ class _Run:
     overlength = lambda: pipeline.overlength_count(self.train_dataset_cfg)  # noqa: E731
 
     def reuse():
-      return {"seconds": 0.0, "selection": _summary(bc_dir), "reused_from": bc_dir,
+      summary, source = _summary(bc_dir), spec.inputs.get("record") or {}
+      steps = source.get("steps", source.get("bc_steps"))  # the source run's BC_STEPS
+      if steps is not None:  # early means before them, as `train` below counts it
+        summary["stopped_early"] = bool(summary["stopped_early"] and
+                                        (summary["last_step"] or 0) < steps)
+      return {"seconds": 0.0, "selection": summary, "reused_from": bc_dir,
               "overlength_examples": overlength()}
 
     def train():

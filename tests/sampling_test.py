@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from rest_jax import grow, inference, partitioning, rewards, sampling, trainer as trainer_lib
+from rest_jax.context import Policy, StepContext
 from rest_jax.data import grown, tasks, vocab
 from tests.conftest import make_model
 
@@ -67,12 +68,13 @@ def test_grow_samples_and_stores_exact_per_token_log_probs(backend, tmp_path):
   trainer = trainer_lib.Trainer(model, partitioner,
                                 trainer_lib.batch_input_shapes(8, LENGTHS))
   params = trainer.init_state(jax.random.PRNGKey(1)).params
-  timings = grow.grow(
-      model=model, params=params, partitioner=partitioner,
-      params_sharding=trainer.params_sharding, task_name=tasks.DEMO_TASK, split="validation",
-      feature_lengths=LENGTHS, output_dir=str(tmp_path), reward=rewards.get("chrf", processes=1),
-      num_samples=4, sampling=T08, batch_size=8, shard_size=8, max_sources=8,
-      progress_bar=False)
+  context = StepContext(model=model, partitioner=partitioner, task=tasks.DEMO_TASK,
+                        feature_lengths=LENGTHS, reward=rewards.get("chrf", processes=1),
+                        progress_bar=False)
+  timings = grow.grow_step(
+      Policy(params), grow.GrowConfig(split="validation", num_samples=4, sampling=T08,
+                                      batch_size=8, shard_size=8, max_sources=8),
+      context, output_dir=str(tmp_path), params_sharding=trainer.params_sharding)
   rows, manifest = _stored_rows(str(tmp_path))
   assert manifest["metadata"]["sampling"] == {"temperature": 0.8, "topk": 0, "topp": 0.0}
   expected_sampler = "t5x.decoding" if backend == "t5x" else "rest_jax.decoding"

@@ -6,6 +6,7 @@ import pytest
 
 from rest_jax import checkpoints, controls, decoding, improve, partitioning, policy_eval, report
 from rest_jax import rewards as rewards_lib, selection, train, trainer as trainer_lib
+from rest_jax.context import Policy, StepContext
 from rest_jax.data import corpus_metrics as metrics, pipeline, tasks, vocab
 from tests.conftest import make_model
 
@@ -36,12 +37,12 @@ def setup():
 def _bc_plus(setup, init, tmp_path, validate):
   """BC+ for 6 steps from `init`, evaluated every 2 steps (and at its start)."""
   model, partitioner, trainer = setup
-  return controls.bc_plus(
-      model=model, init_params=init, partitioner=partitioner, task=tasks.DEMO_TASK,
-      model_dir=str(tmp_path), feature_lengths=LENGTHS, train_steps=6, batch_size=8,
-      trainer=trainer, checkpoint_period=2, progress_bar=False,
-      selection=selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2)),
-      validate=validate)
+  context = StepContext(model=model, partitioner=partitioner, task=tasks.DEMO_TASK,
+                        feature_lengths=LENGTHS, reward=rewards_lib.get("chrf", processes=1),
+                        checkpoint_period=2, progress_bar=False, validate=validate)
+  config = improve.ImproveConfig(batch_size=8, selection=selection.SelectionConfig(eval_period=2))
+  return controls.bc_plus_step(Policy(init), config, context, output_dir=str(tmp_path),
+                               total_steps=6, trainer=trainer)
 
 
 def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp_path):
@@ -49,12 +50,12 @@ def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp
   init = trainer.init_state(jax.random.PRNGKey(0)).params
   validate, calls = _scripted([0.1, 0.2, 0.9, 0.4])  # evaluated at its start, steps 2, 4, 6
   result = _bc_plus(setup, init, tmp_path, validate)
-  assert len(calls) == 4 and result["metrics"]["train_steps"] == 6
-  assert result["metrics"]["selection"]["best_step"] == 4
-  assert int(result["state"].step) == 4  # the state used downstream is step 4's
+  assert len(calls) == 4 and result.metrics["train_steps"] == 6
+  assert result.metrics["selection"]["best_step"] == 4
+  assert int(result.state.step) == 4  # the state used downstream is step 4's
   last = checkpoints.read_arrays(str(tmp_path / "checkpoints"))
   assert int(last["step"]) == 6
-  chosen = jax.tree_util.tree_leaves(jax.device_get(result["params"]))
+  chosen = jax.tree_util.tree_leaves(jax.device_get(result.state.params))
   assert any(not np.array_equal(a, b) for a, b in zip(chosen, jax.tree_util.tree_leaves(
       last["params"])))
   saved = selection.Selection(str(tmp_path))
@@ -62,7 +63,7 @@ def test_a_run_whose_last_checkpoint_is_worse_ends_on_the_earlier_one(setup, tmp
   # Re-running the finished step changes nothing and evaluates nothing.
   validate, calls = _scripted([])
   again = _bc_plus(setup, init, tmp_path, validate)
-  assert not calls and int(again["state"].step) == 4
+  assert not calls and int(again.state.step) == 4
 
 
 def test_bc_stops_early_and_keeps_its_best_checkpoint(setup, tmp_path):
@@ -223,7 +224,7 @@ def test_bc_plus_is_never_below_its_start_on_validation(setup, tmp_path):
   init = trainer.init_state(jax.random.PRNGKey(0)).params
   validate, calls = _scripted([0.5, 0.2, 0.3, 0.4])
   result = _bc_plus(setup, init, tmp_path, validate)
-  assert len(calls) == 4 and result["metrics"]["selection"]["best_step"] == 0
-  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(result["params"])),
+  assert len(calls) == 4 and result.metrics["selection"]["best_step"] == 0
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(result.state.params)),
                   jax.tree_util.tree_leaves(jax.device_get(init))):
     np.testing.assert_array_equal(a, b)

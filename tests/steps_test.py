@@ -9,6 +9,7 @@ import pytest
 
 from rest_jax import commands, decoding, grow as grow_lib, improve, losses, partitioning
 from rest_jax import policy_eval, rewards, train
+from rest_jax.context import Policy, StepContext
 from rest_jax.data import grown, pipeline, tasks, vocab
 from tests.conftest import make_model
 
@@ -98,13 +99,13 @@ def test_improve_with_mixed_data_eval_and_infer(policy, tmp_path, capsys):
 
   with pytest.raises(improve.EmptyImproveStepError, match="keeps no rows"):
     improve.kept_rows(str(tmp_path / "grow"), 1.5, False)
-  result = improve.improve(
-      model=model, init_params=None, partitioner=partitioning.Partitioner(
-          mesh_shape=(2, 1), devices=jax.devices()[:2]),
-      grown_dir=str(tmp_path / "grow"), threshold=0.0, model_dir=str(tmp_path / "improve"),
-      feature_lengths=LENGTHS, train_steps=2, batch_size=8, mix_task=tasks.DEMO_TASK,
-      mix_ratio=0.5, progress_bar=False)  # resumes the finished step: nothing to train
-  assert result["metrics"]["kept_samples"] > 0 and result["metrics"]["kept_references"] == 20
+  context = StepContext(model=model, partitioner=partitioning.Partitioner(
+      mesh_shape=(2, 1), devices=jax.devices()[:2]), task=tasks.DEMO_TASK,
+      feature_lengths=LENGTHS, reward=rewards.get("chrf", processes=1), progress_bar=False)
+  result = improve.improve_step(  # resumes the finished step: nothing to train
+      Policy(None), improve.ImproveConfig(steps=2, batch_size=8, mix_ratio=0.5), context,
+      grown_dir=str(tmp_path / "grow"), threshold=0.0, output_dir=str(tmp_path / "improve"))
+  assert result.metrics["kept_samples"] > 0 and result.metrics["kept_references"] == 20
 
   scores = commands.eval_command(
       model=model, policy_dir=str(tmp_path / "improve"), task_name=tasks.DEMO_TASK,
