@@ -56,6 +56,13 @@ def bc_plus_step(policy: Policy, config: improve_lib.ImproveConfig, context: Ste
   return StepResult(metrics=metrics, seconds=seconds, directory=output_dir, state=state)
 
 
+def bc_plus_config(config: improve_lib.ImproveConfig) -> improve_lib.ImproveConfig:
+  """Improve's settings as BC+ trains with them (what it records): BC's loss on the
+  original pairs, nothing mixed in."""
+  return dataclasses.replace(config, loss=losses.OfflineRLLoss("bc"), mix_ratio=0.0,
+                             references="keep")
+
+
 def bc_plus_trainer(config: improve_lib.ImproveConfig, context: StepContext,
                     total_steps: int) -> trainer_lib.Trainer:
   """BC's loss with Improve's optimizer, its learning-rate schedule over `total_steps`."""
@@ -102,6 +109,14 @@ class Arm:
   seed_offset: int = 0
   grow_steps: Optional[int] = None
 
+  def config(self, improve: improve_lib.ImproveConfig) -> improve_lib.ImproveConfig:
+    """Improve's settings as this arm trains with them (what its steps record): BC's loss
+    and no mixed-in pairs unless it has Improve's loss; its own references."""
+    if self.improve_loss:
+      return dataclasses.replace(improve, references="keep" if self.references else "drop")
+    return dataclasses.replace(improve, loss=losses.OfflineRLLoss("bc"), mix_ratio=0.0,
+                               references="keep" if self.references else "drop")
+
 
 # The original pairs alone that the reward keeps (lambda = 0 of the paper's Eq. 3): a control.
 FILTERED_BC = Arm(Role.FILTERED_BC, "filtered_bc", samples=False, references=True,
@@ -142,10 +157,10 @@ def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
   reference-free reward in Grow. An arm with Improve's loss trains as Improve does (its
   KL term to `reference_params` at `kl_weight`, its mixed-in original pairs).
   """
-  loss = config.loss if arm.improve_loss else losses.OfflineRLLoss("bc")
+  config = arm.config(config)
+  loss = config.loss
   rows = improve_lib.Rows(grown_dir, threshold, references=arm.references,
-                          samples=arm.samples, row_keys=row_keys,
-                          mix_ratio=config.mix_ratio if arm.improve_loss else 0.0)
+                          samples=arm.samples, row_keys=row_keys, mix_ratio=config.mix_ratio)
   return improve_lib.train_on_rows(
       policy, rows, config, context,
       improve_lib.Step(output_dir, f"{arm.role} {grow_step}.{step}",

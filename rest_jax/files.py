@@ -182,9 +182,12 @@ def remove(p: PathLike) -> None:
 
 
 def rmtree(p: PathLike) -> None:
-  """Deletes the directory `p` and everything in it; nothing if it is missing."""
-  if path(p).exists():
+  """Deletes the directory `p` and everything in it (or the file `p`); nothing if it is
+  missing."""
+  if path(p).is_dir():
     path(p).rmtree()
+  elif path(p).exists():
+    path(p).unlink()
 
 
 def temporary_prefix(p: PathLike) -> str:

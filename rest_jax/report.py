@@ -216,16 +216,16 @@ def headline(rows, steps, splits: Sequence[str], selection_split: str = "validat
   key = f"{selection_split}/reward"
   for role, says in ((Role.FILTERED_BC, "the policy's samples add nothing over filtering the"
                       " data"),
-                     ("random selection", "the reward's choice adds nothing over training on"
+                     (Role.RANDOM_SELECTION, "the reward's choice adds nothing over training on"
                       " the policy's own samples"),
-                     ("ReST (samples only)", "keeping the original pairs in the grown set"
+                     (Role.SAMPLES_ONLY, "keeping the original pairs in the grown set"
                       " (the paper's ReST) does not help here")):
     pick = next((r for r in rows if r.get("arm_selected") and r.get("role") == role), None)
     if pick is not None and pick["metrics"][key] >= chosen["metrics"][key]:
       out += ["", f"{role} ({pick['policy']}) matches or beats ReST on {selection_split}:"
               f" {says}."]
   ablation = next((r for r in rows if r.get("arm_selected")
-                   and r.get("role") == "ReST (samples only)"), None)
+                   and r.get("role") == Role.SAMPLES_ONLY), None)
   if ablation is not None:
     a, b = ablation["metrics"], control["metrics"]
     out += ["", f"The ablation ReST on the samples alone ({ablation['policy']}) minus the"
@@ -395,10 +395,10 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       " continued on the original pairs, its start a candidate), filtered BC (BC continued"
       " on the original pairs the reward keeps, thresholds"
       f" {[round(t, 3) for t in steps.get('thresholds', {}).get('filtered_bc', [])] or 'not run'})"
-      f" and random selection ({_ran(rows, 'random selection')}:"
+      f" and random selection ({_ran(rows, Role.RANDOM_SELECTION)}:"
       " as many of Grow 1's samples as each Improve step keeps, drawn without the reward,"
       " BC's loss). The ablation ReST on the samples alone"
-      f" ({_ran(rows, 'ReST (samples only)')})"
+      f" ({_ran(rows, Role.SAMPLES_ONLY)})"
       " is ReST without the original pairs in the grown set. These arms start from BC and"
       " train on Grow 1's rows only: filtered BC and random selection for G x I steps, the"
       " samples-only ablation for Grow 1's I steps (with G > 1, ReST alone samples again).",

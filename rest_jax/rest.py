@@ -66,7 +66,8 @@ class _Run:
     self.task = train_dataset_cfg.mixture_or_task_name
     self.lengths = dict(train_dataset_cfg.task_feature_lengths)
     self.state = RunState.load(model_dir)
-    self.state.steps.pop("empty_steps", None)  # this run finds its own
+    for key in ("empty_steps", "thresholds", "coverage"):  # this run finds its own
+      self.state.steps.pop(key, None)
     self.policy_trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size,
                                                            self.lengths),
@@ -151,11 +152,12 @@ class _Run:
   def bc(self, bc_from: Optional[str]) -> Policy:
     """BC to convergence on validation (or another run's finished BC): the BC policy."""
     bc_dir = selection_lib.finished_bc(bc_from) if bc_from else os.path.join(self.model_dir, layout.BC)
-    if bc_from:  # another run's BC, as that run recorded it
+    if bc_from:  # another run's BC: as that run recorded it, and its picked checkpoint
+      source = layout.read_state(os.path.dirname(os.path.normpath(bc_dir))) or {}
       spec = self.declare(stages.Spec(layout.BC, {
           "from": self.where(bc_dir),
-          "record": RunState.load(os.path.dirname(os.path.normpath(bc_dir))).configs.get(
-              layout.BC)}))
+          "record": source.get("configs", {}).get(layout.BC),
+          "selection": identity.file_digest(files.join(bc_dir, selection_lib.SELECTION_FILE))}))
     else:
       spec = self.training_spec(
           layout.BC, data=self.train_dataset_cfg, steps=self.bc_steps,
@@ -211,7 +213,8 @@ class _Run:
     config, trainer = self.improve_config, self.bc_plus_trainer()
     spec = self.training_spec(
         layout.BC_PLUS, after=[bc.stage], steps=self.improve_total,
-        improve=records.improve_record(config), optimizer=trainer.optimizer,
+        improve=records.improve_record(controls.bc_plus_config(config)),
+        optimizer=trainer.optimizer,
         learning_rate=records.rates(config.learning_rate_for(self.improve_total),
                                     self.improve_total))
     self.state.run(
@@ -263,11 +266,12 @@ class _Run:
                           name, arm.role, e)
           self.state.steps.setdefault("empty_steps", {})[name] = str(e)
           return rows
-        kl_weight = config.loss.kl_weight(index - 1, self.num_improve)
+        own = arm.config(config)
+        kl_weight = own.loss.kl_weight(index - 1, self.num_improve)
         spec = self.training_spec(
             name, after=[policy.stage, grown_spec], arm=arm, threshold=tau,
             rows=None if keys is None else int(zlib.crc32(keys.tobytes())),
-            improve=records.improve_record(config), optimizer=trainer.optimizer,
+            improve=records.improve_record(own), optimizer=trainer.optimizer,
             kl_weight=kl_weight)
         result = self.state.run(
             spec, selection_lib.Selection(out_dir).finished,
@@ -321,7 +325,7 @@ class _Run:
 
     spec = self.declare(stages.Spec(f"rate_{layout.grow_name(g)}", {"rater": rater},
                                     (self.specs[layout.grow_name(g)],)))
-    self.state.run(spec, files.exists(path), rate)
+    self.state.run(spec, files.exists(path), rate, [path])
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"rest: rated rows of Grow {g}")
     return np.load(io.BytesIO(files.read_bytes(path)))
@@ -567,6 +571,9 @@ def rest(
                      f" NUM_SAMPLES >= 2, not {grow.num_samples}")
   if improve.mix_ratio > 0:
     improve.loss.validate_rows(1, f"mixed-in original pairs (MIX_RATIO {improve.mix_ratio})")
+  if grow_from:  # checked before any work
+    grow_from = grown.sampled_from(grow_from, bc_from or os.path.join(model_dir, layout.BC),
+                                   reward)
   files.makedirs(model_dir)
   run = _Run(model=model, model_dir=model_dir, train_dataset_cfg=train_dataset_cfg,
              bc_steps=bc_steps, reward=reward, grow=grow, improve=improve,
@@ -575,9 +582,6 @@ def rest(
              partitioner=partitioner or partitioning.Partitioner(),
              checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar,
              rows_rater=rows_rater)
-  if grow_from:  # checked before BC trains
-    grow_from = grown.sampled_from(grow_from, bc_from or os.path.join(model_dir, layout.BC),
-                                   reward)
 
   bc = run.bc(bc_from)
   rows = [run.bc_row(bc)]

@@ -53,11 +53,12 @@ class RunState:
     return cls(path, state.get("steps", {}), state.get("configs", {}))
 
   def forget_others(self, names) -> None:
-    """Drops the stages this run did not build (a G or an arm no longer run, a policy no
-    longer picked for test): the state holds this run's stages only."""
-    for name in [n for n in self.configs if n not in names]:
-      self.configs.pop(name)
-      self.steps.pop(name, None)
+    """Drops the results of the stages this run did not build (a G or an arm no longer
+    run, a policy no longer picked for test): the state's results are this run's. Their
+    records stay, so that such a stage built again later is compared with the record
+    its outputs on disk were made under."""
+    for name in [n for n in self.steps if n in self.configs and n not in names]:
+      self.steps.pop(name)
 
   def save(self) -> None:
     if jax.process_index() != 0:
@@ -102,9 +103,12 @@ class RunState:
       logging.warning("rest: redoing %s: %s", name, why)
     if jax.process_count() > 1:  # nobody reads a step's directory while it is removed
       multihost_utils.sync_global_devices(f"rest: {name} starts")
-    if recorded != config:
+    if why or recorded != config:
+      # Before any work: a killed step resumes only under the same config, and its old
+      # result is not taken for the new one's.
       self.configs[name] = config
-      self.save()  # before any work: a killed step resumes only under the same config
+      self.steps.pop(name, None)
+      self.save()
     result = fn()
     if isinstance(result, dict):  # memory after each step: a leak shows as a rising line
       result = {**result, **memory_mb()}

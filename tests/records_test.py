@@ -151,3 +151,47 @@ def test_bc_plus_schedule_spans_its_whole_run():
   for _ in range(steps + 1):
     updates, state = optimizer.update(grads, state, params)
   assert float(jnp.abs(updates["w"]).max()) > 0  # still learning after IMPROVE_STEPS
+
+
+def _spec(name, value, after=()):
+  return stages.Spec(name, {"value": value}, tuple(after))
+
+
+def test_a_stage_built_again_after_a_run_without_it_is_compared_with_its_last_record(
+    tmp_path):
+  """An arm turned off, then on again after its settings changed: redone, not reused."""
+  progress = run_state.RunState.load(str(tmp_path))
+  progress.run(_spec("arm", 1), False, lambda: {"done": 1})
+  progress.forget_others({"bc"})  # a run without the arm
+  assert "arm" not in progress.steps
+  outputs = tmp_path / "arm_outputs"  # its checkpoints, trained under the old settings
+  outputs.mkdir()
+  again = run_state.RunState.load(str(tmp_path))
+  again.run(_spec("arm", 2), True, lambda: {"done": 2}, [str(outputs)])
+  assert not outputs.exists()  # redone from scratch, not read back as finished
+  assert again.steps["arm"]["done"] == 2
+
+
+def test_a_redo_killed_halfway_is_redone_not_taken_for_done(tmp_path):
+  """A stage being redone (its settings or what it reads changed) loses its old result
+  before any work: killed there, the next run redoes it instead of keeping the old one."""
+  progress = run_state.RunState.load(str(tmp_path))
+  bc, evaluation = _spec("bc", 1), _spec("eval_bc", "config", [_spec("bc", 1)])
+  progress.run(bc, False, lambda: {"done": 1})
+  progress.run(evaluation, True, lambda: {"metric": "old"})
+  killed = run_state.RunState.load(str(tmp_path))
+  new_bc = _spec("bc", 2)
+  killed.run(new_bc, False, lambda: {"done": 2})  # BC retrained: its evaluation is redone
+
+  def kill():
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    killed.run(_spec("eval_bc", "config", [new_bc]), True, kill)
+  resumed = run_state.RunState.load(str(tmp_path))
+  ran = []
+  resumed.run(new_bc, True, lambda: {"done": 2})
+  resumed.run(_spec("eval_bc", "config", [new_bc]), True,
+              lambda: ran.append("eval") or {"metric": "new"})
+  assert ran == ["eval"] and resumed.steps["eval_bc"]["metric"] == "new"
+

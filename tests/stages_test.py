@@ -144,11 +144,17 @@ def test_each_input_of_each_stage_redoes_it_and_what_reads_it(base_run, caplog, 
   assert checked > 3 * len(specs)
 
 
+def _evaluations(model_dir):
+  steps = _state(model_dir)["steps"]
+  return {k: v["metrics"] for k, v in steps.items() if k.startswith(("eval_", "test_"))}
+
+
 @pytest.mark.slow
 def test_a_rerun_after_changes_equals_a_fresh_run(base_run, tmp_path, monkeypatch):
-  """IMPROVE_LEARNING_RATE, then EVAL_MAX_EXAMPLES, changed in the same MODEL_DIR: the
-  state's evaluations are those of a fresh run with the final flags; the learning rate
-  redoes BC+ and every arm and Improve step with their evaluations, not BC or Grow."""
+  """IMPROVE_LEARNING_RATE, then EVAL_MAX_EXAMPLES, changed in the same MODEL_DIR: after
+  each, the state's evaluations are those of a fresh run with the same flags. The
+  learning rate redoes BC+ and every arm and Improve step with their evaluations, not BC
+  or Grow; the example count redoes BC too (validation picks its checkpoint)."""
   model_dir, _, _ = base_run
   rerun = tmp_path / "rerun"
   import shutil  # pylint: disable=g-import-not-at-top
@@ -157,22 +163,63 @@ def test_a_rerun_after_changes_equals_a_fresh_run(base_run, tmp_path, monkeypatc
   faster = dataclasses.replace(IMPROVE, learning_rate=trainer_rate(3e-3))
   _, ran = _caught(monkeypatch)
   _run(rerun, improve=faster)
-  training = [n for n in ran if not n.startswith(("eval_", "test_", "rate_"))]
   assert "bc" not in ran and "grow_1" not in ran and "eval_bc" not in ran, ran
-  assert {"bc_plus", "filtered_bc_1_1", "filtered_bc_1_2", "improve_1_1",
-          "random_1_2", "samples_only_1_2"} <= set(training), ran
-  assert {"eval_bc_plus", "eval_filtered_bc_1_1", "eval_filtered_bc_1_2", "eval_1_2"} <= set(ran)
+  assert {"bc_plus", "filtered_bc_1_1", "filtered_bc_1_2", "improve_1_1", "random_1_2",
+          "samples_only_1_2", "eval_bc_plus", "eval_filtered_bc_1_1", "eval_filtered_bc_1_2",
+          "eval_1_2"} <= set(ran), ran
+  _run(tmp_path / "fresh", improve=faster)
+  assert _evaluations(rerun) == _evaluations(tmp_path / "fresh")
   ran.clear()
   fewer = dataclasses.replace(EVALUATION, max_examples=6)
   _run(rerun, improve=faster, evaluation=fewer)
-  assert "bc" in ran and "grow_1" in ran  # validation picks BC's checkpoint: BC is redone
-  fresh = tmp_path / "fresh"
-  _run(fresh, improve=faster, evaluation=fewer)
-  again, new = _state(rerun)["steps"], _state(fresh)["steps"]
-  evaluations = sorted(k for k in new if k.startswith(("eval_", "test_")))
-  assert evaluations == sorted(k for k in again if k.startswith(("eval_", "test_")))
-  for name in evaluations:
-    assert again[name]["metrics"] == new[name]["metrics"], name
+  assert "bc" in ran and "grow_1" in ran
+  _run(tmp_path / "fresh_fewer", improve=faster, evaluation=fewer)
+  assert _evaluations(rerun) == _evaluations(tmp_path / "fresh_fewer")
+
+
+def _replayed(specs, recorded, replace):
+  """The stages a re-run redoes when `replace(spec)` gives each stage's new inputs."""
+  changed = {}
+  for spec in specs:
+    after = tuple(changed.get(a.name, a) for a in spec.after)
+    inputs = replace(spec)
+    if inputs != spec.inputs or any(a is not b for a, b in zip(after, spec.after)):
+      changed[spec.name] = stages.Spec(spec.name, inputs, after)
+  state = run_state.RunState("unused", json.loads(json.dumps(recorded["steps"])),
+                             json.loads(json.dumps(recorded["configs"])))
+  ran = []
+  for spec in specs:
+    state.run(changed.get(spec.name, spec), True, lambda name=spec.name: ran.append(name) or {})
+  return set(ran)
+
+
+@pytest.mark.slow
+def test_the_issues_cases_on_the_stages_rest_built(base_run, monkeypatch):
+  """With real changed objects in the specs a run built: a new first threshold redoes
+  filtered BC's whole chain (not its first step only); another reward or a model with
+  another z-loss redoes everything, BC's evaluation included; nothing changed, nothing."""
+  model_dir, specs, _ = base_run
+  recorded = _state(model_dir)
+  monkeypatch.setattr(run_state.RunState, "save", lambda self: None)
+  assert _replayed(specs, recorded, lambda s: s.inputs) == set()
+  first = lambda s: ({**s.inputs, "threshold": s.inputs["threshold"] - 0.01}  # noqa: E731
+                     if s.name == "filtered_bc_1_1" else s.inputs)
+  redone = _replayed(specs, recorded, first)
+  assert {"filtered_bc_1_1", "filtered_bc_1_2", "eval_filtered_bc_1_2"} <= redone
+  assert not redone & {"bc", "grow_1", "improve_1_1", "eval_bc", "bc_plus"}, redone
+  setting = next(s.inputs["setting"] for s in specs if "setting" in s.inputs)
+  other_reward = stages.Setting(setting.model, setting.task, setting.feature_lengths,
+                                rewards.get("chrf", processes=1), setting.seed)
+  from rest_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  m = setting.model
+  z_loss = stages.Setting(model_lib.EncoderDecoderModel(
+      m.module, m.input_vocabulary, m.output_vocabulary, decode_fn=decoding.beam_search,
+      z_loss=1e-4), setting.task, setting.feature_lengths, setting.reward, setting.seed)
+  for new in (other_reward, z_loss):
+    redone = _replayed(specs, recorded, lambda s, new=new: {**s.inputs, "setting": new}
+                       if "setting" in s.inputs else s.inputs)
+    assert {"bc", "eval_bc", "grow_1", "improve_1_2", "test_bc"} <= redone, redone
 
 
 def trainer_rate(rate):
