@@ -37,8 +37,12 @@ from tests import multihost_test
 SEED = int(os.environ.get("REST_JAX_FAULT_SEED", "20261124"))
 KILLS = int(os.environ.get("REST_JAX_FAULT_KILLS", "20"))
 KILLS_PER_CHAIN = 10
+# Filtered BC and the rows rater off: their steps run through the same loop, checkpoints
+# and state file as ReST's (tests/rest_test.py and tests/stages_test.py run and re-run
+# them), and these tests run `rest` dozens of times (the suite's time goes here).
 SMALL = [a if not a.startswith("--gin.rest.rest.checkpoint_period") else
-         "--gin.rest.rest.checkpoint_period=2" for a in multihost_test.SMALL_REST]
+         "--gin.rest.rest.checkpoint_period=2" for a in multihost_test.SMALL_REST] + [
+             "--gin.FILTERED_BC=False", "--gin.ROWS_RATER=None"]
 
 
 class Runner:
