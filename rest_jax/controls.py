@@ -170,4 +170,35 @@ def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
 
 
 ARMS = (FILTERED_BC, SAMPLES_ONLY, RANDOM_SELECTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmsConfig:
+  """What runs beside ReST, from the same BC and Grow 1 (gin: `controls.ArmsConfig`).
+
+  Attributes:
+    bc_plus: the equal-compute control BC+ (BC continued on the original data for as
+      many steps and examples as all Improve steps, with Improve's optimizer, selected
+      on validation the same way, its start included).
+    filtered_bc: the filtered-BC control (`FILTERED_BC`), unless the reward reads
+      references (then it would be BC+, and the report says so).
+    samples_only: the ablation ReST on the samples alone (`SAMPLES_ONLY`; run when the
+      grown set keeps the original pairs).
+    random_selection: the random-selection control (`RANDOM_SELECTION`).
+    rows_rater: rates every grown row: the report's quality of the rows each step
+      trains on (None: not measured).
+  """
+
+  bc_plus: bool = True
+  filtered_bc: bool = True
+  samples_only: bool = True
+  random_selection: bool = False
+  rows_rater: Any = None
+
+  def chains(self, reward, improve: improve_lib.ImproveConfig) -> List[Arm]:
+    """The arms this run's steps run, in the report's order."""
+    return [arm for arm, on in (
+        (FILTERED_BC, self.filtered_bc and not reward.needs_reference),
+        (SAMPLES_ONLY, self.samples_only and improve.references == "keep"),
+        (RANDOM_SELECTION, self.random_selection)) if on]
 CONTROL_ARMS = (FILTERED_BC, RANDOM_SELECTION)  # the best control is chosen among these too

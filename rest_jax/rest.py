@@ -19,6 +19,7 @@ once a step has been (re)done, every later step is redone on top of it
 (`rest_jax/run_state.py`).
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -47,22 +48,47 @@ SELECTION_SPLIT = "validation"
 Row = Dict[str, Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+  """BC, the run's first policy (gin: `rest.BCConfig`, bound from rest.gin's macros).
+
+  Attributes:
+    steps: its most training steps (BC_STEPS); it stops earlier once its validation
+      reward has not improved for `selection.patience` evaluations, and keeps its best
+      checkpoint: the BC policy.
+    selection: its validation period and patience.
+    learning_rate: its rate or schedule for a model that carries a t5x `OptimizerDef`
+      (rest_jax's models carry an optax optimizer with its rate).
+    initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax or
+      legacy) that BC starts from instead of a random initialisation; with `steps=0`
+      it is the BC policy.
+    from_dir: the `bc/` directory of another run (finished, BC_FROM): its selected
+      checkpoint is this run's BC policy, read where it is (nothing is copied or
+      written there).
+  """
+
+  steps: int
+  selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(
+      eval_period=100, patience=5)
+  learning_rate: Any = None
+  initial_checkpoint_path: Optional[str] = None
+  from_dir: Optional[str] = None
+
+
 class _Run:
   """One `rest` run's stages over its shared state (context, evaluator, compiled steps)."""
 
   def __init__(self, *, model, model_dir: str, train_dataset_cfg: pipeline.DatasetConfig,
-               bc_steps: int, reward: Reward, grow: grow_lib.GrowConfig,
+               reward: Reward, bc: BCConfig, grow: grow_lib.GrowConfig,
                improve: improve_lib.ImproveConfig, evaluation: policy_eval.EvalConfig,
-               bc_selection: selection_lib.SelectionConfig, bc_learning_rate: Any,
-               initial_checkpoint_path: Optional[str], partitioner: partitioning.Partitioner,
-               checkpoint_period: int, seed: int, progress_bar: bool,
-               rows_rater: Optional[Reward] = None):
+               arms: controls.ArmsConfig, partitioner: partitioning.Partitioner,
+               checkpoint_period: int, seed: int, progress_bar: bool):
     self.model, self.model_dir = model, model_dir
-    self.rows_rater = rows_rater
-    self.train_dataset_cfg, self.bc_steps = train_dataset_cfg, bc_steps
+    self.rows_rater = arms.rows_rater
+    self.train_dataset_cfg, self.bc_steps = train_dataset_cfg, bc.steps
     self.reward, self.grow_config, self.improve_config = reward, grow, improve
-    self.evaluation, self.bc_selection = evaluation, bc_selection
-    self.bc_learning_rate, self.initial_checkpoint_path = bc_learning_rate, initial_checkpoint_path
+    self.evaluation, self.bc_selection = evaluation, bc.selection
+    self.bc_learning_rate, self.initial_checkpoint_path = bc.learning_rate, bc.initial_checkpoint_path
     self.task = train_dataset_cfg.mixture_or_task_name
     self.lengths = dict(train_dataset_cfg.task_feature_lengths)
     self.state = RunState.load(model_dir)
@@ -71,7 +97,7 @@ class _Run:
     self.policy_trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size,
                                                            self.lengths),
-        learning_rate=bc_learning_rate)
+        learning_rate=bc.learning_rate)
     self.evaluator = policy_eval.PolicyEvaluator(
         model, partitioner, self.policy_trainer.params_sharding, reward, evaluation, seed=seed)
     self.writer = files.summary_writer(files.join(model_dir, layout.SUMMARIES),
@@ -500,21 +526,12 @@ def rest(
     model,
     model_dir: str,
     train_dataset_cfg: pipeline.DatasetConfig,
-    bc_steps: int,
     reward: Reward,
+    bc: BCConfig,
     grow: grow_lib.GrowConfig = grow_lib.GrowConfig(),
     improve: improve_lib.ImproveConfig = improve_lib.ImproveConfig(),
     evaluation: policy_eval.EvalConfig = policy_eval.EvalConfig(),
-    bc_selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(
-        eval_period=100, patience=5),
-    bc_plus: bool = True,
-    filtered_bc: bool = True,
-    samples_only: bool = True,
-    random_selection: bool = False,
-    rows_rater: Optional[Reward] = None,
-    bc_learning_rate: Any = None,
-    initial_checkpoint_path: Optional[str] = None,
-    bc_from: Optional[str] = None,
+    arms: controls.ArmsConfig = controls.ArmsConfig(),
     grow_from: Optional[str] = None,
     partitioner: Optional[partitioning.Partitioner] = None,
     checkpoint_period: int = 200,
@@ -527,34 +544,17 @@ def rest(
     model: the policy (t5x API).
     model_dir: everything of the run goes here (`rest_jax/layout.py`).
     train_dataset_cfg: BC data (its task also provides Grow's sources and evaluation).
-    bc_steps: BC's most training steps; it stops earlier once its validation reward
-      has not improved for `bc_selection.patience` evaluations, and keeps its best
-      checkpoint: the BC policy.
     reward: scores samples in Grow, and is what selection maximises on validation.
+    bc: BC's steps, selection, learning rate and start (`BCConfig`).
     grow: G, N, the sampling configuration and Grow's batching.
     improve: thresholds (I = their number), loss, steps, optimizer and validation
       period of Improve; each Improve step's policy is its best checkpoint.
     evaluation: how every policy is evaluated (validation for all, the other splits
       for the selected ones).
-    bc_selection: BC's validation period and patience.
-    bc_plus: also run the equal-compute control BC+ (BC continued on the original
-      data for as many steps and examples as all Improve steps, with Improve's
-      optimizer, selected on validation the same way, its start included).
-    filtered_bc: also run the filtered-BC control (BC continued on the original pairs
-      the reward keeps at the same thresholds; `controls.py`), unless the reward reads
-      references (then it would be BC+, and the report says so).
-    samples_only: also run the ablation ReST on the samples alone (`controls.SAMPLES_ONLY`).
-    random_selection: also run the random-selection control (`controls.RANDOM_SELECTION`).
-    rows_rater: rates every grown row: the report's quality of the rows each step trains on.
-    bc_learning_rate: BC's rate or schedule for a model that carries a t5x
-      `OptimizerDef` (rest_jax's models carry an optax optimizer with its rate).
-    initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax
-      or legacy) that BC starts from instead of a random initialisation; with
-      `bc_steps=0` it is the BC policy.
-    bc_from: the `bc/` directory of another run (finished): its selected checkpoint is
-      this run's BC policy, read where it is (nothing is copied or written there).
+    arms: which controls and ablations run beside ReST, and what rates the rows each
+      step trains on (`controls.ArmsConfig`).
     grow_from: the `grow_1/` directory of another run, sampled from the same BC policy
-      (so `bc_from` is that run's `bc/`): this run's first grown dataset, read where it
+      (so `bc.from_dir` is that run's `bc/`): this run's first grown dataset, read where it
       is; e.g. to try other thresholds or losses on the same samples.
     partitioner: the mesh.
     checkpoint_period: steps between checkpoints.
@@ -572,29 +572,23 @@ def rest(
   if improve.mix_ratio > 0:
     improve.loss.validate_rows(1, f"mixed-in original pairs (MIX_RATIO {improve.mix_ratio})")
   if grow_from:  # checked before any work
-    grow_from = grown.sampled_from(grow_from, bc_from or os.path.join(model_dir, layout.BC),
-                                   reward)
+    grow_from = grown.sampled_from(
+        grow_from, bc.from_dir or os.path.join(model_dir, layout.BC), reward)
   files.makedirs(model_dir)
   run = _Run(model=model, model_dir=model_dir, train_dataset_cfg=train_dataset_cfg,
-             bc_steps=bc_steps, reward=reward, grow=grow, improve=improve,
-             evaluation=evaluation, bc_selection=bc_selection,
-             bc_learning_rate=bc_learning_rate, initial_checkpoint_path=initial_checkpoint_path,
-             partitioner=partitioner or partitioning.Partitioner(),
-             checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar,
-             rows_rater=rows_rater)
-
+             reward=reward, bc=bc, grow=grow, improve=improve, evaluation=evaluation,
+             arms=arms, partitioner=partitioner or partitioning.Partitioner(),
+             checkpoint_period=checkpoint_period, seed=seed, progress_bar=progress_bar)
+  bc_from, chains = bc.from_dir, arms.chains(reward, improve)
   bc = run.bc(bc_from)
   rows = [run.bc_row(bc)]
-  if bc_plus and run.improve_total:
+  if arms.bc_plus and run.improve_total:
     rows.append(run.bc_plus(bc))
-  arms = [arm for arm, on in ((controls.FILTERED_BC, filtered_bc and not reward.needs_reference),
-                              (controls.SAMPLES_ONLY, samples_only and improve.references == "keep"),
-                              (controls.RANDOM_SELECTION, random_selection)) if on]
   policy, index = bc, 0
   for g in range(1, grow.steps + 1):
     grow_dir = run.grow(g, policy, grow_from)
     taus = run.thresholds(g, grow_dir)
-    for arm in arms if g == 1 and run.improve_total else ():
+    for arm in chains if g == 1 and run.improve_total else ():
       rows += run.arm(arm, bc, rows[0], grow_dir, taus)
     for i, tau in enumerate(taus, start=1):
       index += 1

@@ -9,8 +9,8 @@ import shutil
 import jax
 import pytest
 
-from rest_jax import checkpoints, commands, decoding, grow, improve, losses, partitioning, policy_eval
-from rest_jax import rest, rewards, selection
+from rest_jax import checkpoints, commands, controls, decoding, grow, improve, losses
+from rest_jax import partitioning, policy_eval, rest, rewards, selection
 from rest_jax.data import pipeline, tasks, vocab
 from tests.conftest import make_model
 
@@ -26,14 +26,15 @@ def _run(model_dir, **overrides):
       model=make_model(decoding.beam_search, vocabulary=vocab.DemoVocabulary(), vocab_size=384),
       model_dir=str(model_dir),
       train_dataset_cfg=pipeline.DatasetConfig(tasks.DEMO_TASK, LENGTHS, "train", 16, seed=1),
-      bc_steps=6, reward=rewards.get("chrf", processes=1),
+      bc=rest.BCConfig(steps=6, selection=selection.SelectionConfig(eval_period=3)),
+      reward=rewards.get("chrf", processes=1),
       grow=grow.GrowConfig(steps=1, max_sources=24, num_samples=2, batch_size=8,
                            shard_size=16),
       improve=_IMPROVE,
       evaluation=policy_eval.EvalConfig(max_examples=16, best_of_n=2),
-      bc_selection=selection.SelectionConfig(eval_period=3),
       checkpoint_period=3, progress_bar=False,
-      partitioner=partitioning.Partitioner(mesh_shape=(4, 2)), samples_only=False)
+      partitioner=partitioning.Partitioner(mesh_shape=(4, 2)),
+      arms=controls.ArmsConfig(samples_only=False))
   kwargs.update(overrides)
   return rest.rest(**kwargs)
 
@@ -159,8 +160,8 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   rater = rewards.DemoRater(forms="full", flaw="dative")  # reference-free: pairs are scored
-  rows = _run(tmp_path, reward=rater, rows_rater=rater, samples_only=True,
-              random_selection=True, grow=grow.GrowConfig(
+  rows = _run(tmp_path, reward=rater, arms=controls.ArmsConfig(
+      rows_rater=rater, random_selection=True), grow=grow.GrowConfig(
                   steps=2, max_sources=24, num_samples=2, batch_size=8, shard_size=16))
   labels = [r["policy"].split(" (tau")[0] for r in rows]
   assert labels == ["BC", "BC+", "filtered BC G1 I1", "filtered BC G1 I2", "filtered BC G2 I1",
@@ -207,7 +208,7 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   report = (tmp_path / "report.md").read_text()
   assert "## What each step trains on" in report and "random selection (run" in report
   # Nothing changed: nothing is redone.
-  again = _run(tmp_path, reward=rater, rows_rater=rater, samples_only=True,
-               random_selection=True, grow=grow.GrowConfig(
+  again = _run(tmp_path, reward=rater, arms=controls.ArmsConfig(
+      rows_rater=rater, random_selection=True), grow=grow.GrowConfig(
                    steps=2, max_sources=24, num_samples=2, batch_size=8, shard_size=16))
   assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]

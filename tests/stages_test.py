@@ -14,9 +14,8 @@ import gin
 import jax
 import pytest
 
-from rest_jax import decoding, grow, improve, losses, partitioning, policy_eval, records, rest
-from rest_jax import rewards
-from rest_jax import run_state, selection, stages
+from rest_jax import controls, decoding, grow, improve, losses, partitioning, policy_eval
+from rest_jax import records, rest, rewards, run_state, selection, stages
 from rest_jax.data import identity, pipeline, tasks, translation_tasks, vocab
 from tests.conftest import make_model
 
@@ -34,13 +33,14 @@ def _run(model_dir, **overrides):
       model=make_model(decoding.beam_search, vocabulary=vocab.DemoVocabulary(), vocab_size=384),
       model_dir=str(model_dir),
       train_dataset_cfg=pipeline.DatasetConfig(tasks.DEMO_TASK, LENGTHS, "train", 16, seed=1),
-      bc_steps=2, reward=rater, rows_rater=rater,
+      bc=rest.BCConfig(steps=2, selection=selection.SelectionConfig(eval_period=2)),
+      reward=rater,
       grow=grow.GrowConfig(steps=1, max_sources=8, num_samples=2, batch_size=8,
                            shard_size=16),
       partitioner=partitioning.Partitioner(devices=jax.devices()[:1]),
       improve=IMPROVE, evaluation=EVALUATION,
-      bc_selection=selection.SelectionConfig(eval_period=2),
-      checkpoint_period=2, progress_bar=False, samples_only=True, random_selection=True)
+      checkpoint_period=2, progress_bar=False,
+      arms=controls.ArmsConfig(rows_rater=rater, random_selection=True))
   kwargs.update(overrides)
   return rest.rest(**kwargs)
 
@@ -356,6 +356,6 @@ def test_grow_from_a_dataset_scored_by_another_reward_is_refused(base_run, tmp_p
     grown.sampled_from(str(copy), bc_dir, rater)
   # And before any work: `rest` with GROW_FROM checks it first.
   with pytest.raises(ValueError, match="scored by another reward"):
-    _run(tmp_path / "other", bc_from=bc_dir, grow_from=grow_dir,
+    _run(tmp_path / "other", bc=rest.BCConfig(steps=2, from_dir=bc_dir), grow_from=grow_dir,
          reward=rewards.DemoRater(forms="full", flaw="adjective"))
   assert not (tmp_path / "other" / "rest_state.json").exists()
