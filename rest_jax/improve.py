@@ -78,6 +78,13 @@ class ImproveConfig:
       return self.learning_rate.schedule_for(steps)
     return self.learning_rate
 
+  @property
+  def schedule_ignores_length(self) -> bool:
+    """Whether the rate is the same for a run of any length (then BC+ can share Improve's
+    compiled step)."""
+    rate = self.learning_rate
+    return not isinstance(rate, trainer_lib.LearningRateConfig) or rate.schedule == "constant"
+
   def optimizer_for(self, steps: int) -> Optional[optax.GradientTransformation]:
     """Improve's optax optimizer for a run of `steps` optimizer steps (None: the model's)."""
     if self.optimizer is None or isinstance(self.optimizer, optax.GradientTransformation):

@@ -12,14 +12,11 @@ checkpoint, and the next step (and the next Grow step) starts from it; the run's
 ReST policy is the best on validation over BC and every Improve step. Test is
 evaluated only for the selected policies (BC, the controls, ReST) and never chooses.
 
-Every step's output is a file (the run's folder: `rest_jax/layout.py`), so `rest`
-re-run after a crash continues where it stopped: a finished step whose record is
-unchanged is skipped, an unfinished one resumes (checkpoints, finished shards), and
-once a step has been (re)done, every later step is redone on top of it
-(`rest_jax/run_state.py`).
+Every stage's output is a file (`rest_jax/layout.py`), so a re-run continues where it
+stopped: a finished stage whose record (`rest_jax/stages.py`) is unchanged is skipped,
+an unfinished one resumes, and a changed one is redone with what reads it.
 """
 
-import dataclasses
 import io
 import json
 import os
@@ -48,31 +45,7 @@ SELECTION_SPLIT = "validation"
 Row = Dict[str, Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class BCConfig:
-  """BC, the run's first policy (gin: `rest.BCConfig`, bound from rest.gin's macros).
-
-  Attributes:
-    steps: its most training steps (BC_STEPS); it stops earlier once its validation
-      reward has not improved for `selection.patience` evaluations, and keeps its best
-      checkpoint: the BC policy.
-    selection: its validation period and patience.
-    learning_rate: its rate or schedule for a model that carries a t5x `OptimizerDef`
-      (rest_jax's models carry an optax optimizer with its rate).
-    initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax or
-      legacy) that BC starts from instead of a random initialisation; with `steps=0`
-      it is the BC policy.
-    from_dir: the `bc/` directory of another run (finished, BC_FROM): its selected
-      checkpoint is this run's BC policy, read where it is (nothing is copied or
-      written there).
-  """
-
-  steps: int
-  selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(
-      eval_period=100, patience=5)
-  learning_rate: Any = None
-  initial_checkpoint_path: Optional[str] = None
-  from_dir: Optional[str] = None
+BCConfig = train_lib.BCConfig  # BC's settings, whole (gin: `train.BCConfig`)
 
 
 class _Run:
@@ -145,7 +118,7 @@ class _Run:
 
   def bc_plus_trainer(self) -> trainer_lib.Trainer:
     config = self.improve_config
-    if config.loss.name == "bc" and _schedule_ignores_length(config):  # Improve's own step
+    if config.loss.name == "bc" and config.schedule_ignores_length:  # Improve's own step
       return self.improve_trainer()
     if "bc_plus" not in self._compiled:
       self._compiled["bc_plus"] = controls.bc_plus_trainer(config, self.context,
@@ -193,7 +166,7 @@ class _Run:
     overlength = lambda: pipeline.overlength_count(self.train_dataset_cfg)  # noqa: E731
 
     def reuse():
-      summary, source = _summary(bc_dir), spec.inputs.get("record") or {}
+      summary, source = selection_lib.summary_of(bc_dir), spec.inputs.get("record") or {}
       steps = source.get("steps", source.get("bc_steps"))  # the source run's BC_STEPS
       if steps is not None:  # early means before them, as `train` below counts it
         summary["stopped_early"] = bool(summary["stopped_early"] and
@@ -223,14 +196,14 @@ class _Run:
       self.state.run(spec, True, reuse)
     else:
       self.state.run(spec, selection_lib.Selection(bc_dir).finished, train, [bc_dir])
-    state = _selected_state(bc_dir, self.policy_trainer)
+    state = selection_lib.restore_selected(bc_dir, self.policy_trainer.abstract_state)
     return Policy(state.params, state.opt_state, bc_dir, spec)
 
   def bc_row(self, bc: Policy) -> Row:
     row = self.state.run(self.eval_spec("eval_bc", bc.stage), True,
                          lambda: self.evaluate(Role.BC, 0, bc.params))
     return {**row, "role": Role.BC, "grow_step": 0, "improve_step": 0,
-            "optimizer_steps": _best_step(bc.directory),
+            "optimizer_steps": selection_lib.best_step_of(bc.directory),
             "dir": bc.directory, "stage": bc.stage}
 
   def bc_plus(self, bc: Policy) -> Row:
@@ -249,13 +222,13 @@ class _Run:
             bc, config, self.context, output_dir=out_dir, total_steps=self.improve_total,
             trainer=trainer)),
         [out_dir])
-    params = _selected_state(out_dir, trainer).params
+    params = selection_lib.restore_selected(out_dir, trainer.abstract_state).params
     row = self.state.run(self.eval_spec("eval_bc_plus", spec), True,
                          lambda: self.evaluate(Role.BC_PLUS, -1, params))
     return {**row, "role": Role.BC_PLUS, "grow_step": 0, "improve_step": 0, "dir": out_dir,
             "stage": spec,
-            "bc_steps": _best_step(bc.directory),
-            "optimizer_steps": _best_step(bc.directory) + _best_step(out_dir)}
+            "bc_steps": selection_lib.best_step_of(bc.directory),
+            "optimizer_steps": selection_lib.best_step_of(bc.directory) + selection_lib.best_step_of(out_dir)}
 
   def arm_trainer(self, arm: controls.Arm) -> trainer_lib.Trainer:
     """An arm's compiled step: Improve's own when it has Improve's loss (or BC is it)."""
@@ -307,7 +280,7 @@ class _Run:
                                   trainer=trainer, row_keys=keys, reference_params=bc.params,
                                   kl_weight=kl_weight)),
             [out_dir])
-        state = _selected_state(out_dir, trainer)
+        state = selection_lib.restore_selected(out_dir, trainer.abstract_state)
         policy = Policy(state.params, state.opt_state, out_dir, spec)
         label = f"{arm.role} G{g} I{i}" + ("" if arm.random else f" (tau={tau:.3f})")
         row = self.state.run(self.eval_spec(f"eval_{name}", spec), True,
@@ -320,7 +293,7 @@ class _Run:
                      "trains_on": self.trains_on(
                          1, grow_dir, tau, arm.references, arm.samples, keys),
                      "optimizer_steps": (rows[-1] if rows else bc_row)["optimizer_steps"]
-                     + _best_step(out_dir)})
+                     + selection_lib.best_step_of(out_dir)})
     return rows
 
   def rated_rows(self, g: int, grow_dir: str) -> Optional[np.ndarray]:
@@ -437,7 +410,7 @@ class _Run:
             num_improve_steps=self.num_improve, reference_params=bc.params,
             trainer=self.improve_trainer())),
         [out_dir])
-    state = _selected_state(out_dir, self.improve_trainer())
+    state = selection_lib.restore_selected(out_dir, self.improve_trainer().abstract_state)
     row = self.state.run(self.eval_spec(f"eval_{g}_{i}", spec), True, lambda: self.evaluate(
         f"G{g} I{i} (tau={tau:.3f})", index, state.params))
     return {**row, "role": Role.REST, "grow_step": g, "improve_step": i, "dir": out_dir,
@@ -481,7 +454,7 @@ class _Run:
       if row["role"] not in (Role.BC, Role.BC_PLUS) and not (row.get("selected")
                                                    or row.get("arm_selected")):
         continue
-      params = _selected_state(row["dir"], self.trainer_of(row["role"])).params
+      params = selection_lib.restore_selected(row["dir"], self.trainer_of(row["role"]).abstract_state).params
 
       def evaluate(p=params, row=row):
         out = self.evaluate(row["policy"], row["index"], p, others)
@@ -596,7 +569,7 @@ def rest(
       state = row.pop("policy_state")
       policy = Policy(state.params, state.opt_state, row["dir"], row["stage"])
       row["optimizer_steps"] = rows[-1 if rows[-1]["role"] == Role.REST else 0][
-          "optimizer_steps"] + _best_step(row["dir"])
+          "optimizer_steps"] + selection_lib.best_step_of(row["dir"])
       rows.append(row)
   run.select(rows, bc_from)
   run.test(rows)
@@ -604,31 +577,7 @@ def rest(
   return rows
 
 
-def _selected_state(step_dir: str, trainer: trainer_lib.Trainer):
-  sel = selection_lib.Selection(step_dir)
-  state = sel.restore_best(trainer.abstract_state)
-  sel.close()
-  return state
-
-
-def _summary(step_dir: str) -> Dict[str, Any]:
-  sel = selection_lib.Selection(step_dir)
-  summary = sel.summary()
-  sel.close()
-  return summary
-
-
-def _best_step(step_dir: str) -> int:
-  return _summary(step_dir)["best_step"]
-
 
 def _step_summary(result) -> Dict[str, Any]:
   """A training step's result as the state file keeps it."""
   return {"metrics": dict(result.metrics), "seconds": result.seconds}
-
-
-def _schedule_ignores_length(config: improve_lib.ImproveConfig) -> bool:
-  """Whether Improve's rate is the same for a run of any length (then BC+ can share its
-  compiled step)."""
-  rate = config.learning_rate
-  return not isinstance(rate, trainer_lib.LearningRateConfig) or rate.schedule == "constant"

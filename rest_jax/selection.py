@@ -156,3 +156,23 @@ def finished_bc(directory: str) -> str:
         f" {SELECTION_FILE} and best/ checkpoint that `rest` writes when BC"
         " ends (point it at a run's bc/)")
   return directory
+
+
+def restore_selected(step_dir: str, abstract_state: Any):
+  """The state a finished step's selection picked (its best checkpoint on validation)."""
+  sel = Selection(step_dir)
+  state = sel.restore_best(abstract_state)
+  sel.close()
+  return state
+
+
+def summary_of(step_dir: str) -> Dict[str, Any]:
+  """A step's selection summary (best and last step, history, early stop)."""
+  sel = Selection(step_dir)
+  summary = sel.summary()
+  sel.close()
+  return summary
+
+
+def best_step_of(step_dir: str) -> int:
+  return summary_of(step_dir)["best_step"]

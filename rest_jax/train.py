@@ -5,6 +5,7 @@
 `model_dir`, at the same step and data position.
 """
 
+import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -17,6 +18,33 @@ from rest_jax import checkpoints, convert, files, inference, loop, partitioning
 from rest_jax import selection as selection_lib, train_eval
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+  """BC, the run's first policy (gin: `train.BCConfig`, bound from rest.gin's macros).
+
+  Attributes:
+    steps: its most training steps (BC_STEPS); it stops earlier once its validation
+      reward has not improved for `selection.patience` evaluations, and keeps its best
+      checkpoint: the BC policy.
+    selection: its validation period and patience.
+    learning_rate: its rate or schedule for a model that carries a t5x `OptimizerDef`
+      (rest_jax's models carry an optax optimizer with its rate).
+    initial_checkpoint_path: a t5x checkpoint (t5x's INITIAL_CHECKPOINT_PATH; Orbax or
+      legacy) that BC starts from instead of a random initialisation; with `steps=0`
+      it is the BC policy.
+    from_dir: the `bc/` directory of another run (finished, BC_FROM): its selected
+      checkpoint is this run's BC policy, read where it is (nothing is copied or
+      written there).
+  """
+
+  steps: int
+  selection: selection_lib.SelectionConfig = selection_lib.SelectionConfig(
+      eval_period=100, patience=5)
+  learning_rate: Any = None
+  initial_checkpoint_path: Optional[str] = None
+  from_dir: Optional[str] = None
 
 
 def _converter(model, pack: bool = False) -> seqio.FeatureConverter:
