@@ -301,16 +301,16 @@ def train_step(trainer: trainer_lib.Trainer, policy: Policy, batches: Callable[[
   keeper = (selection_lib.Selection(step.output_dir, selection)
             if context.validate is not None and selection is not None else None)
   result = loop.run(
-      name=step.name, trainer=trainer, state=state,
-      batches=batches().skip(start).as_numpy_iterator(), total_steps=step.steps,
-      checkpointer=ckpt, dropout_rng=jax.random.PRNGKey(step.seed + 17),
-      fault_point="improve.step", loss_args=dict(loss_args or {}), selection=keeper,
-      validate=context.validate, include_start=step.include_start,
-      after_step=lambda done, new_state, metrics, batch: accumulator.add(metrics),
-      # The metrics so far, saved with (just before) the checkpoint of the same step, so
-      # that a resumed step reports what an uninterrupted one would.
-      before_checkpoint=lambda done: _save_metrics(step.output_dir, done, accumulator),
-      progress_bar=context.progress_bar)
+      loop.Job(step.name, trainer, state, batches().skip(start).as_numpy_iterator(),
+               step.steps, ckpt, jax.random.PRNGKey(step.seed + 17), "improve.step",
+               loss_args=dict(loss_args or {}), selection=keeper, validate=context.validate,
+               include_start=step.include_start),
+      loop.Hooks(
+          after_step=lambda done, new_state, metrics, batch: accumulator.add(metrics),
+          # The metrics so far, saved with (just before) the checkpoint of the same step, so
+          # that a resumed step reports what an uninterrupted one would.
+          before_checkpoint=lambda done: _save_metrics(step.output_dir, done, accumulator),
+          progress_bar=context.progress_bar))
   state, metrics = result.state, accumulator.compute() if accumulator else {}
   if keeper is not None:
     state = keeper.restore_best(trainer.abstract_state)

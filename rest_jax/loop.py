@@ -1,8 +1,8 @@
 """The one training loop: BC (`train`), Improve, the controls and the reward model.
 
-Each of them is a configuration of `run`: its trainer (model, loss, optimizer), its
+Each of them builds a `Job` for `run`: its trainer (model, loss, optimizer), its
 batches (already positioned at the step it resumes from), its checkpointer, and
-optionally a `Selection` on validation and hooks for what only it does (BC's
+optionally a `Selection` on validation; and `Hooks` for what only it does (BC's
 summaries and evaluations, Improve's metrics saved beside each checkpoint). The
 loop owns what must be the same everywhere:
 
@@ -47,18 +47,11 @@ class LoopResult:
   tokens: int
 
 
-def run(*, name: str, trainer: trainer_lib.Trainer, state: trainer_lib.TrainState,
-        batches: Iterator[Mapping[str, Any]], total_steps: int,
-        checkpointer: checkpoints.Checkpointer, dropout_rng: jax.Array,
-        fault_point: str, loss_args: Optional[Mapping[str, Any]] = None,
-        selection: Optional[selection_lib.Selection] = None,
-        validate: Optional[Callable[[Any], float]] = None, include_start: bool = False,
-        after_step: Optional[AfterStep] = None,
-        before_checkpoint: Optional[Callable[[int], None]] = None,
-        progress_bar: bool = True, bar_postfix: bool = True) -> LoopResult:
-  """Trains from `state`'s step to `total_steps` (or an early stop); see the module doc.
+@dataclasses.dataclass
+class Job:
+  """What a training stage hands the loop: everything `run` consumes.
 
-  Args:
+  Attributes:
     name: for the bar and the preemption message.
     trainer: the compiled train step.
     state: where to start (a restored checkpoint, or a fresh state at step 0).
@@ -71,21 +64,56 @@ def run(*, name: str, trainer: trainer_lib.Trainer, state: trainer_lib.TrainStat
     selection: keeps the best checkpoint by `validate`; finished on return.
     validate: the validation score of parameters (higher is better).
     include_start: the state at step 0 is a candidate of the selection.
+  """
+
+  name: str
+  trainer: trainer_lib.Trainer
+  state: trainer_lib.TrainState
+  batches: Iterator[Mapping[str, Any]]
+  total_steps: int
+  checkpointer: checkpoints.Checkpointer
+  dropout_rng: jax.Array
+  fault_point: str
+  loss_args: Optional[Mapping[str, Any]] = None
+  selection: Optional[selection_lib.Selection] = None
+  validate: Optional[Callable[[Any], float]] = None
+  include_start: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What only some stages do around the loop's steps.
+
+  Attributes:
     after_step: called after every step (metrics, summaries, evaluations).
     before_checkpoint: called with the step before each checkpoint is written
       (state kept beside it, e.g. metrics so far).
     progress_bar: tqdm bar (on process 0).
     bar_postfix: show tokens/s on the bar.
   """
+
+  after_step: Optional[AfterStep] = None
+  before_checkpoint: Optional[Callable[[int], None]] = None
+  progress_bar: bool = True
+  bar_postfix: bool = True
+
+
+def run(job: Job, hooks: Hooks = Hooks()) -> LoopResult:
+  """Trains `job` from its state's step to `job.total_steps` (or an early stop); see the
+  module doc."""
+  name, trainer, state, batches = job.name, job.trainer, job.state, job.batches
+  total_steps, checkpointer, selection, validate = (job.total_steps, job.checkpointer,
+                                                    job.selection, job.validate)
+  after_step, before_checkpoint = hooks.after_step, hooks.before_checkpoint
   start = int(jax.device_get(state.step))
   if selection is not None:
     if validate is None:
       raise ValueError(f"{name}: a selection needs a validate function")
     selection.resume_from(start)
-    if include_start and start == 0 and not any(s == 0 for s, _ in selection.history):
+    if job.include_start and start == 0 and not any(s == 0 for s, _ in selection.history):
       selection.record(0, validate(state.params), state)
   bar = tqdm.tqdm(total=total_steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
-                  disable=not (progress_bar and jax.process_index() == 0))
+                  disable=not (hooks.progress_bar and jax.process_index() == 0))
   tick, tokens, stopped = time.perf_counter(), 0, False
 
   def save(done: int, force: bool) -> None:
@@ -96,8 +124,8 @@ def run(*, name: str, trainer: trainer_lib.Trainer, state: trainer_lib.TrainStat
   for _ in range(start, total_steps):
     batch = next(batches)
     state, metrics = trainer.train_step(state, trainer.partitioner.shard_batch(batch),
-                                        dropout_rng, loss_args)
-    faults.point(fault_point)
+                                        job.dropout_rng, job.loss_args)
+    faults.point(job.fault_point)
     done = int(jax.device_get(state.step))
     if "decoder_loss_weights" in batch:
       tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
@@ -105,7 +133,7 @@ def run(*, name: str, trainer: trainer_lib.Trainer, state: trainer_lib.TrainStat
       after_step(done, state, metrics, batch)
     save(done, force=done == total_steps)
     bar.update(1)
-    if bar_postfix and tokens:
+    if hooks.bar_postfix and tokens:
       bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - tick, 1e-9):.0f}")
     if selection is not None and selection.due(done, total_steps):
       selection.record(done, validate(state.params), state)

@@ -180,7 +180,8 @@ class _Run:
       train_lib.train(model=self.model, train_dataset_cfg=self.train_dataset_cfg,
                       model_dir=bc_dir, total_steps=self.bc_steps,
                       partitioner=self.context.partitioner,
-                      checkpoint_period=self.context.checkpoint_period, seed=self.context.seed,
+                      checkpoint_cfg=train_lib.CheckpointConfig(self.context.checkpoint_period),
+                      seed=self.context.seed,
                       progress_bar=self.context.progress_bar, selection=sel,
                       validate=self.validate, learning_rate=self.bc_learning_rate,
                       initial_checkpoint_path=self.initial_checkpoint_path)

@@ -47,8 +47,110 @@ class BCConfig:
   from_dir: Optional[str] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Where `train` saves (t5x's `checkpoint_cfg`, as `train` uses it).
+
+  Attributes:
+    period: steps between checkpoints (the last step is always saved).
+    keep: checkpoints kept.
+  """
+
+  period: int = 500
+  keep: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class SummaryConfig:
+  """What `train` writes to TensorBoard: its training metrics (`train/`) every
+  `log_period` steps, and every `eval_period` steps (and at the end) the evaluation of
+  `eval_dataset_cfg` (`eval/`): loss, accuracy, and BLEU/chrF of decodes.
+
+  Attributes:
+    log_period: steps between train-metric summaries.
+    eval_period: steps between evaluations.
+    eval_batches: batches per evaluation (0 = the whole split).
+    eval_beam_size: beam size of the decodes scored by BLEU/chrF (1 = greedy).
+  """
+
+  log_period: int = 50
+  eval_period: int = 500
+  eval_batches: int = 8
+  eval_beam_size: int = 1
+
+
 def _converter(model, pack: bool = False) -> seqio.FeatureConverter:
   return model.FEATURE_CONVERTER_CLS(pack=pack)
+
+
+class _Summaries:
+  """`train`'s TensorBoard summaries and evaluations, and its history of evaluations."""
+
+  def __init__(self, model, trainer: trainer_lib.Trainer, model_dir: str,
+               eval_dataset_cfg: Optional[pipeline.DatasetConfig], config: SummaryConfig,
+               total_steps: int):
+    self.model, self.trainer, self.config = model, trainer, config
+    self.eval_dataset_cfg, self.total_steps = eval_dataset_cfg, total_steps
+    is_chief = jax.process_index() == 0
+    self.train_writer = files.summary_writer(files.join(model_dir, "train"), is_chief)
+    self.eval_writer = files.summary_writer(files.join(model_dir, "eval"), is_chief)
+    self.decoder = None
+    if eval_dataset_cfg is not None:
+      self.decoder = inference.PolicyDecoder(model, trainer.partitioner,
+                                             trainer.params_sharding,
+                                             num_decodes=config.eval_beam_size)
+    self.history: List[Dict[str, Any]] = []
+    self._restart()
+
+  def _restart(self) -> None:
+    self.accumulator, self.tokens = trainer_lib.MetricsAccumulator(), 0
+    self.tick = time.perf_counter()
+
+  def evaluate(self, step: int, params) -> None:
+    cfg = self.eval_dataset_cfg
+    if cfg is None:
+      return
+    batches = pipeline.batch_iterator(cfg, _converter(self.model), num_epochs=1,
+                                      rows=self.trainer.partitioner.process_rows(cfg.batch_size))
+    if self.config.eval_batches:
+      batches = (b for i, b in zip(range(self.config.eval_batches), batches))
+    results = train_eval.evaluate(self.trainer, params, batches, self.decoder)
+    examples = results.pop("examples", [])
+    self.eval_writer.write_scalars(step, results)
+    for ref, hyp in examples[:2]:
+      logging.info("  reference: %s\n  decoded:   %s", ref, hyp)
+    self.history.append({"step": step, **results})
+    tqdm.tqdm.write(f"step {step:6d} eval " +
+                    " ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
+
+  def after_step(self, done: int, new_state, metrics, batch) -> None:
+    self.accumulator.add(metrics)
+    self.tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
+    if done % self.config.log_period == 0 or done == self.total_steps:
+      elapsed = time.perf_counter() - self.tick
+      scalars = self.accumulator.compute()
+      scalars["target_tokens_per_s"] = self.tokens / max(elapsed, 1e-9)
+      self.train_writer.write_scalars(done, scalars)
+      self._restart()
+    if done % self.config.eval_period == 0 or done == self.total_steps:
+      self.evaluate(done, new_state.params)
+
+  def flush(self) -> None:
+    self.train_writer.flush()
+    self.eval_writer.flush()
+
+
+def _start_state(trainer: trainer_lib.Trainer, ckpt: checkpoints.Checkpointer,
+                 init_rng: jax.Array, initial_checkpoint_path: Optional[str]):
+  """The latest checkpoint's state, else the t5x checkpoint's parameters, else an init."""
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(trainer.abstract_state)
+    logging.info("Resumed from step %d", int(state.step))
+    return state
+  if initial_checkpoint_path:
+    logging.info("Starting from %s", initial_checkpoint_path)
+    return trainer.state_from_params(convert.read_params(trainer, initial_checkpoint_path))
+  return trainer.init_state(init_rng)
 
 
 def train(
@@ -59,12 +161,8 @@ def train(
     total_steps: int,
     eval_dataset_cfg: pipeline.DatasetConfig | None = None,
     partitioner: partitioning.Partitioner | None = None,
-    eval_period: int = 500,
-    eval_batches: int = 8,
-    eval_beam_size: int = 1,
-    checkpoint_period: int = 500,
-    keep_checkpoints: int = 3,
-    log_period: int = 50,
+    checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
+    summaries: SummaryConfig = SummaryConfig(),
     seed: int = 0,
     progress_bar: bool = True,
     selection: Optional[selection_lib.Selection] = None,
@@ -80,14 +178,10 @@ def train(
     model_dir: checkpoints (`checkpoints/`), TensorBoard summaries (`train/`,
       `eval/`) and the config go here.
     total_steps: train until the state's step reaches this.
-    eval_dataset_cfg: evaluated every `eval_period` steps and at the end.
+    eval_dataset_cfg: evaluated every `summaries.eval_period` steps and at the end.
     partitioner: the mesh and rules (default: data parallel over all devices).
-    eval_period: steps between evaluations.
-    eval_batches: batches per evaluation (0 = the whole split).
-    eval_beam_size: beam size of the decodes scored by BLEU/chrF (1 = greedy).
-    checkpoint_period: steps between checkpoints (the last step is always saved).
-    keep_checkpoints: checkpoints kept.
-    log_period: steps between train-metric summaries.
+    checkpoint_cfg: how often checkpoints are saved and how many are kept.
+    summaries: how often train metrics are written and the evaluation runs.
     seed: parameter-init and dropout seed.
     progress_bar: show a tqdm bar with tokens/s.
     selection: keeps the best checkpoint by `validate(params)` (evaluated every
@@ -105,24 +199,14 @@ def train(
     The history of evaluations: one dict per evaluation with `step` and metrics.
   """
   partitioner = partitioner or partitioning.Partitioner()
-  lengths = train_dataset_cfg.task_feature_lengths
   trainer = trainer_lib.Trainer(
-      model, partitioner,
-      trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size, lengths),
-      learning_rate=learning_rate,
-  )
-  ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_period,
-                                  keep=keep_checkpoints)
-  rng = jax.random.PRNGKey(seed)
-  init_rng, dropout_rng = jax.random.split(rng)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(trainer.abstract_state)
-    logging.info("Resumed from step %d", int(state.step))
-  elif initial_checkpoint_path:
-    state = trainer.state_from_params(convert.read_params(trainer, initial_checkpoint_path))
-    logging.info("Starting from %s", initial_checkpoint_path)
-  else:
-    state = trainer.init_state(init_rng)
+      model, partitioner, trainer_lib.batch_input_shapes(
+          train_dataset_cfg.batch_size, train_dataset_cfg.task_feature_lengths),
+      learning_rate=learning_rate)
+  ckpt = checkpoints.Checkpointer(model_dir, save_every=checkpoint_cfg.period,
+                                  keep=checkpoint_cfg.keep)
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  state = _start_state(trainer, ckpt, init_rng, initial_checkpoint_path)
   start = int(jax.device_get(state.step))
   if selection is not None:
     if validate is None:
@@ -130,57 +214,16 @@ def train(
     if selection.finished:  # reached its steps or stopped early: nothing left to do
       ckpt.close()
       return []
-    selection.resume_from(start)
-  is_chief = jax.process_index() == 0
-  train_writer = files.summary_writer(files.join(model_dir, "train"), is_chief)
-  eval_writer = files.summary_writer(files.join(model_dir, "eval"), is_chief)
-  decoder = None
-  if eval_dataset_cfg is not None:
-    decoder = inference.PolicyDecoder(model, partitioner, trainer.params_sharding,
-                                      num_decodes=eval_beam_size)
-  history: List[Dict[str, Any]] = []
-
-  def run_eval(step: int, params) -> None:
-    if eval_dataset_cfg is None:
-      return
-    batches = pipeline.batch_iterator(eval_dataset_cfg, _converter(model), num_epochs=1,
-                                      rows=partitioner.process_rows(eval_dataset_cfg.batch_size))
-    if eval_batches:
-      batches = (b for i, b in zip(range(eval_batches), batches))
-    results = train_eval.evaluate(trainer, params, batches, decoder)
-    examples = results.pop("examples", [])
-    eval_writer.write_scalars(step, results)
-    for ref, hyp in examples[:2]:
-      logging.info("  reference: %s\n  decoded:   %s", ref, hyp)
-    history.append({"step": step, **results})
-    tqdm.tqdm.write(f"step {step:6d} eval " +
-                    " ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
-
+  summary = _Summaries(model, trainer, model_dir, eval_dataset_cfg, summaries, total_steps)
   batches = pipeline.batch_iterator(train_dataset_cfg, _converter(model, train_dataset_cfg.pack),
                                     start_step=start,
                                     rows=partitioner.process_rows(train_dataset_cfg.batch_size))
-  summary = {"accumulator": trainer_lib.MetricsAccumulator(), "tokens": 0,
-             "tick": time.perf_counter()}
   if start == 0:
-    run_eval(0, state.params)
-
-  def after_step(done, new_state, metrics, batch):
-    summary["accumulator"].add(metrics)
-    summary["tokens"] += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
-    if done % log_period == 0 or done == total_steps:
-      elapsed = time.perf_counter() - summary["tick"]
-      scalars = summary["accumulator"].compute()
-      scalars["target_tokens_per_s"] = summary["tokens"] / max(elapsed, 1e-9)
-      train_writer.write_scalars(done, scalars)
-      summary.update(accumulator=trainer_lib.MetricsAccumulator(), tokens=0,
-                     tick=time.perf_counter())
-    if done % eval_period == 0 or done == total_steps:
-      run_eval(done, new_state.params)
-
-  result = loop.run(name="train", trainer=trainer, state=state, batches=batches,
-                    total_steps=total_steps, checkpointer=ckpt, dropout_rng=dropout_rng,
-                    fault_point="train.step", selection=selection, validate=validate,
-                    after_step=after_step, progress_bar=progress_bar)
+    summary.evaluate(0, state.params)
+  result = loop.run(
+      loop.Job("train", trainer, state, batches, total_steps, ckpt, dropout_rng, "train.step",
+               selection=selection, validate=validate),
+      loop.Hooks(after_step=summary.after_step, progress_bar=progress_bar))
   if result.stopped_early:
     logging.info("train: stopped early at step %d; best validation score %.4f at step %d",
                  int(jax.device_get(result.state.step)), selection.best[1], selection.best[0])
@@ -191,10 +234,10 @@ def train(
   cut = pipeline.overlength_count(train_dataset_cfg)
   if cut:
     logging.warning("train: %d examples of %s were longer than %s and were cut", cut,
-                    train_dataset_cfg.mixture_or_task_name, dict(lengths))
-  train_writer.flush()
-  eval_writer.flush()
+                    train_dataset_cfg.mixture_or_task_name,
+                    dict(train_dataset_cfg.task_feature_lengths))
+  summary.flush()
   if time.perf_counter() - tick > 10:
     logging.warning("train: closing took %.1f s (input pipeline %.1f s)",
                     time.perf_counter() - tick, stopped - tick)
-  return history
+  return summary.history

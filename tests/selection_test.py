@@ -72,14 +72,14 @@ def test_bc_stops_early_and_keeps_its_best_checkpoint(setup, tmp_path):
   cfg = pipeline.DatasetConfig(tasks.DEMO_TASK, LENGTHS, "train", 8)
   sel = selection.Selection(str(tmp_path), selection.SelectionConfig(eval_period=2, patience=2))
   train.train(model=model, train_dataset_cfg=cfg, model_dir=str(tmp_path), total_steps=20,
-              partitioner=partitioner, checkpoint_period=5, progress_bar=False,
+              partitioner=partitioner, checkpoint_cfg=train.CheckpointConfig(5), progress_bar=False,
               selection=sel, validate=validate)
   # Evaluated at 2, 4, 6, 8: two evaluations after the best (step 4) did not beat it.
   assert len(calls) == 4 and sel.best == (4, 0.5) and sel.should_stop and sel.finished
   assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 8
   validate, calls = _scripted([])
   train.train(model=model, train_dataset_cfg=cfg, model_dir=str(tmp_path), total_steps=20,
-              partitioner=partitioner, checkpoint_period=5, progress_bar=False,
+              partitioner=partitioner, checkpoint_cfg=train.CheckpointConfig(5), progress_bar=False,
               selection=selection.Selection(str(tmp_path), sel.config), validate=validate)
   assert not calls  # a finished (stopped) BC is not trained again
 

@@ -18,7 +18,7 @@ def _config(batch_size=16):
 
 def _train(model_dir, steps, **kw):
   return train.train(model=make_model(vocab_size=384), train_dataset_cfg=_config(),
-                     model_dir=str(model_dir), total_steps=steps, checkpoint_period=3,
+                     model_dir=str(model_dir), total_steps=steps, checkpoint_cfg=train.CheckpointConfig(3),
                      progress_bar=False, partitioner=partitioning.Partitioner(mesh_shape=(2, 1),
                      devices=jax.devices()[:2]), **kw)
 

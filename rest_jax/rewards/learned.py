@@ -337,10 +337,9 @@ def train_reward_model(
         rows = order[offset * batch_size:(offset + 1) * batch_size]
         yield {"tokens": tokens[rows], "target_score": scores[rows], "group": group[rows]}
 
-    return loop.run(name="reward model", trainer=trainer, state=state, batches=batches(),
-                    total_steps=train_steps, checkpointer=ckpt,
-                    dropout_rng=jax.random.PRNGKey(member_seed + 1),
-                    fault_point="reward_model.step", progress_bar=progress_bar).state.params
+    job = loop.Job("reward model", trainer, state, batches(), train_steps, ckpt,
+                   jax.random.PRNGKey(member_seed + 1), "reward_model.step")
+    return loop.run(job, loop.Hooks(progress_bar=progress_bar)).state.params
 
   # One model, or an ensemble of `ensemble_size` trained on the same ratings from other
   # initialisations and data orders (seeds `seed * ensemble_size + k`), averaged.
