@@ -90,17 +90,16 @@ def improve_command(*, model, policy_dir: str, grown_dir: str, threshold: float,
                     bc_dir: Optional[str] = None, seed: int = 0,
                     task_name: Optional[str] = None, reward: Optional[Reward] = None,
                     evaluation: Optional[policy_eval.EvalConfig] = None,
-                    grow: grow_lib.GrowConfig = grow_lib.GrowConfig(),
-                    grow_step: int = 1, step: int = 1,
+                    place: improve_lib.Place = improve_lib.Place(),
                     partitioner: Optional[partitioning.Partitioner] = None) -> Dict[str, Any]:
-  """Improve step `step` of Grow step `grow_step` from a policy checkpoint, exactly as
-  `rest` runs it (resumable).
+  """Improve step `place` (g, i of a run of G Grow steps) from a policy checkpoint,
+  exactly as `rest` runs it (resumable).
 
   The same function as `rest`'s Improve step with the same objects: the policy's
   optimizer state is continued or started fresh as `improve.optimizer_state` says;
-  the data order and dropout follow (`seed`, `grow_step`, `step`); a loss with a KL
-  term reads the frozen BC policy from `bc_dir` (default: the policy itself) with
-  the weight `rest` gives this step of `grow.steps` x I; and with `evaluation` (and
+  the data order and dropout follow (`seed`, g, i); a loss with a KL term reads the
+  frozen BC policy from `bc_dir` (default: the policy itself) with the weight `rest`
+  gives this step of G x I; and with `evaluation` (and
   the task and reward) the step keeps its best checkpoint on validation, as in `rest`.
   """
   partitioner = partitioner or partitioning.Partitioner()
@@ -127,13 +126,10 @@ def improve_command(*, model, policy_dir: str, grown_dir: str, threshold: float,
 
   if reward is None:  # only the scale's top matters (unscored rows carry it)
     reward = _UnitScale()
-  per_grow = len(improve.thresholds.values)
   context = _context(model, task_name, feature_lengths, reward, seed, partitioner, validate)
   result = improve_lib.improve_step(
       start, improve, context, grown_dir=grown_dir, threshold=threshold,
-      output_dir=output_dir, grow_step=grow_step, step=step,
-      improve_index=(grow_step - 1) * per_grow + step - 1,
-      num_improve_steps=max(grow.steps, grow_step) * per_grow, reference_params=reference)
+      output_dir=output_dir, place=place, reference_params=reference)
   return dict(result.metrics)
 
 

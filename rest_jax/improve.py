@@ -358,12 +358,33 @@ def train_on_rows(policy: Policy, rows: Rows, config: ImproveConfig, context: St
                     directory=os.path.abspath(step.output_dir), state=state)
 
 
+@dataclasses.dataclass(frozen=True)
+class Place:
+  """Where an Improve step stands in its run: step `step` (i) of Grow step `grow_step`
+  (g), in a run of `grow_steps` (G) Grow steps. With the run's seed it fixes the step's
+  data order and dropout (`seed + 1000 g + i`); with I, the thresholds' number, its
+  place in BVMPO's annealed KL weight (step `index` of `total`)."""
+
+  grow_step: int = 1
+  step: int = 1
+  grow_steps: int = 1
+
+  def seed(self, run_seed: int) -> int:
+    return run_seed + 1000 * self.grow_step + self.step
+
+  def index(self, per_grow: int) -> int:
+    """The step's place among all the run's Improve steps (0-based)."""
+    return (self.grow_step - 1) * per_grow + self.step - 1
+
+  def total(self, per_grow: int) -> int:
+    return max(self.grow_steps, self.grow_step) * per_grow
+
+
 def improve_step(policy: Policy, config: ImproveConfig, context: StepContext, *,
-                 grown_dir: str, threshold: float, output_dir: str, grow_step: int = 1,
-                 step: int = 1, improve_index: int = 0, num_improve_steps: int = 1,
+                 grown_dir: str, threshold: float, output_dir: str, place: Place = Place(),
                  reference_params: Any = None,
                  trainer: Optional[trainer_lib.Trainer] = None) -> StepResult:
-  """Improve step `step` of Grow step `grow_step`, as `rest` runs it.
+  """Improve step `place` of a run, as `rest` runs it.
 
   Args:
     policy: the policy it starts from (its optimizer state is continued when
@@ -373,10 +394,7 @@ def improve_step(policy: Policy, config: ImproveConfig, context: StepContext, *,
     grown_dir: the Grow step's dataset.
     threshold: this step's tau.
     output_dir: the step's directory.
-    grow_step: g (1-based), with `step` (i, 1-based) the step's data order and
-      dropout seed (`seed + 1000 g + i`).
-    improve_index: the step's place among all the run's Improve steps (0-based)
-      and `num_improve_steps` their number: BVMPO's annealed KL weight.
+    place: (g, i) and G: the step's data order, dropout and KL weight.
     reference_params: the frozen BC policy, for a loss with a KL term.
     trainer: `config.trainer(context, config.steps)`, compiled once per run.
   """
@@ -384,10 +402,11 @@ def improve_step(policy: Policy, config: ImproveConfig, context: StepContext, *,
     raise ValueError(f"references={config.references!r}: use one of {REFERENCE_MODES}")
   rows = Rows(grown_dir, threshold, references=config.references == "keep",
               mix_ratio=config.mix_ratio)
+  per_grow = len(config.thresholds.values)
   return train_on_rows(
       policy, rows, config, context,
-      Step(output_dir, f"improve {grow_step}.{step}", context.seed + 1000 * grow_step + step,
+      Step(output_dir, f"improve {place.grow_step}.{place.step}", place.seed(context.seed),
            config.steps),
       loss=config.loss, trainer=trainer or config.trainer(context, config.steps),
-      kl_weight=config.loss.kl_weight(improve_index, num_improve_steps),
+      kl_weight=config.loss.kl_weight(place.index(per_grow), place.total(per_grow)),
       reference_params=reference_params)

@@ -407,8 +407,8 @@ class _Run:
         spec, selection_lib.Selection(out_dir).finished,
         lambda: _step_summary(improve_lib.improve_step(
             policy, config, self.context, grown_dir=grow_dir, threshold=tau,
-            output_dir=out_dir, grow_step=g, step=i, improve_index=index - 1,
-            num_improve_steps=self.num_improve, reference_params=bc.params,
+            output_dir=out_dir, place=improve_lib.Place(g, i, self.grow_config.steps),
+            reference_params=bc.params,
             trainer=self.improve_trainer())),
         [out_dir])
     state = selection_lib.restore_selected(out_dir, self.improve_trainer().abstract_state)

@@ -140,7 +140,8 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
       output_dir=str(tmp_path / "alone"), feature_lengths=LENGTHS, improve=changed,
       task_name=tasks.DEMO_TASK, reward=rewards.get("chrf", processes=1),
       evaluation=policy_eval.EvalConfig(max_examples=16, best_of_n=2),
-      grow=grow.GrowConfig(steps=1), partitioner=partitioning.Partitioner(mesh_shape=(4, 2)))
+      place=improve.Place(1, 1, grow_steps=1),
+      partitioner=partitioning.Partitioner(mesh_shape=(4, 2)))
   alone, in_rest = selection.Selection(str(tmp_path / "alone")), selection.Selection(
       str(tmp_path / "improve_1_1"))
   assert alone.history == in_rest.history and alone.best == in_rest.best
