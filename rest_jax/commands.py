@@ -28,9 +28,9 @@ def policy_checkpoint(policy_dir: str) -> Tuple[checkpoints.Checkpointer, Option
   - any other directory of checkpoints (`train` without validation, `convert`'s
     output): its latest checkpoint.
   """
-  state = layout.read_state(policy_dir)
-  if state is not None:
-    selected = state["steps"].get("selected_dir")
+  summary = layout.read_summary(policy_dir)
+  if summary is not None:
+    selected = summary.get("selected_dir")
     if selected is None:
       raise ValueError(f"{policy_dir} is a `rest` run that has not selected a policy yet (it"
                        " selects when every step is done): point POLICY_DIR at one of its"

@@ -31,6 +31,11 @@ REPORT_FILE = "report.md"
 SUMMARIES = "rest"
 BC = "bc"
 BC_PLUS = "bc_plus"
+# The run summary in the state file (beside the stages' results): the report's rows, the
+# picks on validation (`roles.row_id`s), thresholds, coverage, empty arm steps, the reward.
+SUMMARY_KEYS = ("rows", "selected", "selected_dir", "best_control", "arm_selected",
+                "filtered_bc_selected", "thresholds", "coverage", "empty_steps",
+                "reward_quality", "reward_reads_references", "reward_name")
 
 
 def grow_name(g: int) -> str:
@@ -88,6 +93,17 @@ def read_state(model_dir: str) -> Optional[Dict[str, Any]]:
   if not files.exists(path):
     return None
   return json.loads(files.read_text(path))
+
+
+def read_summary(model_dir: str) -> Optional[Dict[str, Any]]:
+  """The run summary of a run's state file (in files from before it had its own place,
+  its keys among the steps); None when the run has no state file."""
+  state = read_state(model_dir)
+  if state is None:
+    return None
+  if "summary" in state:
+    return state["summary"]
+  return {k: v for k, v in state.get("steps", {}).items() if k in SUMMARY_KEYS}
 
 
 def relative(model_dir: str, path: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from rest_jax import files, layout
+from rest_jax import files, layout, roles
 from rest_jax.data import grown
 from rest_jax.roles import Role
 
@@ -192,11 +192,12 @@ def warnings(rows, steps, split: str = "validation") -> List[str]:
   return out
 
 
-def headline(rows, steps, splits: Sequence[str], selection_split: str = "validation"
+def headline(rows, summary, splits: Sequence[str], selection_split: str = "validation"
              ) -> List[str]:
-  """ReST's margin over the best control chosen on validation, on every split."""
+  """ReST's margin over the best control chosen on validation (the run summary's
+  `best_control`), on every split."""
   chosen = next((r for r in rows if r.get("selected")), None)
-  control = next((r for r in rows if r["policy"] == steps.get("best_control")), None)
+  control = roles.find(rows, summary.get("best_control"))
   if chosen is None or control is None:
     return []
   lines = []
@@ -234,7 +235,8 @@ def headline(rows, steps, splits: Sequence[str], selection_split: str = "validat
                 for split in splits if f"{split}/bleu" in a and f"{split}/bleu" in b) + "."]
   if chosen.get("role") == Role.BC:
     out += ["", "ReST selected BC itself: no Improve step beat BC on validation."]
-  if not any(r.get("role") == Role.FILTERED_BC for r in rows) and steps.get("reward_reads_references"):
+  if not any(r.get("role") == Role.FILTERED_BC for r in rows) and summary.get(
+      "reward_reads_references"):
     out += ["", "Filtered BC was not run: the reward reads references, so a reference would"
             " score itself and filtering the original pairs is BC+."]
   return out + [""]
@@ -286,7 +288,7 @@ def _save_figure(fig, path: str) -> None:
   files.atomic_write_bytes(path, buffer.getvalue())
 
 
-def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
+def _plots(model_dir: str, rows, summary, split: str) -> List[str]:
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -300,7 +302,7 @@ def _plots(model_dir: str, rows, steps, split: str) -> List[str]:
         directory, verify_counts=False)))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(rewards, bins=40, color="tab:blue", alpha=0.8)
-    for tau in steps.get("thresholds", {}).get(str(g), []):
+    for tau in summary.get("thresholds", {}).get(str(g), []):
       ax.axvline(tau, color="tab:red", linestyle="--")
     ax.set_xlabel("reward of a sample")
     ax.set_ylabel("samples")
@@ -357,8 +359,9 @@ def _ran(rows, role: str) -> str:
 
 
 def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, evaluation, rows,
-                 steps) -> List[str]:
-  """'What was run': the lines a reader needs before the tables."""
+                 steps, summary) -> List[str]:
+  """'What was run': the lines a reader needs before the tables (from the stages' results
+  `steps` and the run summary)."""
   counts = {split: int(r["metrics"].get(f"{split}/examples", 0))
             for r in rows for split in evaluation.splits if f"{split}/examples" in r["metrics"]}
   cut = {split: int(r["metrics"].get(f"{split}/overlength", 0))
@@ -379,13 +382,13 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       f"- Training reward `{reward.name}` on {list(reward.range)},"
       f" {'reads references' if reward.needs_reference else 'reference-free'};"
       f" held-out reward: {f'`{held_out.name}`' if held_out else 'none'}.",
-      *reward_lines(steps.get("reward_quality", {})),
+      *reward_lines(summary.get("reward_quality", {})),
       f"- Grow: G = {grow.steps}, N = {grow.num_samples} samples per source at temperature"
       f" {sampling.temperature}, top-k {sampling.topk or 'off'}, top-p {sampling.topp or 'off'}.",
       f"- Improve: loss `{improve.loss.name}`, {improve.steps} steps of {improve.batch_size}"
       f" per Improve step, optimizer state {improve.optimizer_state}, references"
       f" {improve.references}; thresholds per Grow step"
-      f" { {g: [round(t, 3) for t in taus] for g, taus in steps.get('thresholds', {}).items()} }.",
+      f" { {g: [round(t, 3) for t in taus] for g, taus in summary.get('thresholds', {}).items()} }.",
       f"- Selection on validation reward: BC evaluated every few steps, best at step"
       f" {bc_sel.get('best_step')} of {bc_sel.get('last_step')}"
       f"{' (stopped early)' if bc_sel.get('stopped_early') else ''}; each Improve step and"
@@ -394,7 +397,7 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       "- Controls, each with Improve's optimizer steps, learning rate and selection: BC+ (BC"
       " continued on the original pairs, its start a candidate), filtered BC (BC continued"
       " on the original pairs the reward keeps, thresholds"
-      f" {[round(t, 3) for t in steps.get('thresholds', {}).get('filtered_bc', [])] or 'not run'})"
+      f" {[round(t, 3) for t in summary.get('thresholds', {}).get('filtered_bc', [])] or 'not run'})"
       f" and random selection ({_ran(rows, Role.RANDOM_SELECTION)}:"
       " as many of Grow 1's samples as each Improve step keeps, drawn without the reward,"
       " BC's loss). The ablation ReST on the samples alone"
@@ -404,10 +407,10 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       " samples-only ablation for Grow 1's I steps (with G > 1, ReST alone samples again).",
       *_guard_lines(steps),
       *[f"- `{name}` was not run: it keeps no rows ({why}); its arm stops there."
-        for name, why in sorted(steps.get("empty_steps", {}).items())],
+        for name, why in sorted(summary.get("empty_steps", {}).items())],
       *[f"- Grow step {g}: {100 * share:.1f}% of its sources have a sample that the task's"
         " coverage check finds right (the colour demo: a sample with the source's colour)."
-        for g, share in sorted(steps.get("coverage", {}).items()) if share is not None],
+        for g, share in sorted(summary.get("coverage", {}).items()) if share is not None],
       f"- Over-long examples cut to the feature lengths: BC training"
       f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
       f" references {grow_cut}, evaluation {cut}.", ""]
@@ -415,23 +418,24 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
 
 
 
-def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] = (),
+def write_report(model_dir: str, rows, steps, summary, evaluation, header: Sequence[str] = (),
                  selection_split: str = "validation") -> str:
-  """Writes `report.md` and the plots; prints and returns the summary."""
+  """Writes `report.md` and the plots (from the rows, the stages' results `steps` and
+  the run summary); prints and returns the report's summary."""
   n = evaluation.best_of_n
   other = [s for s in evaluation.splits if s != selection_split]
   body = ["# ReST report", ""]
   cautions = warnings(rows, steps, selection_split)
   body += [f"> **Warning:** {w}" for w in cautions] + ([""] if cautions else [])
-  top = headline(rows, steps, [selection_split] + other, selection_split)
+  top = headline(rows, summary, [selection_split] + other, selection_split)
   body += top + list(header)
   body += [f"## Every policy on {selection_split} (the ReST policy is selected here)", "",
            metrics_table(rows, selection_split, n), ""]
-  summary = [f"WARNING: {w}" for w in cautions] + [line for line in top if line]
+  printed = [f"WARNING: {w}" for w in cautions] + [line for line in top if line]
   for split in other:
     table = metrics_table([r for r in rows if f"{split}/reward" in r["metrics"]], split, n)
     body += [f"## The selected policies on {split} (never used to choose)", "", table, ""]
-    summary.append(f"{split}:\n{table}")
+    printed.append(f"{split}:\n{table}")
   trains_on = trains_on_table(rows)
   if trains_on:
     body += ["## What each step trains on", "", "The kept rows of its grown dataset: the"
@@ -459,9 +463,9 @@ def write_report(model_dir: str, rows, steps, evaluation, header: Sequence[str] 
   body += [f"| {k} | {v:.1f} s | {100 * v / total:.1f}% |" for k, v in shares.items()]
   body.append("")
   body += [f"![{os.path.basename(p)}]({os.path.basename(p)})"
-           for p in _plots(model_dir, rows, steps, selection_split)]
+           for p in _plots(model_dir, rows, summary, selection_split)]
   files.atomic_write_text(files.join(model_dir, layout.REPORT_FILE), "\n".join(body) + "\n")
-  text = "\n".join([f"{selection_split}:\n" + metrics_table(rows, selection_split, n)] + summary)
+  text = "\n".join([f"{selection_split}:\n" + metrics_table(rows, selection_split, n)] + printed)
   print("\n" + text + "\n")
   print("time: " + ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in shares.items()))
   for p, q, f in flags:

@@ -30,7 +30,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from rest_jax import controls, files, grow as grow_lib, improve as improve_lib, layout, losses
-from rest_jax import partitioning, policy_eval, records, report, selection as selection_lib
+from rest_jax import partitioning, policy_eval, records, report, roles
+from rest_jax import selection as selection_lib
 from rest_jax import stages
 from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
@@ -65,8 +66,7 @@ class _Run:
     self.task = train_dataset_cfg.mixture_or_task_name
     self.lengths = dict(train_dataset_cfg.task_feature_lengths)
     self.state = RunState.load(model_dir)
-    for key in ("empty_steps", "thresholds", "coverage"):  # this run finds its own
-      self.state.steps.pop(key, None)
+    self.state.summary = {}  # this run finds its own
     self.policy_trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size,
                                                            self.lengths),
@@ -245,7 +245,7 @@ class _Run:
     config = self.improve_config
     if arm is controls.FILTERED_BC:
       taus = controls.reference_thresholds(config, grow_dir)
-      self.state.steps.setdefault("thresholds", {})["filtered_bc"] = taus
+      self.state.summary.setdefault("thresholds", {})["filtered_bc"] = taus
     else:
       taus = rest_taus
     trainer = self.arm_trainer(arm)
@@ -264,7 +264,7 @@ class _Run:
         except improve_lib.EmptyImproveStepError as e:
           logging.warning("rest: %s keeps no rows, so %s stops here (ReST goes on): %s",
                           name, arm.role, e)
-          self.state.steps.setdefault("empty_steps", {})[name] = str(e)
+          self.state.summary.setdefault("empty_steps", {})[name] = str(e)
           return rows
         own = arm.config(config)
         kl_weight = own.loss.kl_weight(index - 1, self.num_improve)
@@ -380,7 +380,7 @@ class _Run:
     manifest = grown.load_manifest(grow_dir, verify_counts=False)
     taus = self.improve_config.thresholds.resolve(
         grown.sample_rewards(grown.shard_paths(grow_dir, manifest)))
-    self.state.steps.setdefault("thresholds", {})[str(g)] = taus
+    self.state.summary.setdefault("thresholds", {})[str(g)] = taus
     self.coverage(g, grow_dir)
     return taus
 
@@ -390,7 +390,7 @@ class _Run:
     if corpus_metrics.get_coverage_fn(self.task) is None:
       return
     sources, samples = grown.samples_by_source(grow_dir)
-    self.state.steps.setdefault("coverage", {})[str(g)] = corpus_metrics.coverage(
+    self.state.summary.setdefault("coverage", {})[str(g)] = corpus_metrics.coverage(
         self.task, sources, samples)
 
   def improve(self, g: int, i: int, index: int, tau: float, policy: Policy, grow_dir: str,
@@ -426,24 +426,23 @@ class _Run:
     BC's and random selection's picks), ReST's yardstick."""
     key = f"{SELECTION_SPLIT}/reward"
     best = lambda candidates: max(candidates, key=lambda r: r["metrics"][key])  # noqa: E731
-    picks = {}
+    picks, summary = {}, self.state.summary  # picks name rows by `roles.row_id`
     for arm in controls.ARMS:
       chain = [r for r in rows if r["role"] == arm.role]
       if chain:  # the arm's own pick (BC itself if no step of it beat BC)
         pick = best([rows[0]] + chain)
         pick["arm_selected"] = pick is not rows[0]
-        picks[arm.role] = pick["policy"]
-    self.state.steps["arm_selected"] = picks
-    self.state.steps["filtered_bc_selected"] = picks.get(controls.FILTERED_BC.role)
+        picks[arm.role] = roles.row_id(pick)
+    summary["arm_selected"] = picks
     control_roles = [arm.role for arm in controls.CONTROL_ARMS]
     controls_ = [r for r in rows if r["role"] in (Role.BC, Role.BC_PLUS) or (
         r.get("arm_selected") and r["role"] in control_roles)]
-    self.state.steps["best_control"] = best(controls_)["policy"]
+    summary["best_control"] = roles.row_id(best(controls_))
     chosen = best([r for r in rows if r["role"] in (Role.BC, Role.REST)])  # the first of the best
     chosen["selected"] = True
-    self.state.steps["selected"] = chosen["policy"]
+    summary["selected"] = roles.row_id(chosen)
     # Where the selected policy is, relative to the run (`commands.policy_checkpoint`).
-    self.state.steps["selected_dir"] = (
+    summary["selected_dir"] = (
         os.path.abspath(chosen["dir"]) if bc_from and chosen["role"] == Role.BC
         else os.path.relpath(chosen["dir"], self.model_dir))
     return chosen
@@ -473,11 +472,12 @@ class _Run:
   def write_report(self, rows: List[Row]) -> None:
     # The learned reward's own held-out agreement (its reward_model.json), for the report
     # and for `seeds` (the reward's flaw accuracy beside ReST's margin).
-    self.state.steps["reward_quality"] = dict(getattr(self.reward, "held_out", {}) or {})
-    self.state.steps["reward_reads_references"] = bool(self.reward.needs_reference)
-    self.state.steps["reward_name"] = self.reward.name
+    summary = self.state.summary
+    summary["reward_quality"] = dict(getattr(self.reward, "held_out", {}) or {})
+    summary["reward_reads_references"] = bool(self.reward.needs_reference)
+    summary["reward_name"] = self.reward.name
     self.state.forget_others(self.specs)
-    self.state.steps["rows"] = [
+    summary["rows"] = [
         {k: r[k] for k in ("policy", "role", "grow_step", "improve_step", "metrics",
                            "optimizer_steps", "trains_on", "kept_samples", "kept_references")
          if k in r}
@@ -490,8 +490,8 @@ class _Run:
           self.policy_trainer.abstract_state.params))
       header = report.what_was_run(self.model, n_params, self.task, self.lengths, self.reward,
                                    self.grow_config, self.improve_config, self.evaluation,
-                                   rows, self.state.steps)
-      report.write_report(self.model_dir, rows, self.state.steps, self.evaluation, header,
+                                   rows, self.state.steps, summary)
+      report.write_report(self.model_dir, rows, self.state.steps, summary, self.evaluation, header,
                           SELECTION_SPLIT)
 
 

@@ -1,4 +1,5 @@
-"""`rest_state.json`: which steps of a run are finished, under which records, with results.
+"""`rest_state.json`: which steps of a run are finished, under which records, with results,
+and the run's summary (its rows, picks, thresholds) apart from them.
 
 `RunState.run(spec, finished, fn, outputs)` runs a stage unless it is finished and
 unchanged. A stage's record is derived from its spec (`rest_jax/stages.py`: its
@@ -41,6 +42,9 @@ class RunState:
   configs: Dict[str, Any] = dataclasses.field(default_factory=dict)
   # The stages this run did work in: every stage that reads one of them is redone.
   redone: set = dataclasses.field(default_factory=set)
+  # What the run found, apart from its stages' results: its report's rows, the picks on
+  # validation, each Grow step's thresholds (`layout.SUMMARY_KEYS`); rewritten each run.
+  summary: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def load(cls, model_dir: str) -> "RunState":
@@ -50,7 +54,10 @@ class RunState:
     state = {}
     if files.exists(path):
       state = json.loads(files.read_text(path))
-    return cls(path, state.get("steps", {}), state.get("configs", {}))
+    steps = state.get("steps", {})
+    # A state file from before the summary had its own place kept it among the steps.
+    legacy = {k: steps.pop(k) for k in layout.SUMMARY_KEYS if k in steps}
+    return cls(path, steps, state.get("configs", {}), summary=state.get("summary", legacy))
 
   def forget_others(self, names) -> None:
     """Drops the results of the stages this run did not build (a G or an arm no longer
@@ -64,7 +71,8 @@ class RunState:
     if jax.process_index() != 0:
       return
     files.atomic_write_text(
-        self.path, json.dumps({"steps": self.steps, "configs": self.configs}, indent=2),
+        self.path, json.dumps({"steps": self.steps, "configs": self.configs,
+                               "summary": self.summary}, indent=2),
         "rest.state")
 
   def run(self, spec: stages.Spec, finished: bool, fn, outputs: Sequence[str] = ()) -> Any:

@@ -39,7 +39,7 @@ import numpy as np
 import sacrebleu
 from scipy import stats as scipy_stats
 
-from rest_jax import files, layout
+from rest_jax import files, layout, roles
 from rest_jax.roles import Role
 
 METRICS = (("reward", 4), ("held_out_reward", 4), ("bleu", 2), ("chrf", 2), ("ter", 2),
@@ -53,46 +53,39 @@ CHAINS = (Role.FILTERED_BC, SAMPLES_ONLY, RANDOM)
 ROLES = (Role.BC, Role.BC_PLUS, Role.FILTERED_BC, RANDOM, "best control", SAMPLES_ONLY, Role.REST)
 
 
-def _state(model_dir: str) -> Dict[str, Any]:
-  state = layout.read_state(model_dir)
-  if state is None:
+def _summary(model_dir: str) -> Dict[str, Any]:
+  summary = layout.read_summary(model_dir)
+  if summary is None:
     raise FileNotFoundError(f"{layout.state_path(model_dir)} is missing: {model_dir} is not a"
                             " finished rest run")
-  if "rows" not in state["steps"]:
+  if "rows" not in summary:
     raise ValueError(f"{layout.state_path(model_dir)} has no rows: the run has not finished")
-  return state["steps"]
+  return summary
 
 
-def _by_label(rows: List[Dict[str, Any]], label: Optional[str],
-              role: Optional[str] = None) -> Optional[Dict[str, Any]]:
-  """The row of policy `label`, of `role` where two chains could share it."""
-  matches = [r for r in rows if r["policy"] == label]
-  return next((r for r in matches if r["role"] == role), matches[0] if matches else None)
-
-
-def _pick(steps: Dict[str, Any], role: str) -> Optional[Dict[str, Any]]:
+def _pick(summary: Dict[str, Any], role: str) -> Optional[Dict[str, Any]]:
   """The row that stands for `role` in a run (None if the run has none)."""
-  rows = steps["rows"]
+  rows = summary["rows"]
   if role == Role.REST:
     return next(r for r in rows if r.get("selected"))
   if role == "best control":
-    return _by_label(rows, steps.get("best_control"))
+    return roles.find(rows, summary.get("best_control"))
   if role in CHAINS:  # the chain's own pick: its best step, or BC if none beat BC
-    pick = steps.get("arm_selected", {}).get(role)
+    pick = summary.get("arm_selected", {}).get(role)
     if pick is None and role == Role.FILTERED_BC:  # runs from before "arm_selected"
-      pick = steps.get("filtered_bc_selected")
-    return _by_label(rows, pick, role) if pick else None
+      pick = summary.get("filtered_bc_selected")
+    return roles.find(rows, pick, role) if pick else None
   return next((r for r in rows if r["role"] == role), None)
 
 
-def flaw_accuracy(steps: Dict[str, Any], kind: str = "flawed") -> float:
+def flaw_accuracy(summary: Dict[str, Any], kind: str = "flawed") -> float:
   """How often the run's learned reward prefers the correct translation to `kind` (nan if
   the reward is not a learned model, or its ratings have no such kind)."""
-  by_kind = steps.get("reward_quality", {}).get("by_kind", {})
+  by_kind = summary.get("reward_quality", {}).get("by_kind", {})
   return float(by_kind.get(kind, {}).get("pairwise_vs_correct", float("nan")))
 
 
-def _step_dir(steps: Dict[str, Any], row: Dict[str, Any]) -> str:
+def _step_dir(summary: Dict[str, Any], row: Dict[str, Any]) -> str:
   """The folder of a row's policy: the row's "dir", or for older runs from its role and
   label (BC from another run keeps its path)."""
   if "dir" in row:
@@ -102,7 +95,7 @@ def _step_dir(steps: Dict[str, Any], row: Dict[str, Any]) -> str:
   if row["role"] == Role.BC_PLUS:
     return layout.BC_PLUS
   if row.get("selected"):
-    return steps["selected_dir"]
+    return summary["selected_dir"]
   if row["role"] not in (Role.REST, Role.FILTERED_BC):
     raise ValueError(f"the state row of {row['policy']!r} ({row['role']}) names no folder"
                      " (\"dir\"); re-run `rest` to record it (finished steps are reused)")
@@ -112,8 +105,8 @@ def _step_dir(steps: Dict[str, Any], row: Dict[str, Any]) -> str:
       layout.improve_name(g, i)
 
 
-def _outputs(model_dir: str, steps: Dict[str, Any], row: Dict[str, Any], split: str):
-  path = layout.outputs_path(model_dir, _step_dir(steps, row), split)
+def _outputs(model_dir: str, summary: Dict[str, Any], row: Dict[str, Any], split: str):
+  path = layout.outputs_path(model_dir, _step_dir(summary, row), split)
   if not files.exists(path):
     raise FileNotFoundError(f"{path} is missing: {model_dir} was run before `rest` kept its"
                             " test outputs; re-run it (finished steps are reused)")
@@ -215,7 +208,7 @@ def _mean_sd(values: np.ndarray, digits: int, sign: bool = False) -> str:
   return f"{np.mean(values):{'+' if sign else ''}.{digits}f} ± {spread:.{digits}f}"
 
 
-def _margins(steps: Dict[str, Dict[str, Any]], other: str,
+def _margins(summaries: Dict[str, Dict[str, Any]], other: str,
              required: bool = False) -> Optional[Dict[str, np.ndarray]]:
   """Per seed, ReST's test BLEU and chrF minus `other`'s.
 
@@ -223,7 +216,7 @@ def _margins(steps: Dict[str, Dict[str, Any]], other: str,
   the run if `required`.
   """
   picks = []
-  for run, s in steps.items():
+  for run, s in summaries.items():
     theirs = _pick(s, other)
     if theirs is None or "test/bleu" not in theirs["metrics"]:
       if required:
@@ -242,14 +235,14 @@ def _step_label(row: Dict[str, Any]) -> str:
   return f"{prefix}G{row['grow_step']} I{row['improve_step']}"
 
 
-def _seed_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
+def _seed_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
   """Every seed's row, on test."""
   header = ["run", Role.BC, Role.BC_PLUS, Role.FILTERED_BC, RANDOM, "best control (validation)",
             SAMPLES_ONLY, "ReST (selected)", "ReST - best control", "reward's flaw accuracy"]
   out = ["Test BLEU / chrF per seed:", "", "| " + " | ".join(header) + " |",
          "|" + "---|" * len(header)]
-  margins = _margins(steps, "best control", required=True)
-  for k, (run, s) in enumerate(steps.items()):
+  margins = _margins(summaries, "best control", required=True)
+  for k, (run, s) in enumerate(summaries.items()):
     cells = [run]
     for role in ROLES:
       row = _pick(s, role)
@@ -271,21 +264,21 @@ def _quality(row: Optional[Dict[str, Any]], kind: str) -> str:
   return f"{q['held_out']:.3f} / {q['reward']:.3f} ({q['rows']})"
 
 
-def _trains_on_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
+def _trains_on_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
   """Per seed, what each arm's picked step trained on: the rows rater's mean / the training
   reward's mean (rows) over its kept samples and kept original pairs; and per Grow step the
   share of sources with a sample the task's coverage check finds right."""
-  if not any(r.get("trains_on") for s in steps.values() for r in s["rows"]):
+  if not any(r.get("trains_on") for s in summaries.values() for r in s["rows"]):
     return []
   roles = (Role.FILTERED_BC, RANDOM, SAMPLES_ONLY, Role.REST)
   header = ["run"] + [f"{role}: {kind}" for role in roles for kind in ("samples", "pairs")
                       if not (role == Role.FILTERED_BC and kind == "samples")
                       and not (role in (RANDOM, SAMPLES_ONLY) and kind == "pairs")]
-  cover = any(s.get("coverage") for s in steps.values())
+  cover = any(s.get("coverage") for s in summaries.values())
   header += ["Grow coverage"] if cover else []
   out = ["What each arm's picked step trained on, per seed: rated quality / training reward"
          " (rows):", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for run, s in steps.items():
+  for run, s in summaries.items():
     cells = [run, _quality(_pick(s, Role.FILTERED_BC), "references"),
              _quality(_pick(s, RANDOM), "samples"), _quality(_pick(s, SAMPLES_ONLY), "samples"),
              _quality(_pick(s, Role.REST), "samples"), _quality(_pick(s, Role.REST), "references")]
@@ -296,15 +289,15 @@ def _trains_on_table(steps: Dict[str, Dict[str, Any]]) -> List[str]:
   return out + [""]
 
 
-def _mean_table(steps: Dict[str, Dict[str, Any]], split: str) -> List[str]:
+def _mean_table(summaries: Dict[str, Dict[str, Any]], split: str) -> List[str]:
   """The mean and spread over the seeds of every role every run has, on `split`."""
   present = [(m, d) for m, d in METRICS
-             if all(f"{split}/{m}" in _pick(s, Role.REST)["metrics"] for s in steps.values())]
+             if all(f"{split}/{m}" in _pick(s, Role.REST)["metrics"] for s in summaries.values())]
   out = [f"Mean ± sd over seeds, {split}:", "",
          "| policy | " + " | ".join(m for m, _ in present) + " |", "|---|" + "---|" * len(present)]
   values = {}
   for role in ROLES:
-    picked = [_pick(s, role) for s in steps.values()]
+    picked = [_pick(s, role) for s in summaries.values()]
     if any(p is None or f"{split}/{present[0][0]}" not in p["metrics"] for p in picked):
       continue
     cells = []
@@ -332,7 +325,7 @@ def _t_line(what: str, margins: Dict[str, np.ndarray]) -> str:
           f" {bleu[2]:+.2f}), chrF {chrf[0]:+.2f} ({chrf[1]:+.2f} to {chrf[2]:+.2f}).")
 
 
-def _test_outputs(steps: Dict[str, Dict[str, Any]]):
+def _test_outputs(summaries: Dict[str, Dict[str, Any]]):
   """The shared test references, and per seed ReST's and its best control's hypotheses.
 
   Raises:
@@ -340,7 +333,7 @@ def _test_outputs(steps: Dict[str, Dict[str, Any]]):
       ReST and best control are of different sentences.
   """
   refs, first, ours, theirs, tokenize = None, None, [], [], "13a"
-  for run, s in steps.items():
+  for run, s in summaries.items():
     a = _outputs(run, s, _pick(s, Role.REST), "test")
     b = _outputs(run, s, _pick(s, "best control"), "test")
     if a["references"] != b["references"]:
@@ -357,9 +350,9 @@ def _test_outputs(steps: Dict[str, Dict[str, Any]]):
   return refs, ours, theirs, tokenize
 
 
-def _bootstrap_line(steps: Dict[str, Dict[str, Any]]) -> str:
+def _bootstrap_line(summaries: Dict[str, Dict[str, Any]]) -> str:
   try:
-    refs, ours, theirs, tokenize = _test_outputs(steps)
+    refs, ours, theirs, tokenize = _test_outputs(summaries)
   except FileNotFoundError as e:
     return f"Two-level bootstrap: not computed ({e})."
   boot = two_level_bootstrap(refs, ours, theirs, tokenize)
@@ -369,11 +362,11 @@ def _bootstrap_line(steps: Dict[str, Dict[str, Any]]) -> str:
           f" {boot['chrf'][0]:+.2f} ({boot['chrf'][1]:+.2f} to {boot['chrf'][2]:+.2f}).")
 
 
-def _wins_and_correlation(steps: Dict[str, Dict[str, Any]]) -> List[str]:
-  margins = _margins(steps, "best control", required=True)["bleu"]
+def _wins_and_correlation(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
+  margins = _margins(summaries, "best control", required=True)["bleu"]
   out = [f"ReST beats the best control on test BLEU in {sum(margins > 0)} of {len(margins)}"
          " seeds."]
-  acc = np.array([flaw_accuracy(s) for s in steps.values()])
+  acc = np.array([flaw_accuracy(s) for s in summaries.values()])
   if len(margins) > 2 and np.all(np.isfinite(acc)) and np.std(acc) > 0 and np.std(margins) > 0:
     out.append(f"Correlation across seeds of the reward's flaw accuracy with ReST's test BLEU"
                f" margin: Pearson {np.corrcoef(acc, margins)[0, 1]:+.2f}.")
@@ -385,18 +378,18 @@ def _wins_and_correlation(steps: Dict[str, Dict[str, Any]]) -> List[str]:
 
 def summarize_group(runs: Sequence[str], label: str = "") -> str:
   """The tables and statistics of one group of runs (see the module docstring)."""
-  steps = {run: _state(run) for run in runs}
-  reward_names = sorted({s.get("reward_name", "") for s in steps.values()} - {""})
+  summaries = {run: _summary(run) for run in runs}
+  reward_names = sorted({s.get("reward_name", "") for s in summaries.values()} - {""})
   out = [f"## {label or 'runs'}: {len(runs)} seeds" + (f" (reward {', '.join(reward_names)})"
                                                         if reward_names else ""), ""]
-  out += _seed_table(steps) + _trains_on_table(steps)
-  out += _mean_table(steps, "test") + _mean_table(steps, "validation")
-  out.append(_t_line("ReST - best control", _margins(steps, "best control", required=True)))
-  samples_only = _margins(steps, SAMPLES_ONLY)
+  out += _seed_table(summaries) + _trains_on_table(summaries)
+  out += _mean_table(summaries, "test") + _mean_table(summaries, "validation")
+  out.append(_t_line("ReST - best control", _margins(summaries, "best control", required=True)))
+  samples_only = _margins(summaries, SAMPLES_ONLY)
   if samples_only is not None:
     out.append(_t_line(f"ReST - {SAMPLES_ONLY}", samples_only))
-  out.append(_bootstrap_line(steps))
-  out += _wins_and_correlation(steps)
+  out.append(_bootstrap_line(summaries))
+  out += _wins_and_correlation(summaries)
   return "\n".join(out + [""])
 
 

@@ -3,6 +3,7 @@ any one redoes exactly that step and the ones after it, and the log names the fi
 optimizer state carried between BC and Improve; BC+'s schedule over its whole run."""
 
 import dataclasses
+import json
 import logging
 
 import jax
@@ -11,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from rest_jax import grow, improve, losses, policy_eval, records, rewards, run_state, sampling
+from rest_jax import grow, improve, layout, losses, policy_eval, records, rewards, run_state
+from rest_jax import sampling
 from rest_jax import selection, stages
 from rest_jax import trainer as trainer_lib
 from rest_jax.data import pipeline
@@ -195,3 +197,21 @@ def test_a_redo_killed_halfway_is_redone_not_taken_for_done(tmp_path):
               lambda: ran.append("eval") or {"metric": "new"})
   assert ran == ["eval"] and resumed.steps["eval_bc"]["metric"] == "new"
 
+
+
+def test_the_run_summary_is_kept_apart_from_the_steps_results(tmp_path):
+  """A state file from before the summary had its own place (its rows and thresholds among
+  the steps) loads with them in the summary, and is saved that way; `layout.read_summary`
+  reads both."""
+  path = tmp_path / layout.STATE_FILE
+  rows = [{"policy": "BC", "role": "BC", "metrics": {}}]
+  path.write_text(json.dumps({"steps": {"bc": {"seconds": 1.0}, "rows": rows,
+                                        "thresholds": {"1": [0.5]}}, "configs": {}}))
+  assert layout.read_summary(str(tmp_path)) == {"rows": rows, "thresholds": {"1": [0.5]}}
+  state = run_state.RunState.load(str(tmp_path))
+  assert state.steps == {"bc": {"seconds": 1.0}}
+  assert state.summary == {"rows": rows, "thresholds": {"1": [0.5]}}
+  state.save()
+  saved = json.loads(path.read_text())
+  assert saved["steps"] == {"bc": {"seconds": 1.0}} and saved["summary"]["rows"] == rows
+  assert layout.read_summary(str(tmp_path))["thresholds"] == {"1": [0.5]}

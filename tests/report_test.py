@@ -35,8 +35,9 @@ def test_the_headline_is_against_the_best_control_and_says_when_filtering_suffic
                   validation__bleu=74.0, test__bleu=74.0), "arm_selected": True},
           {**_row("G1 I1 (tau=0.6)", "ReST", validation__reward=0.82, validation__bleu=73.0,
                   test__bleu=75.0), "selected": True}]
-  steps = {"best_control": "filtered BC G1 I1 (tau=0.5)"}
-  lines = report.headline(rows, steps, ["validation", "test"])
+  rows[2].update(grow_step=1, improve_step=1)
+  summary = {"best_control": {"role": "filtered BC", "grow_step": 1, "improve_step": 1}}
+  lines = report.headline(rows, summary, ["validation", "test"])
   text = "\n".join(lines)
   assert "minus the best control on validation (filtered BC G1 I1 (tau=0.5))" in text
   assert "- validation: BLEU -1.00" in text and "- test: BLEU +1.00" in text

@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from rest_jax import checkpoints, commands, controls, decoding, grow, improve, losses
-from rest_jax import partitioning, policy_eval, rest, rewards, selection
+from rest_jax import partitioning, policy_eval, rest, rewards, roles, selection
 from rest_jax.data import pipeline, tasks, vocab
 from tests.conftest import make_model
 
@@ -46,6 +46,11 @@ def _newest(directory):
 def _steps(model_dir):
   with open(os.path.join(model_dir, rest.STATE_FILE)) as f:
     return json.load(f)["steps"]
+
+
+def _summary(model_dir):
+  with open(os.path.join(model_dir, rest.STATE_FILE)) as f:
+    return json.load(f)["summary"]
 
 
 @pytest.mark.slow
@@ -133,7 +138,7 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
 
   # The `improve` command is rest's Improve step: the same inputs give the same policy.
   state = json.loads((tmp_path / rest.STATE_FILE).read_text())
-  tau = state["steps"]["thresholds"]["1"][0]
+  tau = state["summary"]["thresholds"]["1"][0]
   commands.improve_command(
       model=make_model(decoding.beam_search, vocabulary=vocab.DemoVocabulary(), vocab_size=384),
       policy_dir=str(tmp_path / "bc"), grown_dir=str(tmp_path / "grow_1"), threshold=tau,
@@ -182,7 +187,7 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   import rest_jax.data.grown as grown_lib  # pylint: disable=g-import-not-at-top
   columns = grown_lib.read_columns(grown_lib.shard_paths(
       str(tmp_path / "grow_1"), grown_lib.load_manifest(str(tmp_path / "grow_1"))))
-  tau = _steps(tmp_path)["thresholds"]["1"][1]
+  tau = _summary(tmp_path)["thresholds"]["1"][1]
   kept = columns["reward"] >= np.float32(tau)
   quality = by_label["G1 I2"]["trains_on"]
   for kind, mask in (("samples", kept & ~columns["is_reference"]),
@@ -193,17 +198,22 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   # The reward picks better rows than chance, by the rater.
   assert (quality["samples"]["held_out"]
           >= by_label["random selection G1 I2"]["trains_on"]["samples"]["held_out"])
-  steps = _steps(tmp_path)
-  picks = steps["arm_selected"]
+  summary = _summary(tmp_path)
+  assert not {"rows", "thresholds", "arm_selected"} & set(_steps(tmp_path))  # kept apart
+  picks = summary["arm_selected"]  # rows named by role, Grow step and Improve step
   assert set(picks) == {"filtered BC", "ReST (samples only)", "random selection"}
-  controls_ = ["BC", "BC+", picks["filtered BC"], picks["random selection"]]
-  assert steps["best_control"] == max(
-      (r for r in rows if r["policy"] in controls_),
-      key=lambda r: r["metrics"]["validation/reward"])["policy"]
+  assert all(roles.find(rows, p)["role"] in (role, "BC") for role, p in picks.items())
+  controls_ = [roles.find(rows, p) for p in (
+      {"role": "BC", "grow_step": 0, "improve_step": 0},
+      {"role": "BC+", "grow_step": 0, "improve_step": 0},
+      picks["filtered BC"], picks["random selection"])]
+  assert summary["best_control"] == roles.row_id(max(
+      controls_, key=lambda r: r["metrics"]["validation/reward"]))
   # Test for BC, BC+, every arm's pick and ReST's, with outputs kept for `seeds`.
   tested = {r["policy"] for r in rows if "test/bleu" in r["metrics"]}
-  assert tested == {"BC", "BC+", steps["selected"], *(p for p in picks.values())}
-  for row in steps["rows"]:
+  assert tested == {roles.find(rows, p)["policy"] for p in (
+      summary["selected"], *controls_[:2], *picks.values())}
+  for row in summary["rows"]:
     if row["policy"] in tested:
       assert (tmp_path / "outputs" / f"{os.path.basename(row['dir'])}.test.json").exists()
   report = (tmp_path / "report.md").read_text()

@@ -24,9 +24,12 @@ def _metrics(v):
           "validation/reward": v / 100, "test/reward": v / 100}
 
 
-def _write(directory, steps, outputs, refs=REFS):
+def _write(directory, summary, outputs, refs=REFS, legacy=False):
+  """A run's state file: its summary apart from the steps (or, `legacy`, among them as
+  runs from before the summary had its own place wrote it)."""
   directory.mkdir()
-  (directory / layout.STATE_FILE).write_text(json.dumps({"steps": steps}))
+  state = {"steps": summary} if legacy else {"steps": {}, "summary": summary}
+  (directory / layout.STATE_FILE).write_text(json.dumps(state))
   (directory / "outputs").mkdir()
   for step_dir, hyps in outputs.items():
     (directory / "outputs" / f"{step_dir}.test.json").write_text(json.dumps(
@@ -46,7 +49,7 @@ def _run(directory, bc, plus, rest, flaw_accuracy, rest_wrong, control_wrong, re
            "reward_name": "learned-qe",
            "reward_quality": {"by_kind": {"flawed": {"pairwise_vs_correct": flaw_accuracy}}}}
   return _write(directory, steps, {"improve_1_2": _hyps(rest_wrong),
-                                   "bc_plus": _hyps(control_wrong)}, refs)
+                                   "bc_plus": _hyps(control_wrong)}, refs, legacy=True)
 
 
 def _run_with_arms(directory, rest, samples_only, random, rest_wrong, random_wrong):
@@ -60,9 +63,12 @@ def _run_with_arms(directory, rest, samples_only, random, rest_wrong, random_wro
            "dir": "samples_only_1_1", "metrics": _metrics(samples_only)},
           {"policy": "random selection G1 I1", "role": seeds.RANDOM, "dir": "random_1_1",
            "metrics": _metrics(random)}]
-  steps = {"rows": rows, "best_control": "random selection G1 I1", "selected_dir": "improve_1_1",
-           "arm_selected": {seeds.SAMPLES_ONLY: "ReST (samples only) G1 I1 (tau=0.500)",
-                            seeds.RANDOM: "random selection G1 I1"}}
+  pick = lambda role: {"role": role, "grow_step": 1, "improve_step": 1}  # noqa: E731
+  for row in rows[2:]:
+    row.update(grow_step=1, improve_step=1)
+  steps = {"rows": rows, "best_control": pick(seeds.RANDOM), "selected_dir": "improve_1_1",
+           "arm_selected": {seeds.SAMPLES_ONLY: pick(seeds.SAMPLES_ONLY),
+                            seeds.RANDOM: pick(seeds.RANDOM)}}
   return _write(directory, steps, {"improve_1_1": _hyps(rest_wrong),
                                    "random_1_1": _hyps(random_wrong)})
 
@@ -136,13 +142,13 @@ def test_what_each_arm_trained_on_per_seed(tmp_path):
   state = json.loads(path.read_text())
   quality = lambda rated, reward, rows: {"held_out": rated, "reward": reward, "rows": rows}  # noqa: E731
   none = quality(float("nan"), float("nan"), 0)
-  for row in state["steps"]["rows"]:
+  for row in state["summary"]["rows"]:
     row["trains_on"] = {
         "ReST": {"samples": quality(0.9, 0.8, 120), "references": quality(0.7, 0.85, 40)},
         seeds.RANDOM: {"samples": quality(0.6, 0.5, 120), "references": none},
         seeds.SAMPLES_ONLY: {"samples": quality(0.9, 0.8, 120), "references": none},
     }.get(row["role"], {"samples": none, "references": none})
-  state["steps"]["coverage"] = {"1": 0.25, "2": 0.5}
+  state["summary"]["coverage"] = {"1": 0.25, "2": 0.5}
   path.write_text(json.dumps(state))
   text = seeds.summarize([[run]])
   assert (f"| {run} | - | 0.600 / 0.500 (120) | 0.900 / 0.800 (120) | 0.900 / 0.800 (120) |"

@@ -329,7 +329,7 @@ def test_an_empty_filtered_bc_step_ends_its_arm_not_the_run(base_run, tmp_path, 
   assert "filtered BC G1 I1" in labels and "filtered BC G1 I2" not in labels
   assert "G1 I2" in labels  # ReST went on
   steps = _state(rerun)["steps"]
-  assert list(steps["empty_steps"]) == ["filtered_bc_1_2"]
+  assert list(_state(rerun)["summary"]["empty_steps"]) == ["filtered_bc_1_2"]
   assert "filtered_bc_1_2" not in steps and "eval_filtered_bc_1_2" not in steps
   assert "`filtered_bc_1_2` was not run: it keeps no rows" in (rerun / "report.md").read_text()
 

@@ -122,7 +122,8 @@ def _end_state(model_dir, trained=TRAINED):
   state["evaluations"] = {k: v["metrics"] for k, v in steps.items() if k.startswith("eval_")}
   state["improve_metrics"] = {k: v["metrics"] for k, v in steps.items()
                               if k.startswith("improve_")}
-  state["thresholds"] = steps["thresholds"]
+  state["thresholds"] = json.loads(files.read_text(files.join(
+      model_dir, "rest_state.json")))["summary"]["thresholds"]
   return state
 
 
@@ -222,12 +223,13 @@ def test_a_new_run_starts_from_another_runs_bc_and_grown_dataset(reference_run):
   assert not (model_dir / "bc").exists() and not (model_dir / "grow_1").exists()
   assert _snapshot(ref) == before
   with open(model_dir / "rest_state.json") as f:
-    steps = json.load(f)["steps"]
+    state = json.load(f)
+  steps = state["steps"]
   assert steps["bc"]["reused_from"] == str(ref / "bc")
   assert "bc_plus" not in steps
   assert {k: v["metrics"] for k, v in steps.items() if k.startswith("eval_")} == {
       k: v for k, v in reference["evaluations"].items() if k != "eval_bc_plus"}
-  assert steps["thresholds"] == reference["thresholds"]
+  assert state["summary"]["thresholds"] == reference["thresholds"]
   for step in ("improve_1_1", "improve_1_2"):
     got = checkpoints.read_arrays(str(model_dir / step / "checkpoints"))
     for (path, value), (_, want) in zip(jax.tree_util.tree_flatten_with_path(got)[0],
