@@ -144,12 +144,13 @@ def random_row_keys(grown_dir: str, count: int, seed: int) -> np.ndarray:
 
 def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
              context: StepContext, *, grown_dir: str, threshold: float, output_dir: str,
-             grow_step: int, step: int, trainer: Optional[trainer_lib.Trainer] = None,
+             place: improve_lib.Place, trainer: Optional[trainer_lib.Trainer] = None,
              row_keys: Optional[np.ndarray] = None, reference_params: Any = None,
              kl_weight: float = 0.0) -> StepResult:
   """One step of `arm`: from `policy`, on the rows of `grown_dir` it keeps at `threshold`
   (or exactly `row_keys`), for as many steps as an Improve step, with Improve's
-  optimizer, learning rate and selection.
+  optimizer, learning rate and selection; its data order and dropout follow `place` and
+  the arm's own seed offset.
 
   Filtered BC is the cheap alternative to ReST a user tries first (filter the data you
   have with the reward, no sampling): if it matches ReST, the policy's samples add
@@ -163,8 +164,8 @@ def arm_step(policy: Policy, arm: Arm, config: improve_lib.ImproveConfig,
                           samples=arm.samples, row_keys=row_keys, mix_ratio=config.mix_ratio)
   return improve_lib.train_on_rows(
       policy, rows, config, context,
-      improve_lib.Step(output_dir, f"{arm.role} {grow_step}.{step}",
-                       context.seed + arm.seed_offset + 1000 * grow_step + step, config.steps),
+      improve_lib.Step(output_dir, f"{arm.role} {place.grow_step}.{place.step}",
+                       place.seed(context.seed + arm.seed_offset), config.steps),
       loss=loss, trainer=trainer or config.trainer(context, config.steps, loss=loss),
       kl_weight=kl_weight, reference_params=reference_params)
 

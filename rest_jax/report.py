@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from rest_jax import files, layout, roles
+from rest_jax import files, layout, rows as rows_lib
 from rest_jax.data import grown
 from rest_jax.roles import Role
+from rest_jax.rows import PolicyRow
 
 # Held-out metrics watched for a fall while the training reward rises (name, higher is better).
 HELD_OUT = (("bleu", True), ("chrf", True), ("ter", False), ("held_out_reward", True))
@@ -29,10 +30,10 @@ def _cell(value, digits=2) -> str:
 
 
 def _name(row) -> str:
-  same = " (its start, BC: no step beat it on validation)" if row.get("role") == Role.BC_PLUS and (
-      row.get("optimizer_steps") is not None and row.get("bc_steps") == row["optimizer_steps"]) else ""
-  return row["policy"] + same + (" **(selected)**" if row.get("selected") else
-                                 " (the arm's pick)" if row.get("arm_selected") else "")
+  same = " (its start, BC: no step beat it on validation)" if row.role == Role.BC_PLUS and (
+      row.optimizer_steps is not None and row.bc_steps == row.optimizer_steps) else ""
+  return row.policy + same + (" **(selected)**" if row.selected else
+                              " (the arm's pick)" if row.arm_selected else "")
 
 
 def metrics_table(rows, split: str, best_of_n: int, columns=None) -> str:
@@ -43,18 +44,18 @@ def metrics_table(rows, split: str, best_of_n: int, columns=None) -> str:
       ("chrf", "chrF", 2), ("ter", "TER", 2), ("colour_recall", "colour recall", 3),
       (f"best_of_{n}_chrf", f"best-of-{n} chrF", 2),
       (f"oracle_best_of_{n}_chrf", f"oracle best-of-{n} chrF", 2)]
-  present = [c for c in columns if any(f"{split}/{c[0]}" in r["metrics"] for r in rows)]
+  present = [c for c in columns if any(f"{split}/{c[0]}" in r.metrics for r in rows)]
   lines = ["| policy | optimizer steps | kept samples / references | "
            + " | ".join(c[1] for c in present) + " |",
            "|---|---|---|" + "---|" * len(present)]
   for row in rows:
-    if f"{split}/reward" not in row["metrics"]:
+    if f"{split}/reward" not in row.metrics:
       continue
-    kept = (f"{row['kept_samples']} / {row['kept_references']}" if "kept_samples" in row
+    kept = (f"{row.kept_samples} / {row.kept_references}" if row.kept_samples is not None
             else "-")
-    cells = [_cell(row["metrics"].get(f"{split}/{key}"), digits) for key, _, digits in present]
-    lines.append(f"| {_name(row)} | {row.get('optimizer_steps', '-')} | {kept} | "
-                 + " | ".join(cells) + " |")
+    cells = [_cell(row.metrics.get(f"{split}/{key}"), digits) for key, _, digits in present]
+    steps = "-" if row.optimizer_steps is None else row.optimizer_steps
+    lines.append(f"| {_name(row)} | {steps} | {kept} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -64,12 +65,12 @@ def trains_on_table(rows) -> str:
   lines = ["| policy | samples | their reward | their rated quality | original pairs |"
            " their reward | their rated quality |", "|---|---|---|---|---|---|---|"]
   for row in rows:
-    q = row.get("trains_on")
+    q = row.trains_on
     if not q:
       continue
     cells = [f"{q[k]['rows']} | {_cell(q[k]['reward'], 4)} | {_cell(q[k]['held_out'], 4)}"
              for k in ("samples", "references")]
-    lines.append(f"| {row['policy']} | " + " | ".join(cells) + " |")
+    lines.append(f"| {row.policy} | " + " | ".join(cells) + " |")
   return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -78,11 +79,11 @@ def degeneracy_table(rows, split: str) -> str:
           ("empty_rate", "empty"), ("copy_rate", "copy of source")]
   lines = ["| policy | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
   for row in rows:
-    if f"{split}/length_ratio" in row["metrics"]:
-      lines.append(f"| {row['policy']} | " + " | ".join(
-          _cell(row["metrics"].get(f"{split}/{k}"), 3) for k, _ in cols) + " |")
-  ref = next((r["metrics"] for r in rows
-              if f"{split}/reference_repeated_ngram_rate" in r["metrics"]), None)
+    if f"{split}/length_ratio" in row.metrics:
+      lines.append(f"| {row.policy} | " + " | ".join(
+          _cell(row.metrics.get(f"{split}/{k}"), 3) for k, _ in cols) + " |")
+  ref = next((r.metrics for r in rows
+              if f"{split}/reference_repeated_ngram_rate" in r.metrics), None)
   if ref is not None:  # the references' own level, where every limit starts
     lines.append("| references (their own rates) | 1.000 | " + " | ".join(
         _cell(ref.get(f"{split}/reference_{k}"), 3) for k, _ in cols[1:]) + " |")
@@ -94,7 +95,7 @@ def degeneracy_table(rows, split: str) -> str:
   return "\n".join(lines)
 
 
-def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation",
+def divergence_flags(rows: Sequence[PolicyRow], split: str = "validation",
                      tolerance: float = 0.0) -> List[Tuple[str, str, List[str]]]:
   """Steps whose training reward rose while a held-out metric fell, against the policy before.
 
@@ -108,7 +109,7 @@ def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation
   base = None
   previous: Dict[str, Any] = {}  # per chain (ReST, filtered BC): its last row
   for row in rows:
-    role = row.get("role", Role.REST)
+    role = row.role
     if role == Role.BC:
       base = row
       continue
@@ -117,7 +118,7 @@ def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation
       previous[role] = row
     if before is None:
       continue
-    now, then = row["metrics"], before["metrics"]
+    now, then = row.metrics, before.metrics
     key = f"{split}/reward"
     if key not in now or key not in then or now[key] <= then[key] + tolerance:
       continue
@@ -129,7 +130,7 @@ def divergence_flags(rows: Sequence[Mapping[str, Any]], split: str = "validation
         if worse:
           fell.append(f"{name} {then[k]:.4g} -> {now[k]:.4g}")
     if fell:
-      flags.append((row["policy"], before["policy"], fell))
+      flags.append((row.policy, before.policy, fell))
   return flags
 
 
@@ -171,8 +172,8 @@ def warnings(rows, steps, split: str = "validation") -> List[str]:
   if why:
     out.append(f"{why}, and any gain of ReST or a control may be more training. Raise"
                " BC_STEPS (its patience stops it when it has converged).")
-  base = next((r for r in rows if r.get("role") == Role.BC), None)
-  metrics = base["metrics"] if base else {}
+  base = next((r for r in rows if r.role == Role.BC), None)
+  metrics = base.metrics if base else {}
   broken = []
   ratio = metrics.get(f"{split}/length_ratio")
   low, high = DEGENERATE_LENGTH
@@ -196,8 +197,8 @@ def headline(rows, summary, splits: Sequence[str], selection_split: str = "valid
              ) -> List[str]:
   """ReST's margin over the best control chosen on validation (the run summary's
   `best_control`), on every split."""
-  chosen = next((r for r in rows if r.get("selected")), None)
-  control = roles.find(rows, summary.get("best_control"))
+  chosen = next((r for r in rows if r.selected), None)
+  control = rows_lib.find(rows, summary.get("best_control"))
   if chosen is None or control is None:
     return []
   lines = []
@@ -206,13 +207,13 @@ def headline(rows, summary, splits: Sequence[str], selection_split: str = "valid
     for key, name, digits in (("bleu", "BLEU", 2), ("chrf", "chrF", 2),
                               ("held_out_reward", "held-out reward", 4),
                               ("reward", "reward", 4)):
-      a, b = chosen["metrics"].get(f"{split}/{key}"), control["metrics"].get(f"{split}/{key}")
+      a, b = chosen.metrics.get(f"{split}/{key}"), control.metrics.get(f"{split}/{key}")
       if a is not None and b is not None:
         parts.append(f"{name} {a - b:+.{digits}f}")
     if parts:
       lines.append(f"- {split}: " + ", ".join(parts))
-  out = [f"**ReST ({chosen['policy']}) minus the best control on {selection_split}"
-         f" ({control['policy']}), one seed** (`seeds` gives the spread over seeds):", ""]
+  out = [f"**ReST ({chosen.policy}) minus the best control on {selection_split}"
+         f" ({control.policy}), one seed** (`seeds` gives the spread over seeds):", ""]
   out += lines
   key = f"{selection_split}/reward"
   for role, says in ((Role.FILTERED_BC, "the policy's samples add nothing over filtering the"
@@ -221,21 +222,21 @@ def headline(rows, summary, splits: Sequence[str], selection_split: str = "valid
                       " the policy's own samples"),
                      (Role.SAMPLES_ONLY, "keeping the original pairs in the grown set"
                       " (the paper's ReST) does not help here")):
-    pick = next((r for r in rows if r.get("arm_selected") and r.get("role") == role), None)
-    if pick is not None and pick["metrics"][key] >= chosen["metrics"][key]:
-      out += ["", f"{role} ({pick['policy']}) matches or beats ReST on {selection_split}:"
+    pick = next((r for r in rows if r.arm_selected and r.role == role), None)
+    if pick is not None and pick.metrics[key] >= chosen.metrics[key]:
+      out += ["", f"{role} ({pick.policy}) matches or beats ReST on {selection_split}:"
               f" {says}."]
-  ablation = next((r for r in rows if r.get("arm_selected")
-                   and r.get("role") == Role.SAMPLES_ONLY), None)
+  ablation = next((r for r in rows if r.arm_selected
+                   and r.role == Role.SAMPLES_ONLY), None)
   if ablation is not None:
-    a, b = ablation["metrics"], control["metrics"]
-    out += ["", f"The ablation ReST on the samples alone ({ablation['policy']}) minus the"
+    a, b = ablation.metrics, control.metrics
+    out += ["", f"The ablation ReST on the samples alone ({ablation.policy}) minus the"
             " best control: " + ", ".join(
                 f"{split} BLEU {a[f'{split}/bleu'] - b[f'{split}/bleu']:+.2f}"
                 for split in splits if f"{split}/bleu" in a and f"{split}/bleu" in b) + "."]
-  if chosen.get("role") == Role.BC:
+  if chosen.role == Role.BC:
     out += ["", "ReST selected BC itself: no Improve step beat BC on validation."]
-  if not any(r.get("role") == Role.FILTERED_BC for r in rows) and summary.get(
+  if not any(r.role == Role.FILTERED_BC for r in rows) and summary.get(
       "reward_reads_references"):
     out += ["", "Filtered BC was not run: the reward reads references, so a reference would"
             " score itself and filtering the original pairs is BC+."]
@@ -313,21 +314,21 @@ def _plots(model_dir: str, rows, summary, split: str) -> List[str]:
     plt.close(fig)
     written.append(path)
     g += 1
-  chain = [r for r in rows if r.get("role") in (Role.BC, Role.REST)]
+  chain = [r for r in rows if r.role in (Role.BC, Role.REST)]
   if not chain:
     return written
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   x = np.arange(len(chain))
   for ax, (key, title) in zip(axes, (("reward", "training reward"), ("bleu", "BLEU"))):
-    values = [r["metrics"].get(f"{split}/{key}", np.nan) for r in chain]
+    values = [r.metrics.get(f"{split}/{key}", np.nan) for r in chain]
     ax.plot(x, values, "o-", label="BC then ReST")
     ax.axhline(values[0], color="grey", linestyle=":", label="BC")
-    plus = next((r for r in rows if r.get("role") == Role.BC_PLUS), None)
+    plus = next((r for r in rows if r.role == Role.BC_PLUS), None)
     if plus is not None:
-      ax.axhline(plus["metrics"].get(f"{split}/{key}", np.nan), color="tab:orange",
+      ax.axhline(plus.metrics.get(f"{split}/{key}", np.nan), color="tab:orange",
                  linestyle="--", label="BC+ (equal compute)")
     ax.set_ylim(bottom=0)  # from zero: noise must not look like progress
-    ax.set_xticks(x, [r["policy"].split(" (")[0] for r in chain], rotation=30)
+    ax.set_xticks(x, [r.policy.split(" (")[0] for r in chain], rotation=30)
     ax.set_xlabel("policy")
     ax.set_ylabel(f"{title} on {split}")
     ax.legend(fontsize=8)
@@ -355,17 +356,17 @@ def _guard_lines(steps) -> List[str]:
 
 
 def _ran(rows, role: str) -> str:
-  return "run" if any(r.get("role") == role for r in rows) else "not run"
+  return "run" if any(r.role == role for r in rows) else "not run"
 
 
 def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, evaluation, rows,
                  steps, summary) -> List[str]:
   """'What was run': the lines a reader needs before the tables (from the stages' results
   `steps` and the run summary)."""
-  counts = {split: int(r["metrics"].get(f"{split}/examples", 0))
-            for r in rows for split in evaluation.splits if f"{split}/examples" in r["metrics"]}
-  cut = {split: int(r["metrics"].get(f"{split}/overlength", 0))
-         for r in rows for split in evaluation.splits if f"{split}/overlength" in r["metrics"]}
+  counts = {split: int(r.metrics.get(f"{split}/examples", 0))
+            for r in rows for split in evaluation.splits if f"{split}/examples" in r.metrics}
+  cut = {split: int(r.metrics.get(f"{split}/overlength", 0))
+         for r in rows for split in evaluation.splits if f"{split}/overlength" in r.metrics}
   sampling = grow.sampling
   bc = steps.get("bc", {})
   bc_sel = bc.get("selection", {}) if isinstance(bc, dict) else {}
@@ -433,7 +434,7 @@ def write_report(model_dir: str, rows, steps, summary, evaluation, header: Seque
            metrics_table(rows, selection_split, n), ""]
   printed = [f"WARNING: {w}" for w in cautions] + [line for line in top if line]
   for split in other:
-    table = metrics_table([r for r in rows if f"{split}/reward" in r["metrics"]], split, n)
+    table = metrics_table([r for r in rows if f"{split}/reward" in r.metrics], split, n)
     body += [f"## The selected policies on {split} (never used to choose)", "", table, ""]
     printed.append(f"{split}:\n{table}")
   trains_on = trains_on_table(rows)
@@ -449,9 +450,9 @@ def write_report(model_dir: str, rows, steps, summary, evaluation, header: Seque
              + " fell" for p, q, f in flags]
   else:
     body.append("- No step raised the training reward while a held-out metric fell.")
-  agreement = [(r["policy"], r["metrics"].get(f"{selection_split}/agreement_spearman"),
-                r["metrics"].get(f"{selection_split}/agreement_pairwise")) for r in rows
-               if f"{selection_split}/agreement_spearman" in r["metrics"]]
+  agreement = [(r.policy, r.metrics.get(f"{selection_split}/agreement_spearman"),
+                r.metrics.get(f"{selection_split}/agreement_pairwise")) for r in rows
+               if f"{selection_split}/agreement_spearman" in r.metrics]
   if agreement:
     body += ["", "Agreement of the training reward with the held-out reward on each policy's"
              f" best-of-{n} samples ({selection_split}):", "",

@@ -21,7 +21,7 @@ import io
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 import zlib
 
 from absl import logging
@@ -30,20 +30,20 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from rest_jax import controls, files, grow as grow_lib, improve as improve_lib, layout, losses
-from rest_jax import partitioning, policy_eval, records, report, roles
+from rest_jax import partitioning, policy_eval, records, report
 from rest_jax import selection as selection_lib
 from rest_jax import stages
 from rest_jax import train as train_lib
 from rest_jax import trainer as trainer_lib
 from rest_jax.context import Policy, StepContext
 from rest_jax.roles import Role
+from rest_jax.rows import PolicyRow
 from rest_jax.data import corpus_metrics, grown, identity, pipeline
 from rest_jax.rewards import Reward
 from rest_jax.run_state import RunState
 
 STATE_FILE = layout.STATE_FILE
 SELECTION_SPLIT = "validation"
-Row = Dict[str, Any]
 
 
 BCConfig = train_lib.BCConfig  # BC's settings, whole (gin: `train.BCConfig`)
@@ -133,7 +133,8 @@ class _Run:
     arm = next((a for a in controls.ARMS if a.role == role), None)
     return self.arm_trainer(arm) if arm else self.improve_trainer()
 
-  def evaluate(self, label: str, index: int, params, splits=(SELECTION_SPLIT,)) -> Row:
+  def evaluate(self, label: str, index: int, params, splits=(SELECTION_SPLIT,)
+               ) -> Dict[str, Any]:
     tick = time.perf_counter()
     out = {}
     for split in splits:
@@ -200,14 +201,21 @@ class _Run:
     state = selection_lib.restore_selected(bc_dir, self.policy_trainer.abstract_state)
     return Policy(state.params, state.opt_state, bc_dir, spec)
 
-  def bc_row(self, bc: Policy) -> Row:
-    row = self.state.run(self.eval_spec("eval_bc", bc.stage), True,
-                         lambda: self.evaluate(Role.BC, 0, bc.params))
-    return {**row, "role": Role.BC, "grow_step": 0, "improve_step": 0,
-            "optimizer_steps": selection_lib.best_step_of(bc.directory),
-            "dir": bc.directory, "stage": bc.stage}
+  @staticmethod
+  def row(evaluation: Dict[str, Any], role: Role, directory: str, stage: stages.Spec,
+          **fields) -> PolicyRow:
+    """The report's row of a policy from its evaluation (`evaluate`'s result)."""
+    return PolicyRow(policy=evaluation["policy"], role=role, directory=directory,
+                     metrics=dict(evaluation["metrics"]), index=evaluation["index"],
+                     seconds=evaluation.get("seconds", 0.0), stage=stage, **fields)
 
-  def bc_plus(self, bc: Policy) -> Row:
+  def bc_row(self, bc: Policy) -> PolicyRow:
+    evaluation = self.state.run(self.eval_spec("eval_bc", bc.stage), True,
+                                lambda: self.evaluate(Role.BC, 0, bc.params))
+    return self.row(evaluation, Role.BC, bc.directory, bc.stage,
+                    optimizer_steps=selection_lib.best_step_of(bc.directory))
+
+  def bc_plus(self, bc: Policy) -> PolicyRow:
     """The equal-compute control: BC continued for as many steps as all Improve steps."""
     out_dir = os.path.join(self.model_dir, layout.BC_PLUS)
     config, trainer = self.improve_config, self.bc_plus_trainer()
@@ -224,12 +232,11 @@ class _Run:
             trainer=trainer)),
         [out_dir])
     params = selection_lib.restore_selected(out_dir, trainer.abstract_state).params
-    row = self.state.run(self.eval_spec("eval_bc_plus", spec), True,
-                         lambda: self.evaluate(Role.BC_PLUS, -1, params))
-    return {**row, "role": Role.BC_PLUS, "grow_step": 0, "improve_step": 0, "dir": out_dir,
-            "stage": spec,
-            "bc_steps": selection_lib.best_step_of(bc.directory),
-            "optimizer_steps": selection_lib.best_step_of(bc.directory) + selection_lib.best_step_of(out_dir)}
+    evaluation = self.state.run(self.eval_spec("eval_bc_plus", spec), True,
+                                lambda: self.evaluate(Role.BC_PLUS, -1, params))
+    bc_steps = selection_lib.best_step_of(bc.directory)
+    return self.row(evaluation, Role.BC_PLUS, out_dir, spec, bc_steps=bc_steps,
+                    optimizer_steps=bc_steps + selection_lib.best_step_of(out_dir))
 
   def arm_trainer(self, arm: controls.Arm) -> trainer_lib.Trainer:
     """An arm's compiled step: Improve's own when it has Improve's loss (or BC is it)."""
@@ -238,8 +245,8 @@ class _Run:
     return self._compiled.setdefault("bc_loss", self.improve_config.trainer(
         self.context, self.improve_config.steps, loss=losses.OfflineRLLoss("bc")))
 
-  def arm(self, arm: controls.Arm, bc: Policy, bc_row: Row, grow_dir: str,
-          rest_taus: List[float]) -> List[Row]:
+  def arm(self, arm: controls.Arm, bc: Policy, bc_row: PolicyRow, grow_dir: str,
+          rest_taus: List[float]) -> List[PolicyRow]:
     """A chain beside ReST's (`controls.Arm`) from BC on Grow 1's rows; filtered BC at its
     own thresholds, the others at ReST's Grow 1 ones."""
     config = self.improve_config
@@ -277,24 +284,24 @@ class _Run:
             spec, selection_lib.Selection(out_dir).finished,
             lambda start=policy, tau=tau, g=g, i=i, out_dir=out_dir, keys=keys: _step_summary(
                 controls.arm_step(start, arm, config, self.context, grown_dir=grow_dir,
-                                  threshold=tau, output_dir=out_dir, grow_step=g, step=i,
+                                  threshold=tau, output_dir=out_dir,
+                                  place=improve_lib.Place(g, i, self.grow_config.steps),
                                   trainer=trainer, row_keys=keys, reference_params=bc.params,
                                   kl_weight=kl_weight)),
             [out_dir])
         state = selection_lib.restore_selected(out_dir, trainer.abstract_state)
         policy = Policy(state.params, state.opt_state, out_dir, spec)
         label = f"{arm.role} G{g} I{i}" + ("" if arm.random else f" (tau={tau:.3f})")
-        row = self.state.run(self.eval_spec(f"eval_{name}", spec), True,
-                             lambda label=label, p=state.params, at=-1 - self._arm_evals:
-                             self.evaluate(label, at, p))
-        rows.append({**row, "role": arm.role, "grow_step": g, "improve_step": i,
-                     "dir": out_dir, "stage": spec,
-                     "kept_samples": result["metrics"]["kept_samples"],
-                     "kept_references": result["metrics"]["kept_references"],
-                     "trains_on": self.trains_on(
-                         1, grow_dir, tau, arm.references, arm.samples, keys),
-                     "optimizer_steps": (rows[-1] if rows else bc_row)["optimizer_steps"]
-                     + selection_lib.best_step_of(out_dir)})
+        evaluation = self.state.run(self.eval_spec(f"eval_{name}", spec), True,
+                                    lambda label=label, p=state.params, at=-1 - self._arm_evals:
+                                    self.evaluate(label, at, p))
+        rows.append(self.row(
+            evaluation, arm.role, out_dir, spec, grow_step=g, improve_step=i,
+            kept_samples=result["metrics"]["kept_samples"],
+            kept_references=result["metrics"]["kept_references"],
+            trains_on=self.trains_on(1, grow_dir, tau, arm.references, arm.samples, keys),
+            optimizer_steps=(rows[-1] if rows else bc_row).optimizer_steps
+            + selection_lib.best_step_of(out_dir)))
     return rows
 
   def rated_rows(self, g: int, grow_dir: str) -> Optional[np.ndarray]:
@@ -394,8 +401,9 @@ class _Run:
         self.task, sources, samples)
 
   def improve(self, g: int, i: int, index: int, tau: float, policy: Policy, grow_dir: str,
-              bc: Policy) -> Row:
-    """Improve step i of Grow step g (the run's `index`-th, 1-based) from `policy`."""
+              bc: Policy) -> Tuple[PolicyRow, Policy]:
+    """Improve step i of Grow step g (the run's `index`-th, 1-based) from `policy`: its
+    row, and its policy (the next step's start)."""
     out_dir = os.path.join(self.model_dir, layout.improve_name(g, i))
     config = self.improve_config
     spec = self.training_spec(
@@ -412,64 +420,65 @@ class _Run:
             trainer=self.improve_trainer())),
         [out_dir])
     state = selection_lib.restore_selected(out_dir, self.improve_trainer().abstract_state)
-    row = self.state.run(self.eval_spec(f"eval_{g}_{i}", spec), True, lambda: self.evaluate(
-        f"G{g} I{i} (tau={tau:.3f})", index, state.params))
-    return {**row, "role": Role.REST, "grow_step": g, "improve_step": i, "dir": out_dir,
-            "policy_state": state, "stage": spec,
-            "kept_samples": result["metrics"]["kept_samples"],
-            "kept_references": result["metrics"]["kept_references"],
-            "trains_on": self.trains_on(g, grow_dir, tau, config.references == "keep")}
+    evaluation = self.state.run(self.eval_spec(f"eval_{g}_{i}", spec), True,
+                                lambda: self.evaluate(f"G{g} I{i} (tau={tau:.3f})", index,
+                                                      state.params))
+    row = self.row(evaluation, Role.REST, out_dir, spec, grow_step=g, improve_step=i,
+                   kept_samples=result["metrics"]["kept_samples"],
+                   kept_references=result["metrics"]["kept_references"],
+                   trains_on=self.trains_on(g, grow_dir, tau, config.references == "keep"))
+    return row, Policy(state.params, state.opt_state, out_dir, spec)
 
-  def select(self, rows: List[Row], bc_from: Optional[str]) -> Row:
+  def select(self, rows: List[PolicyRow], bc_from: Optional[str]) -> PolicyRow:
     """The ReST policy: the best on validation over BC and every Improve step; each arm's
     likewise over BC and its steps; and the best control on validation (BC, BC+, filtered
     BC's and random selection's picks), ReST's yardstick."""
     key = f"{SELECTION_SPLIT}/reward"
-    best = lambda candidates: max(candidates, key=lambda r: r["metrics"][key])  # noqa: E731
-    picks, summary = {}, self.state.summary  # picks name rows by `roles.row_id`
+    best = lambda candidates: max(candidates, key=lambda r: r.metrics[key])  # noqa: E731
+    picks, summary = {}, self.state.summary  # picks name rows by `PolicyRow.id`
     for arm in controls.ARMS:
-      chain = [r for r in rows if r["role"] == arm.role]
+      chain = [r for r in rows if r.role == arm.role]
       if chain:  # the arm's own pick (BC itself if no step of it beat BC)
         pick = best([rows[0]] + chain)
-        pick["arm_selected"] = pick is not rows[0]
-        picks[arm.role] = roles.row_id(pick)
+        pick.arm_selected = pick is not rows[0]
+        picks[arm.role] = pick.id
     summary["arm_selected"] = picks
     control_roles = [arm.role for arm in controls.CONTROL_ARMS]
-    controls_ = [r for r in rows if r["role"] in (Role.BC, Role.BC_PLUS) or (
-        r.get("arm_selected") and r["role"] in control_roles)]
-    summary["best_control"] = roles.row_id(best(controls_))
-    chosen = best([r for r in rows if r["role"] in (Role.BC, Role.REST)])  # the first of the best
-    chosen["selected"] = True
-    summary["selected"] = roles.row_id(chosen)
+    controls_ = [r for r in rows if r.role in (Role.BC, Role.BC_PLUS) or (
+        r.arm_selected and r.role in control_roles)]
+    summary["best_control"] = best(controls_).id
+    chosen = best([r for r in rows if r.role in (Role.BC, Role.REST)])  # the first of the best
+    chosen.selected = True
+    summary["selected"] = chosen.id
     # Where the selected policy is, relative to the run (`commands.policy_checkpoint`).
     summary["selected_dir"] = (
-        os.path.abspath(chosen["dir"]) if bc_from and chosen["role"] == Role.BC
-        else os.path.relpath(chosen["dir"], self.model_dir))
+        os.path.abspath(chosen.directory) if bc_from and chosen.role == Role.BC
+        else os.path.relpath(chosen.directory, self.model_dir))
     return chosen
 
-  def test(self, rows: List[Row]) -> None:
+  def test(self, rows: List[PolicyRow]) -> None:
     """The other splits (test), for BC, BC+, each arm's pick and the selected policy only."""
     others = [s for s in self.evaluation.splits if s != SELECTION_SPLIT]
     for row in rows:
-      if row["role"] not in (Role.BC, Role.BC_PLUS) and not (row.get("selected")
-                                                   or row.get("arm_selected")):
+      if row.role not in (Role.BC, Role.BC_PLUS) and not (row.selected or row.arm_selected):
         continue
-      params = selection_lib.restore_selected(row["dir"], self.trainer_of(row["role"]).abstract_state).params
+      params = selection_lib.restore_selected(
+          row.directory, self.trainer_of(row.role).abstract_state).params
 
       def evaluate(p=params, row=row):
-        out = self.evaluate(row["policy"], row["index"], p, others)
+        out = self.evaluate(row.policy, row.index, p, others)
         if jax.process_index() == 0 and others:  # the last split's (test's) outputs
           files.makedirs(files.join(self.model_dir, "outputs"))
-          files.atomic_write_text(layout.outputs_path(self.model_dir, row["dir"], others[-1]),
+          files.atomic_write_text(layout.outputs_path(self.model_dir, row.directory, others[-1]),
                                   json.dumps(self.evaluator.last_outputs))
         return out
 
-      name = row["stage"].name  # BC_FROM's folder may be named apart: its stage is `bc`
-      extra = self.state.run(self.eval_spec("test_" + name, row["stage"], others), True,
+      name = row.stage.name  # BC_FROM's folder may be named apart: its stage is `bc`
+      extra = self.state.run(self.eval_spec("test_" + name, row.stage, others), True,
                              evaluate)
-      row["metrics"] = {**row["metrics"], **extra["metrics"]}
+      row.metrics = {**row.metrics, **extra["metrics"]}
 
-  def write_report(self, rows: List[Row]) -> None:
+  def write_report(self, rows: List[PolicyRow]) -> None:
     # The learned reward's own held-out agreement (its reward_model.json), for the report
     # and for `seeds` (the reward's flaw accuracy beside ReST's margin).
     summary = self.state.summary
@@ -477,12 +486,7 @@ class _Run:
     summary["reward_reads_references"] = bool(self.reward.needs_reference)
     summary["reward_name"] = self.reward.name
     self.state.forget_others(self.specs)
-    summary["rows"] = [
-        {k: r[k] for k in ("policy", "role", "grow_step", "improve_step", "metrics",
-                           "optimizer_steps", "trains_on", "kept_samples", "kept_references")
-         if k in r}
-        | {"selected": bool(r.get("selected")), "arm_selected": bool(r.get("arm_selected")),
-           "dir": self.where(r["dir"])} for r in rows]
+    summary["rows"] = [r.to_json(self.where) for r in rows]
     self.state.save()
     self.writer.flush()
     if jax.process_index() == 0:
@@ -511,7 +515,7 @@ def rest(
     checkpoint_period: int = 200,
     seed: int = 0,
     progress_bar: bool = True,
-) -> List[Row]:
+) -> List[PolicyRow]:
   """Runs (or resumes) the whole ReST loop, its BC+ control, and writes the report.
 
   Args:
@@ -566,11 +570,9 @@ def rest(
       rows += run.arm(arm, bc, rows[0], grow_dir, taus)
     for i, tau in enumerate(taus, start=1):
       index += 1
-      row = run.improve(g, i, index, tau, policy, grow_dir, bc)
-      state = row.pop("policy_state")
-      policy = Policy(state.params, state.opt_state, row["dir"], row["stage"])
-      row["optimizer_steps"] = rows[-1 if rows[-1]["role"] == Role.REST else 0][
-          "optimizer_steps"] + selection_lib.best_step_of(row["dir"])
+      row, policy = run.improve(g, i, index, tau, policy, grow_dir, bc)
+      row.optimizer_steps = rows[-1 if rows[-1].role == Role.REST else 0].optimizer_steps \
+          + selection_lib.best_step_of(row.directory)
       rows.append(row)
   run.select(rows, bc_from)
   run.test(rows)

@@ -39,8 +39,9 @@ import numpy as np
 import sacrebleu
 from scipy import stats as scipy_stats
 
-from rest_jax import files, layout, roles
+from rest_jax import files, layout, rows as rows_lib
 from rest_jax.roles import Role
+from rest_jax.rows import PolicyRow
 
 METRICS = (("reward", 4), ("held_out_reward", 4), ("bleu", 2), ("chrf", 2), ("ter", 2),
            ("colour_recall", 3))
@@ -60,22 +61,22 @@ def _summary(model_dir: str) -> Dict[str, Any]:
                             " finished rest run")
   if "rows" not in summary:
     raise ValueError(f"{layout.state_path(model_dir)} has no rows: the run has not finished")
-  return summary
+  return {**summary, "rows": [PolicyRow.from_json(r) for r in summary["rows"]]}
 
 
-def _pick(summary: Dict[str, Any], role: str) -> Optional[Dict[str, Any]]:
+def _pick(summary: Dict[str, Any], role: str) -> Optional[PolicyRow]:
   """The row that stands for `role` in a run (None if the run has none)."""
   rows = summary["rows"]
   if role == Role.REST:
-    return next(r for r in rows if r.get("selected"))
+    return next(r for r in rows if r.selected)
   if role == "best control":
-    return roles.find(rows, summary.get("best_control"))
+    return rows_lib.find(rows, summary.get("best_control"))
   if role in CHAINS:  # the chain's own pick: its best step, or BC if none beat BC
     pick = summary.get("arm_selected", {}).get(role)
     if pick is None and role == Role.FILTERED_BC:  # runs from before "arm_selected"
       pick = summary.get("filtered_bc_selected")
-    return roles.find(rows, pick, role) if pick else None
-  return next((r for r in rows if r["role"] == role), None)
+    return rows_lib.find(rows, pick, role) if pick else None
+  return next((r for r in rows if r.role == role), None)
 
 
 def flaw_accuracy(summary: Dict[str, Any], kind: str = "flawed") -> float:
@@ -85,27 +86,27 @@ def flaw_accuracy(summary: Dict[str, Any], kind: str = "flawed") -> float:
   return float(by_kind.get(kind, {}).get("pairwise_vs_correct", float("nan")))
 
 
-def _step_dir(summary: Dict[str, Any], row: Dict[str, Any]) -> str:
+def _step_dir(summary: Dict[str, Any], row: PolicyRow) -> str:
   """The folder of a row's policy: the row's "dir", or for older runs from its role and
   label (BC from another run keeps its path)."""
-  if "dir" in row:
-    return row["dir"]
-  if row["role"] == Role.BC:
+  if row.directory:
+    return row.directory
+  if row.role == Role.BC:
     return layout.BC
-  if row["role"] == Role.BC_PLUS:
+  if row.role == Role.BC_PLUS:
     return layout.BC_PLUS
-  if row.get("selected"):
+  if row.selected:
     return summary["selected_dir"]
-  if row["role"] not in (Role.REST, Role.FILTERED_BC):
-    raise ValueError(f"the state row of {row['policy']!r} ({row['role']}) names no folder"
+  if row.role not in (Role.REST, Role.FILTERED_BC):
+    raise ValueError(f"the state row of {row.policy!r} ({row.role}) names no folder"
                      " (\"dir\"); re-run `rest` to record it (finished steps are reused)")
-  label = row["policy"].split(" (")[0]  # "G1 I3" or "filtered BC G1 I3"
+  label = row.policy.split(" (")[0]  # "G1 I3" or "filtered BC G1 I3"
   g, i = (int(x[1:]) for x in label.split()[-2:])
-  return layout.filtered_bc_name(g, i) if row["role"] == Role.FILTERED_BC else \
+  return layout.filtered_bc_name(g, i) if row.role == Role.FILTERED_BC else \
       layout.improve_name(g, i)
 
 
-def _outputs(model_dir: str, summary: Dict[str, Any], row: Dict[str, Any], split: str):
+def _outputs(model_dir: str, summary: Dict[str, Any], row: PolicyRow, split: str):
   path = layout.outputs_path(model_dir, _step_dir(summary, row), split)
   if not files.exists(path):
     raise FileNotFoundError(f"{path} is missing: {model_dir} was run before `rest` kept its"
@@ -218,21 +219,21 @@ def _margins(summaries: Dict[str, Dict[str, Any]], other: str,
   picks = []
   for run, s in summaries.items():
     theirs = _pick(s, other)
-    if theirs is None or "test/bleu" not in theirs["metrics"]:
+    if theirs is None or "test/bleu" not in theirs.metrics:
       if required:
         raise ValueError(f"{layout.state_path(run)} has no test metrics of the {other}")
       return None
-    picks.append((_pick(s, Role.REST)["metrics"], theirs["metrics"]))
+    picks.append((_pick(s, Role.REST).metrics, theirs.metrics))
   return {m: np.array([r[f"test/{m}"] - o[f"test/{m}"] for r, o in picks])
           for m in ("bleu", "chrf")}
 
 
-def _step_label(row: Dict[str, Any]) -> str:
+def _step_label(row: PolicyRow) -> str:
   """A row's step: "G1 I3" (ReST's), "ReST (samples only) G1 I2", "BC"."""
-  if not row.get("grow_step"):  # BC, BC+, or a run from before rows held their steps
-    return row["policy"].split(" (tau=")[0]
-  prefix = "" if row["role"] == Role.REST else f"{row['role']} "
-  return f"{prefix}G{row['grow_step']} I{row['improve_step']}"
+  if not row.grow_step:  # BC, BC+, or a run from before rows held their steps
+    return row.policy.split(" (tau=")[0]
+  prefix = "" if row.role == Role.REST else f"{row.role} "
+  return f"{prefix}G{row.grow_step} I{row.improve_step}"
 
 
 def _seed_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
@@ -246,7 +247,7 @@ def _seed_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
     cells = [run]
     for role in ROLES:
       row = _pick(s, role)
-      m = row["metrics"] if row else {}
+      m = row.metrics if row else {}
       cell = (f"{m['test/bleu']:.2f} / {m['test/chrf']:.2f}" if "test/bleu" in m else "-")
       if role not in (Role.BC, Role.BC_PLUS) and row:  # which step was picked
         cell += f" ({_step_label(row)})"
@@ -257,8 +258,8 @@ def _seed_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
   return out + [""]
 
 
-def _quality(row: Optional[Dict[str, Any]], kind: str) -> str:
-  q = (row or {}).get("trains_on", {}).get(kind)
+def _quality(row: Optional[PolicyRow], kind: str) -> str:
+  q = ((row.trains_on if row else None) or {}).get(kind)
   if not q or not q["rows"]:
     return "-"
   return f"{q['held_out']:.3f} / {q['reward']:.3f} ({q['rows']})"
@@ -268,7 +269,7 @@ def _trains_on_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
   """Per seed, what each arm's picked step trained on: the rows rater's mean / the training
   reward's mean (rows) over its kept samples and kept original pairs; and per Grow step the
   share of sources with a sample the task's coverage check finds right."""
-  if not any(r.get("trains_on") for s in summaries.values() for r in s["rows"]):
+  if not any(r.trains_on for s in summaries.values() for r in s["rows"]):
     return []
   roles = (Role.FILTERED_BC, RANDOM, SAMPLES_ONLY, Role.REST)
   header = ["run"] + [f"{role}: {kind}" for role in roles for kind in ("samples", "pairs")
@@ -292,17 +293,17 @@ def _trains_on_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
 def _mean_table(summaries: Dict[str, Dict[str, Any]], split: str) -> List[str]:
   """The mean and spread over the seeds of every role every run has, on `split`."""
   present = [(m, d) for m, d in METRICS
-             if all(f"{split}/{m}" in _pick(s, Role.REST)["metrics"] for s in summaries.values())]
+             if all(f"{split}/{m}" in _pick(s, Role.REST).metrics for s in summaries.values())]
   out = [f"Mean ± sd over seeds, {split}:", "",
          "| policy | " + " | ".join(m for m, _ in present) + " |", "|---|" + "---|" * len(present)]
   values = {}
   for role in ROLES:
     picked = [_pick(s, role) for s in summaries.values()]
-    if any(p is None or f"{split}/{present[0][0]}" not in p["metrics"] for p in picked):
+    if any(p is None or f"{split}/{present[0][0]}" not in p.metrics for p in picked):
       continue
     cells = []
     for metric, digits in present:
-      v = np.array([p["metrics"].get(f"{split}/{metric}", np.nan) for p in picked])
+      v = np.array([p.metrics.get(f"{split}/{metric}", np.nan) for p in picked])
       values[(role, metric)] = v
       cells.append(_mean_sd(v, digits))
     out.append(f"| {role} | " + " | ".join(cells) + " |")

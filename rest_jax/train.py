@@ -153,6 +153,20 @@ def _start_state(trainer: trainer_lib.Trainer, ckpt: checkpoints.Checkpointer,
   return trainer.init_state(init_rng)
 
 
+def _close(train_dataset_cfg: pipeline.DatasetConfig, summary: _Summaries) -> None:
+  """Reports what the input pipeline cut and flushes the summaries (normally seconds;
+  when not, a warning says so)."""
+  tick = time.perf_counter()
+  cut = pipeline.overlength_count(train_dataset_cfg)
+  if cut:
+    logging.warning("train: %d examples of %s were longer than %s and were cut", cut,
+                    train_dataset_cfg.mixture_or_task_name,
+                    dict(train_dataset_cfg.task_feature_lengths))
+  summary.flush()
+  if time.perf_counter() - tick > 10:
+    logging.warning("train: closing took %.1f s", time.perf_counter() - tick)
+
+
 def train(
     *,
     model,
@@ -227,17 +241,6 @@ def train(
   if result.stopped_early:
     logging.info("train: stopped early at step %d; best validation score %.4f at step %d",
                  int(jax.device_get(result.state.step)), selection.best[1], selection.best[0])
-  # Closing is normally seconds; when it is not, the warning below says which part.
-  tick = time.perf_counter()
-  del batches  # the input pipeline's threads stop here rather than at an unknown later point
-  stopped = time.perf_counter()
-  cut = pipeline.overlength_count(train_dataset_cfg)
-  if cut:
-    logging.warning("train: %d examples of %s were longer than %s and were cut", cut,
-                    train_dataset_cfg.mixture_or_task_name,
-                    dict(train_dataset_cfg.task_feature_lengths))
-  summary.flush()
-  if time.perf_counter() - tick > 10:
-    logging.warning("train: closing took %.1f s (input pipeline %.1f s)",
-                    time.perf_counter() - tick, stopped - tick)
+  del batches, result  # the input pipeline's threads stop here rather than later
+  _close(train_dataset_cfg, summary)
   return summary.history

@@ -16,7 +16,7 @@ from rest_jax import grow, improve, layout, losses, policy_eval, records, reward
 from rest_jax import sampling
 from rest_jax import selection, stages
 from rest_jax import trainer as trainer_lib
-from rest_jax.data import pipeline
+from rest_jax.data import pipeline, tasks
 from tests.conftest import make_model
 
 GROW = grow.GrowConfig()
@@ -44,7 +44,7 @@ OTHER = {
 }
 
 
-SETTING = stages.Setting(make_model(), "rest_demo_en_de", {"inputs": 8, "targets": 8},
+SETTING = stages.Setting(make_model(), tasks.DEMO_TASK, {"inputs": 8, "targets": 8},
                          rewards.get("chrf", processes=1), 0)
 
 

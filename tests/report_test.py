@@ -2,11 +2,13 @@
 over the best control chosen on validation."""
 
 from rest_jax import report
+from rest_jax.roles import Role
+from rest_jax.rows import PolicyRow
 
 
 def _row(policy, role, **metrics):
-  return {"policy": policy, "role": role,
-          "metrics": {f"{k.split('__')[0]}/{k.split('__')[1]}": v for k, v in metrics.items()}}
+  return PolicyRow(policy, Role(role), metrics={
+      f"{k.split('__')[0]}/{k.split('__')[1]}": v for k, v in metrics.items()})
 
 
 def test_a_bc_still_rising_and_degenerate_opens_the_report_with_warnings():
@@ -31,11 +33,12 @@ def test_a_bc_still_rising_and_degenerate_opens_the_report_with_warnings():
 def test_the_headline_is_against_the_best_control_and_says_when_filtering_suffices():
   rows = [_row("BC", "BC", validation__reward=0.80, validation__bleu=70.0, test__bleu=71.0),
           _row("BC+", "BC+", validation__reward=0.81, validation__bleu=72.0, test__bleu=72.5),
-          {**_row("filtered BC G1 I1 (tau=0.5)", "filtered BC", validation__reward=0.83,
-                  validation__bleu=74.0, test__bleu=74.0), "arm_selected": True},
-          {**_row("G1 I1 (tau=0.6)", "ReST", validation__reward=0.82, validation__bleu=73.0,
-                  test__bleu=75.0), "selected": True}]
-  rows[2].update(grow_step=1, improve_step=1)
+          _row("filtered BC G1 I1 (tau=0.5)", "filtered BC", validation__reward=0.83,
+               validation__bleu=74.0, test__bleu=74.0),
+          _row("G1 I1 (tau=0.6)", "ReST", validation__reward=0.82, validation__bleu=73.0,
+               test__bleu=75.0)]
+  rows[2].arm_selected = rows[3].selected = True
+  rows[2].grow_step = rows[2].improve_step = 1
   summary = {"best_control": {"role": "filtered BC", "grow_step": 1, "improve_step": 1}}
   lines = report.headline(rows, summary, ["validation", "test"])
   text = "\n".join(lines)

@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from rest_jax import checkpoints, commands, controls, decoding, grow, improve, losses
-from rest_jax import partitioning, policy_eval, rest, rewards, roles, selection
+from rest_jax import partitioning, policy_eval, rest, rewards, rows as rows_lib, selection
 from rest_jax.data import pipeline, tasks, vocab
 from tests.conftest import make_model
 
@@ -57,25 +57,25 @@ def _summary(model_dir):
 def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
   assert jax.device_count() == 8
   rows = _run(tmp_path)
-  assert [r["policy"].split(" (")[0] for r in rows] == ["BC", "BC+", "G1 I1", "G1 I2"]
+  assert [r.policy.split(" (")[0] for r in rows] == ["BC", "BC+", "G1 I1", "G1 I2"]
   # Every policy is evaluated on validation; test only for BC, BC+ and the selected one.
-  assert all("validation/oracle_best_of_2_reward" in r["metrics"] for r in rows)
-  chosen = [r for r in rows if r.get("selected")]
-  assert len(chosen) == 1 and chosen[0]["role"] in ("BC", "ReST")
-  best = max((r for r in rows if r["role"] != "BC+"), key=lambda r: r["metrics"]["validation/reward"])
+  assert all("validation/oracle_best_of_2_reward" in r.metrics for r in rows)
+  chosen = [r for r in rows if r.selected]
+  assert len(chosen) == 1 and chosen[0].role in ("BC", "ReST")
+  best = max((r for r in rows if r.role != "BC+"), key=lambda r: r.metrics["validation/reward"])
   assert chosen[0] is best
-  assert {r["policy"] for r in rows if "test/reward" in r["metrics"]} == {
-      "BC", "BC+", chosen[0]["policy"]}
+  assert {r.policy for r in rows if "test/reward" in r.metrics} == {
+      "BC", "BC+", chosen[0].policy}
   # BC+ trains exactly as many optimizer steps as all Improve steps together (1 x 2 x 3).
   assert checkpoints.Checkpointer(str(tmp_path / "bc_plus")).latest_step() == 6
-  assert rows[1]["optimizer_steps"] == rows[0]["optimizer_steps"] + selection.Selection(
+  assert rows[1].optimizer_steps == rows[0].optimizer_steps + selection.Selection(
       str(tmp_path / "bc_plus")).best[0]
-  assert [r.get("kept_samples", 0) > 0 for r in rows] == [False, False, True, True]
+  assert [(r.kept_samples or 0) > 0 for r in rows] == [False, False, True, True]
   # A finished run as POLICY_DIR of the single-step commands: its selected policy's best
   # checkpoint; a step of it: that step's best, not its last.
   ckpt, step = commands.policy_checkpoint(str(tmp_path))
-  chosen_dir = {"BC": "bc"}.get(chosen[0]["policy"], None) or "improve_1_" + chosen[0][
-      "policy"].split(" (")[0][-1]
+  chosen_dir = {"BC": "bc"}.get(chosen[0].policy, None) or "improve_1_" + chosen[0].policy.split(
+      " (")[0][-1]
   assert ckpt.directory == str(tmp_path / chosen_dir / "best")
   assert step == selection.Selection(str(tmp_path / chosen_dir)).best[0]
   ckpt.close()
@@ -95,7 +95,7 @@ def test_two_improve_steps_on_a_4x2_mesh_then_resume(tmp_path, capsys, caplog):
             and "rest_state" not in p.name and p.suffix not in (".md", ".png")
             and "rest" not in p.parts[-2]}
   again = _run(tmp_path)
-  assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+  assert [r.metrics for r in again] == [r.metrics for r in rows]
   assert all(os.path.getmtime(p) == t for p, t in mtimes.items())
 
   # Deleting the last Improve checkpoint redoes only that step (and its evaluation).
@@ -169,7 +169,7 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   rows = _run(tmp_path, reward=rater, arms=controls.ArmsConfig(
       rows_rater=rater, random_selection=True), grow=grow.GrowConfig(
                   steps=2, max_sources=24, num_samples=2, batch_size=8, shard_size=16))
-  labels = [r["policy"].split(" (tau")[0] for r in rows]
+  labels = [r.policy.split(" (tau")[0] for r in rows]
   assert labels == ["BC", "BC+", "filtered BC G1 I1", "filtered BC G1 I2", "filtered BC G2 I1",
                     "filtered BC G2 I2", "ReST (samples only) G1 I1",
                     "ReST (samples only) G1 I2", "random selection G1 I1",
@@ -178,10 +178,10 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   by_label = dict(zip(labels, rows))
   for i in (1, 2):
     rest_row = by_label[f"G1 I{i}"]
-    assert rest_row["kept_samples"] > 0 and rest_row["kept_references"] > 0
+    assert rest_row.kept_samples > 0 and rest_row.kept_references > 0
     alone, drawn = by_label[f"ReST (samples only) G1 I{i}"], by_label[f"random selection G1 I{i}"]
-    assert (alone["kept_samples"], alone["kept_references"]) == (rest_row["kept_samples"], 0)
-    assert (drawn["kept_samples"], drawn["kept_references"]) == (rest_row["kept_samples"], 0)
+    assert (alone.kept_samples, alone.kept_references) == (rest_row.kept_samples, 0)
+    assert (drawn.kept_samples, drawn.kept_references) == (rest_row.kept_samples, 0)
   # What each step trains on, by the rows rater's score of every grown row.
   rated = np.load(tmp_path / "grow_1_rated_rows.npy")
   import rest_jax.data.grown as grown_lib  # pylint: disable=g-import-not-at-top
@@ -189,7 +189,7 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
       str(tmp_path / "grow_1"), grown_lib.load_manifest(str(tmp_path / "grow_1"))))
   tau = _summary(tmp_path)["thresholds"]["1"][1]
   kept = columns["reward"] >= np.float32(tau)
-  quality = by_label["G1 I2"]["trains_on"]
+  quality = by_label["G1 I2"].trains_on
   for kind, mask in (("samples", kept & ~columns["is_reference"]),
                      ("references", kept & columns["is_reference"])):
     assert quality[kind]["rows"] == mask.sum()
@@ -197,23 +197,23 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
     assert quality[kind]["reward"] == pytest.approx(float(columns["reward"][mask].mean()))
   # The reward picks better rows than chance, by the rater.
   assert (quality["samples"]["held_out"]
-          >= by_label["random selection G1 I2"]["trains_on"]["samples"]["held_out"])
+          >= by_label["random selection G1 I2"].trains_on["samples"]["held_out"])
   summary = _summary(tmp_path)
   assert not {"rows", "thresholds", "arm_selected"} & set(_steps(tmp_path))  # kept apart
   picks = summary["arm_selected"]  # rows named by role, Grow step and Improve step
   assert set(picks) == {"filtered BC", "ReST (samples only)", "random selection"}
-  assert all(roles.find(rows, p)["role"] in (role, "BC") for role, p in picks.items())
-  controls_ = [roles.find(rows, p) for p in (
+  assert all(rows_lib.find(rows, p).role in (role, "BC") for role, p in picks.items())
+  controls_ = [rows_lib.find(rows, p) for p in (
       {"role": "BC", "grow_step": 0, "improve_step": 0},
       {"role": "BC+", "grow_step": 0, "improve_step": 0},
       picks["filtered BC"], picks["random selection"])]
-  assert summary["best_control"] == roles.row_id(max(
-      controls_, key=lambda r: r["metrics"]["validation/reward"]))
+  assert summary["best_control"] == max(
+      controls_, key=lambda r: r.metrics["validation/reward"]).id
   # Test for BC, BC+, every arm's pick and ReST's, with outputs kept for `seeds`.
-  tested = {r["policy"] for r in rows if "test/bleu" in r["metrics"]}
-  assert tested == {roles.find(rows, p)["policy"] for p in (
-      summary["selected"], *controls_[:2], *picks.values())}
-  for row in summary["rows"]:
+  tested = {r.policy for r in rows if "test/bleu" in r.metrics}
+  assert tested == {rows_lib.find(rows, p).policy for p in (
+      summary["selected"], *(r.id for r in controls_[:2]), *picks.values())}
+  for row in summary["rows"]:  # as saved: folders relative to the run
     if row["policy"] in tested:
       assert (tmp_path / "outputs" / f"{os.path.basename(row['dir'])}.test.json").exists()
   report = (tmp_path / "report.md").read_text()
@@ -222,4 +222,4 @@ def test_every_arm_from_one_bc_and_grow(tmp_path):
   again = _run(tmp_path, reward=rater, arms=controls.ArmsConfig(
       rows_rater=rater, random_selection=True), grow=grow.GrowConfig(
                    steps=2, max_sources=24, num_samples=2, batch_size=8, shard_size=16))
-  assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+  assert [r.metrics for r in again] == [r.metrics for r in rows]

@@ -325,7 +325,7 @@ def test_an_empty_filtered_bc_step_ends_its_arm_not_the_run(base_run, tmp_path, 
 
   monkeypatch.setattr(improve, "kept_rows", kept_rows)
   rows = _run(rerun)
-  labels = [r["policy"].split(" (tau")[0] for r in rows]
+  labels = [r.policy.split(" (tau")[0] for r in rows]
   assert "filtered BC G1 I1" in labels and "filtered BC G1 I2" not in labels
   assert "G1 I2" in labels  # ReST went on
   steps = _state(rerun)["steps"]

@@ -171,7 +171,7 @@ def test_filtered_bc_trains_on_the_original_pairs_the_reward_keeps(policy, tmp_p
                                 validate=lambda p: validated.append(1) or 0.5)
   result = controls.arm_step(context_lib.Policy(params, None, policy_dir), controls.FILTERED_BC,
                              config, ctx, grown_dir=str(tmp_path / "grow"), threshold=tau,
-                             output_dir=str(tmp_path / "filtered"), grow_step=1, step=1)
+                             output_dir=str(tmp_path / "filtered"), place=improve.Place())
   assert result.metrics["kept_samples"] == 0
   assert result.metrics["kept_references"] == int(np.sum(refs >= np.float32(tau))) > 0
   assert result.metrics["reference_fraction"] == 1.0  # every row it trained on is a pair
