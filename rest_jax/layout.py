@@ -10,7 +10,8 @@
       samples_only_1_<i>/  the ablation ReST on the samples alone, likewise (Grow 1's rows)
       random_1_<i>/        the random-selection control, likewise (Grow 1's rows)
       grow_<g>_rated_rows.npy  the held-out rater's score of every row of grow_<g>
-      rest_state.json      what is done: every step's record, result and evaluation
+      rest_state.json      what is done: every step's record, result and evaluation; the
+                           run summary (rows, picks, thresholds)
       outputs/<step>.<split>.json   the selected policies' outputs on test (for `seeds`)
       report.md, grow_<g>_rewards.png, ...   the report and its plots
       rest/                TensorBoard summaries
@@ -32,7 +33,8 @@ SUMMARIES = "rest"
 BC = "bc"
 BC_PLUS = "bc_plus"
 # The run summary in the state file (beside the stages' results): the report's rows, the
-# picks on validation (`roles.row_id`s), thresholds, coverage, empty arm steps, the reward.
+# picks on validation (`PolicyRow.id`s), thresholds, coverage, empty arm steps, the reward;
+# "filtered_bc_selected" only in files from before "arm_selected" (read, never written).
 SUMMARY_KEYS = ("rows", "selected", "selected_dir", "best_control", "arm_selected",
                 "filtered_bc_selected", "thresholds", "coverage", "empty_steps",
                 "reward_quality", "reward_reads_references", "reward_name")

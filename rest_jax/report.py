@@ -322,7 +322,7 @@ def _plots(model_dir: str, rows, summary, split: str) -> List[str]:
   for ax, (key, title) in zip(axes, (("reward", "training reward"), ("bleu", "BLEU"))):
     values = [r.metrics.get(f"{split}/{key}", np.nan) for r in chain]
     ax.plot(x, values, "o-", label="BC then ReST")
-    ax.axhline(values[0], color="grey", linestyle=":", label="BC")
+    ax.axhline(values[0], color="grey", linestyle=":", label=Role.BC)
     plus = next((r for r in rows if r.role == Role.BC_PLUS), None)
     if plus is not None:
       ax.axhline(plus.metrics.get(f"{split}/{key}", np.nan), color="tab:orange",

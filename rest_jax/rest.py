@@ -66,7 +66,9 @@ class _Run:
     self.task = train_dataset_cfg.mixture_or_task_name
     self.lengths = dict(train_dataset_cfg.task_feature_lengths)
     self.state = RunState.load(model_dir)
-    self.state.summary = {}  # this run finds its own
+    # What this run finds (rows, picks, thresholds): the state file keeps the last run's
+    # until this one's report replaces it.
+    self.summary: Dict[str, Any] = {}
     self.policy_trainer = trainer_lib.Trainer(
         model, partitioner, trainer_lib.batch_input_shapes(train_dataset_cfg.batch_size,
                                                            self.lengths),
@@ -252,7 +254,7 @@ class _Run:
     config = self.improve_config
     if arm is controls.FILTERED_BC:
       taus = controls.reference_thresholds(config, grow_dir)
-      self.state.summary.setdefault("thresholds", {})["filtered_bc"] = taus
+      self.summary.setdefault("thresholds", {})["filtered_bc"] = taus
     else:
       taus = rest_taus
     trainer = self.arm_trainer(arm)
@@ -263,15 +265,16 @@ class _Run:
         index, self._arm_evals = index + 1, self._arm_evals + 1
         name = layout.arm_step_name(arm.prefix, g, i)
         out_dir = os.path.join(self.model_dir, name)
-        seed = self.context.seed + arm.seed_offset + 1000 * g + i
+        place = improve_lib.Place(g, i, self.grow_config.steps)
         keys = controls.random_row_keys(grow_dir, improve_lib.kept_rows(
-            grow_dir, tau, config.references == "keep")["samples"], seed) if arm.random else None
+            grow_dir, tau, config.references == "keep")["samples"],
+            place.seed(self.context.seed + arm.seed_offset)) if arm.random else None
         try:  # e.g. an absolute threshold that no original pair reaches: filtered BC ends
           improve_lib.kept_rows(grow_dir, tau, arm.references, arm.samples, keys)
         except improve_lib.EmptyImproveStepError as e:
           logging.warning("rest: %s keeps no rows, so %s stops here (ReST goes on): %s",
                           name, arm.role, e)
-          self.state.summary.setdefault("empty_steps", {})[name] = str(e)
+          self.summary.setdefault("empty_steps", {})[name] = str(e)
           return rows
         own = arm.config(config)
         kl_weight = own.loss.kl_weight(index - 1, self.num_improve)
@@ -282,10 +285,9 @@ class _Run:
             kl_weight=kl_weight)
         result = self.state.run(
             spec, selection_lib.Selection(out_dir).finished,
-            lambda start=policy, tau=tau, g=g, i=i, out_dir=out_dir, keys=keys: _step_summary(
+            lambda start=policy, tau=tau, place=place, out_dir=out_dir, keys=keys: _step_summary(
                 controls.arm_step(start, arm, config, self.context, grown_dir=grow_dir,
-                                  threshold=tau, output_dir=out_dir,
-                                  place=improve_lib.Place(g, i, self.grow_config.steps),
+                                  threshold=tau, output_dir=out_dir, place=place,
                                   trainer=trainer, row_keys=keys, reference_params=bc.params,
                                   kl_weight=kl_weight)),
             [out_dir])
@@ -387,7 +389,7 @@ class _Run:
     manifest = grown.load_manifest(grow_dir, verify_counts=False)
     taus = self.improve_config.thresholds.resolve(
         grown.sample_rewards(grown.shard_paths(grow_dir, manifest)))
-    self.state.summary.setdefault("thresholds", {})[str(g)] = taus
+    self.summary.setdefault("thresholds", {})[str(g)] = taus
     self.coverage(g, grow_dir)
     return taus
 
@@ -397,7 +399,7 @@ class _Run:
     if corpus_metrics.get_coverage_fn(self.task) is None:
       return
     sources, samples = grown.samples_by_source(grow_dir)
-    self.state.summary.setdefault("coverage", {})[str(g)] = corpus_metrics.coverage(
+    self.summary.setdefault("coverage", {})[str(g)] = corpus_metrics.coverage(
         self.task, sources, samples)
 
   def improve(self, g: int, i: int, index: int, tau: float, policy: Policy, grow_dir: str,
@@ -405,18 +407,19 @@ class _Run:
     """Improve step i of Grow step g (the run's `index`-th, 1-based) from `policy`: its
     row, and its policy (the next step's start)."""
     out_dir = os.path.join(self.model_dir, layout.improve_name(g, i))
-    config = self.improve_config
+    config, place = self.improve_config, improve_lib.Place(g, i, self.grow_config.steps)
+    per_grow = len(config.thresholds.values)  # what `improve_step` weighs its KL term by
     spec = self.training_spec(
         layout.improve_name(g, i), after=[policy.stage, self.specs[layout.grow_name(g)]],
-        threshold=tau, kl_weight=config.loss.kl_weight(index - 1, self.num_improve),
+        threshold=tau, kl_weight=config.loss.kl_weight(place.index(per_grow),
+                                                       place.total(per_grow)),
         improve=records.improve_record(config), optimizer=self.improve_trainer().optimizer,
         learning_rate=records.rates(config.learning_rate_for(config.steps), config.steps))
     result = self.state.run(
         spec, selection_lib.Selection(out_dir).finished,
         lambda: _step_summary(improve_lib.improve_step(
             policy, config, self.context, grown_dir=grow_dir, threshold=tau,
-            output_dir=out_dir, place=improve_lib.Place(g, i, self.grow_config.steps),
-            reference_params=bc.params,
+            output_dir=out_dir, place=place, reference_params=bc.params,
             trainer=self.improve_trainer())),
         [out_dir])
     state = selection_lib.restore_selected(out_dir, self.improve_trainer().abstract_state)
@@ -435,7 +438,7 @@ class _Run:
     BC's and random selection's picks), ReST's yardstick."""
     key = f"{SELECTION_SPLIT}/reward"
     best = lambda candidates: max(candidates, key=lambda r: r.metrics[key])  # noqa: E731
-    picks, summary = {}, self.state.summary  # picks name rows by `PolicyRow.id`
+    picks, summary = {}, self.summary  # picks name rows by `PolicyRow.id`
     for arm in controls.ARMS:
       chain = [r for r in rows if r.role == arm.role]
       if chain:  # the arm's own pick (BC itself if no step of it beat BC)
@@ -481,7 +484,7 @@ class _Run:
   def write_report(self, rows: List[PolicyRow]) -> None:
     # The learned reward's own held-out agreement (its reward_model.json), for the report
     # and for `seeds` (the reward's flaw accuracy beside ReST's margin).
-    summary = self.state.summary
+    summary = self.state.summary = self.summary
     summary["reward_quality"] = dict(getattr(self.reward, "held_out", {}) or {})
     summary["reward_reads_references"] = bool(self.reward.needs_reference)
     summary["reward_name"] = self.reward.name

@@ -1,6 +1,7 @@
 """The roles a policy plays in a `rest` run's report, spelled once.
 
-A row of the report (and of `rest_state.json`'s "rows") has one: BC, the controls
+A row of the report (`rows.PolicyRow`, and the run summary's "rows" in
+`rest_state.json`) has one: BC, the controls
 beside ReST (BC+, filtered BC, random selection), the ablation ReST on the samples
 alone, and ReST. A `Role` is a `str`, so the state file keeps the plain name and
 rows read back from it compare equal to the enum.
@@ -28,4 +29,3 @@ class Role(str, enum.Enum):
 
 # The controls: a method must beat the best of these (chosen on validation) to claim a gain.
 CONTROLS = (Role.BC, Role.BC_PLUS, Role.FILTERED_BC, Role.RANDOM_SELECTION)
-

@@ -51,7 +51,9 @@ RANDOM = Role.RANDOM_SELECTION
 # Chains whose pick (their best step on validation, or BC) `rest` names in "arm_selected".
 CHAINS = (Role.FILTERED_BC, SAMPLES_ONLY, RANDOM)
 # The table's columns, controls first; every one but BC and BC+ is a pick among steps.
-ROLES = (Role.BC, Role.BC_PLUS, Role.FILTERED_BC, RANDOM, "best control", SAMPLES_ONLY, Role.REST)
+# Not a role: the run's best control on validation (BC, BC+, or a control arm's pick).
+BEST_CONTROL = "best control"
+ROLES = (Role.BC, Role.BC_PLUS, Role.FILTERED_BC, RANDOM, BEST_CONTROL, SAMPLES_ONLY, Role.REST)
 
 
 def _summary(model_dir: str) -> Dict[str, Any]:
@@ -69,7 +71,7 @@ def _pick(summary: Dict[str, Any], role: str) -> Optional[PolicyRow]:
   rows = summary["rows"]
   if role == Role.REST:
     return next(r for r in rows if r.selected)
-  if role == "best control":
+  if role == BEST_CONTROL:
     return rows_lib.find(rows, summary.get("best_control"))
   if role in CHAINS:  # the chain's own pick: its best step, or BC if none beat BC
     pick = summary.get("arm_selected", {}).get(role)
@@ -242,7 +244,7 @@ def _seed_table(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
             SAMPLES_ONLY, "ReST (selected)", "ReST - best control", "reward's flaw accuracy"]
   out = ["Test BLEU / chrF per seed:", "", "| " + " | ".join(header) + " |",
          "|" + "---|" * len(header)]
-  margins = _margins(summaries, "best control", required=True)
+  margins = _margins(summaries, BEST_CONTROL, required=True)
   for k, (run, s) in enumerate(summaries.items()):
     cells = [run]
     for role in ROLES:
@@ -307,8 +309,8 @@ def _mean_table(summaries: Dict[str, Dict[str, Any]], split: str) -> List[str]:
       values[(role, metric)] = v
       cells.append(_mean_sd(v, digits))
     out.append(f"| {role} | " + " | ".join(cells) + " |")
-  if (Role.REST, present[0][0]) in values and ("best control", present[0][0]) in values:
-    cells = [_mean_sd(values[(Role.REST, m)] - values[("best control", m)], d, sign=True)
+  if (Role.REST, present[0][0]) in values and (BEST_CONTROL, present[0][0]) in values:
+    cells = [_mean_sd(values[(Role.REST, m)] - values[(BEST_CONTROL, m)], d, sign=True)
              for m, d in present]
     out.append("| ReST - best control (per seed) | " + " | ".join(cells) + " |")
   return out + [""]
@@ -336,7 +338,7 @@ def _test_outputs(summaries: Dict[str, Dict[str, Any]]):
   refs, first, ours, theirs, tokenize = None, None, [], [], "13a"
   for run, s in summaries.items():
     a = _outputs(run, s, _pick(s, Role.REST), "test")
-    b = _outputs(run, s, _pick(s, "best control"), "test")
+    b = _outputs(run, s, _pick(s, BEST_CONTROL), "test")
     if a["references"] != b["references"]:
       raise ValueError(f"{run}: ReST's and the control's test outputs are of other sentences")
     if refs is None:
@@ -364,7 +366,7 @@ def _bootstrap_line(summaries: Dict[str, Dict[str, Any]]) -> str:
 
 
 def _wins_and_correlation(summaries: Dict[str, Dict[str, Any]]) -> List[str]:
-  margins = _margins(summaries, "best control", required=True)["bleu"]
+  margins = _margins(summaries, BEST_CONTROL, required=True)["bleu"]
   out = [f"ReST beats the best control on test BLEU in {sum(margins > 0)} of {len(margins)}"
          " seeds."]
   acc = np.array([flaw_accuracy(s) for s in summaries.values()])
@@ -385,7 +387,7 @@ def summarize_group(runs: Sequence[str], label: str = "") -> str:
                                                         if reward_names else ""), ""]
   out += _seed_table(summaries) + _trains_on_table(summaries)
   out += _mean_table(summaries, "test") + _mean_table(summaries, "validation")
-  out.append(_t_line("ReST - best control", _margins(summaries, "best control", required=True)))
+  out.append(_t_line("ReST - best control", _margins(summaries, BEST_CONTROL, required=True)))
   samples_only = _margins(summaries, SAMPLES_ONLY)
   if samples_only is not None:
     out.append(_t_line(f"ReST - {SAMPLES_ONLY}", samples_only))

@@ -49,7 +49,8 @@ class BCConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-  """Where `train` saves (t5x's `checkpoint_cfg`, as `train` uses it).
+  """Where `train` saves (in the manner of t5x's `checkpoint_cfg`, which it is not: a
+  t5x gin file's `utils.CheckpointConfig` does not bind it).
 
   Attributes:
     period: steps between checkpoints (the last step is always saved).

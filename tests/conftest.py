@@ -27,12 +27,12 @@ TINY = dict(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
             num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
 
 
-# `make test` sends whole files to its two workers (`--dist loadfile`: a module fixture such
+# `make test` sends whole files to its three workers (`--dist loadfile`: a module fixture such
 # as the preemption reference run or t5x.train's checkpoints is built once) in collection
 # order (`--no-loadscope-reorder`; xdist would order files by test count). These files take
 # the longest (measured, seconds of one worker); they go first so that no long file starts
-# last while the other worker idles. A file not listed keeps its place after them.
-LONGEST_FIRST = ("faults/preemption_test.py",  # ~1,100: reference run, SIGTERM, 20 kills
+# last while the other workers idle. A file not listed keeps its place after them.
+LONGEST_FIRST = ("faults/preemption_test.py",  # ~940: reference run, SIGTERM, 10 kills
                  "multihost_test.py",  # ~650
                  "rest_test.py", "t5x_test.py", "steps_test.py", "train_test.py",
                  "translation_tasks_test.py", "readme_commands_test.py",

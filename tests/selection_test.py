@@ -8,6 +8,8 @@ from rest_jax import checkpoints, controls, decoding, improve, partitioning, pol
 from rest_jax import rewards as rewards_lib, selection, train, trainer as trainer_lib
 from rest_jax.context import Policy, StepContext
 from rest_jax.data import corpus_metrics as metrics, pipeline, tasks, vocab
+from rest_jax.roles import Role
+from rest_jax.rows import PolicyRow
 from tests.conftest import make_model
 
 LENGTHS = {"inputs": 48, "targets": 40}
@@ -145,9 +147,9 @@ def test_a_run_read_back_keeps_its_recorded_patience(tmp_path):
 
 def test_the_divergence_flag_fires_on_a_synthetic_history():
   def row(policy, role, reward, bleu, chrf, ter=50.0):
-    return {"policy": policy, "role": role, "metrics": {
+    return PolicyRow(policy, Role(role), metrics={
         "validation/reward": reward, "validation/bleu": bleu, "validation/chrf": chrf,
-        "validation/ter": ter}}
+        "validation/ter": ter})
 
   rows = [row("BC", "BC", 0.70, 40.0, 60.0),
           row("BC+", "BC+", 0.72, 41.0, 61.0),             # both up: fine
