@@ -32,9 +32,12 @@ TINY = dict(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
 # order (`--no-loadscope-reorder`; xdist would order files by test count). These files take
 # the longest (measured, seconds of one worker); they go first so that no long file starts
 # last while the other workers idle. A file not listed keeps its place after them.
-LONGEST_FIRST = ("faults/preemption_test.py",  # ~940: reference run, SIGTERM, 10 kills
-                 "multihost_test.py",  # ~650
-                 "rest_test.py", "t5x_test.py", "steps_test.py", "train_test.py",
+LONGEST_FIRST = ("faults/preemption_test.py",  # ~650: reference run, SIGTERM, 10 kills
+                 "multihost_test.py",  # ~600
+                 "rest_test.py",  # ~400
+                 "stages_test.py",  # ~350
+                 "faults/gcs_test.py",  # ~300
+                 "t5x_test.py", "steps_test.py", "train_test.py",
                  "translation_tasks_test.py", "readme_commands_test.py",
                  "faults/soak_test.py", "partitioning_test.py")
 
