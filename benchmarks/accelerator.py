@@ -17,7 +17,9 @@ Rows:
   sample     sampled tokens/s and the fraction of the memory-bandwidth bound: each decode
              step must read the decoder's parameters, the self-attention keys/values
              decoded so far and each source's cross-attention keys/values once; that
-             many bytes at this run's measured bandwidth is the least time a step takes.
+             many bytes at this run's measured bandwidth is the least time a step takes
+             (a model small enough to stay in a CPU's caches, as `--smoke`'s, can beat it:
+             a fraction above 1 there says so).
              rest_jax's sampler (per-token log-probabilities kept, as Grow runs it)
              beside t5x's `temperature_sample` (topk=0, rescale_log_probs=False).
 

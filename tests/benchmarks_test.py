@@ -2,6 +2,7 @@
 TensorFlow runs it: TensorFlow cannot be imported, our rows run, t5x's say why they do not."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -31,6 +32,10 @@ def test_accelerator_harness_runs_without_tensorflow(tmp_path):
   rows = json.loads(out.read_text())
   ours = [r for r in rows if r["code"] == "rest_jax"]
   assert len(ours) == 2 and all(r["tokens_per_s"] > 0 for r in ours), rows
-  assert 0 < ours[0]["mfu"] < 1 and 0 < ours[1]["bandwidth_bound_fraction"] < 1, rows
+  # The smoke model is small enough to stay in the CPU's caches, so its decode step can beat
+  # the DRAM bandwidth measured on 256 MB (1.05 once, with three test workers): on a CPU the
+  # fraction is only checked to be a number; on an accelerator it is the bound it names.
+  fraction = ours[1]["bandwidth_bound_fraction"]
+  assert 0 < ours[0]["mfu"] < 1 and 0 < fraction and math.isfinite(fraction), rows
   theirs = [r for r in rows if r["code"] == "t5x"]
   assert len(theirs) == 2 and all("t5x not importable" in r["tokens_per_s"] for r in theirs)
