@@ -2,6 +2,7 @@
 
 import random
 
+import jax
 import numpy as np
 import pytest
 
@@ -299,6 +300,17 @@ def test_a_learned_ensemble_is_the_mean_of_its_members(tmp_path):
   assert not np.allclose(each[0], each[1])  # other seeds, other models
   np.testing.assert_allclose(reward(sources, hyps), np.mean(each, axis=0), rtol=1e-6)
   assert "identity" in records_describe(reward)
+  # The members score concurrently, each as it would alone: member 1 (seed 3 * 2 + 1) is,
+  # bit for bit, the model trained alone with seed 7.
+  learned.train_reward_model(
+      ratings_file=path, model_dir=str(tmp_path / "alone"), vocabulary=vocab.DemoVocabulary(),
+      config=config, train_steps=6, batch_size=16, eval_fraction=0.2, seed=7,
+      progress_bar=False)
+  alone = rewards.get("learned", model_dir=str(tmp_path / "alone"))
+  for a, b in zip(jax.tree_util.tree_leaves(alone.members[0]),
+                  jax.tree_util.tree_leaves(reward.members[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(alone(sources, hyps), each[1])
 
 
 def records_describe(reward):

@@ -185,29 +185,41 @@ def tensorflow_shard_paths(directory: str, manifest: Mapping[str, Any]) -> List[
   return [files.readable_by_tensorflow(p) for p in shard_paths(directory, manifest)]
 
 
-def _parsed_rows(paths: Sequence[str], spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
-  """Every row of the shards at `paths`, parsed by `spec`, in shard order."""
+def _parsed_columns(paths: Sequence[str], spec: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  """Every row's `spec` features, parsed by `spec`, in shard order, one array per feature.
+
+  Rows are parsed in batches: one element at a time, tf.data's per-element cost made
+  reading a Grow step's 20,000 rows take about 6 s.
+  """
   ds = tf.data.TFRecordDataset([files.readable_by_tensorflow(p) for p in paths])
-  ds = ds.map(lambda r: tf.io.parse_single_example(r, spec))
+  ds = ds.batch(_PARSE_BATCH).map(lambda r: tf.io.parse_example(r, spec))
+  parts: Dict[str, List[np.ndarray]] = {k: [] for k in spec}
   try:
-    return list(ds.as_numpy_iterator())
+    for batch in ds.as_numpy_iterator():
+      for k in spec:
+        parts[k].append(batch[k])
   except tf.errors.DataLossError as e:
     raise GrownDatasetError(f"a shard of {os.path.dirname(paths[0])} is truncated or corrupt:"
                             f" {e.message}") from None
+  return {k: np.concatenate(v) if v else np.zeros((0,), spec[k].dtype.as_numpy_dtype)
+          for k, v in parts.items()}
+
+
+_PARSE_BATCH = 4096
 
 
 def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
   """Every row's `reward`, `scored`, `is_reference`, `source_id` and `sample_id`, in shard
   order."""
   ints = ("scored", "is_reference", "source_id", "sample_id")
-  rows = _parsed_rows(paths, {"reward": tf.io.FixedLenFeature([], tf.float32),
-                              **{k: tf.io.FixedLenFeature([], tf.int64) for k in ints}})
+  columns = _parsed_columns(paths, {"reward": tf.io.FixedLenFeature([], tf.float32),
+                                    **{k: tf.io.FixedLenFeature([], tf.int64) for k in ints}})
   return {
-      "reward": np.array([r["reward"] for r in rows], np.float32),
-      "scored": np.array([r["scored"] for r in rows], bool),
-      "is_reference": np.array([r["is_reference"] for r in rows], bool),
-      "source_id": np.array([r["source_id"] for r in rows], np.int64),
-      "sample_id": np.array([r["sample_id"] for r in rows], np.int64),
+      "reward": columns["reward"].astype(np.float32),
+      "scored": columns["scored"].astype(bool),
+      "is_reference": columns["is_reference"].astype(bool),
+      "source_id": columns["source_id"].astype(np.int64),
+      "sample_id": columns["sample_id"].astype(np.int64),
   }
 
 
@@ -215,10 +227,10 @@ def read_texts(paths: Sequence[str]) -> Dict[str, List]:
   """Every row's source and sample texts (`inputs`, `targets`), `is_reference`, `source_id`."""
   spec = {k: tf.io.FixedLenFeature([], tf.string) for k in TEXT_FIELDS}
   spec.update({k: tf.io.FixedLenFeature([], tf.int64) for k in ("is_reference", "source_id")})
-  rows = _parsed_rows(paths, spec)
-  out: Dict[str, List] = {k: [r[k].decode("utf-8") for r in rows] for k in TEXT_FIELDS}
-  out["is_reference"] = [bool(r["is_reference"]) for r in rows]
-  out["source_id"] = [int(r["source_id"]) for r in rows]
+  columns = _parsed_columns(paths, spec)
+  out: Dict[str, List] = {k: [t.decode("utf-8") for t in columns[k]] for k in TEXT_FIELDS}
+  out["is_reference"] = [bool(r) for r in columns["is_reference"]]
+  out["source_id"] = [int(r) for r in columns["source_id"]]
   return out
 
 
