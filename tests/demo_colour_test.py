@@ -120,6 +120,25 @@ def test_the_colour_ratings_rate_the_flawed_rendering_low():
   assert list(rater([source] * 2, [hypothesis, correct])) == [score, 1.0]
 
 
+def test_demo_ratings_flaw_share_draws_that_share_with_the_construction():
+  """A rare construction gets `flaw_share` of the rated sources; an impossible share is
+  refused with the pool's counts."""
+  from rest_jax.rewards import ratings  # pylint: disable=g-import-not-at-top
+
+  kwargs = dict(forms="simple", flaw="colour", grammar="colour", corpus_train_size=800,
+                grow_sources=400)
+  uniform = ratings.build_demo_ratings(num_sources=100, **kwargs)
+  shared = ratings.build_demo_ratings(num_sources=100, flaw_share=0.4, **kwargs)
+  flawed = lambda rows: [r for r in rows if r[4] == "flawed"]
+  assert len([r for r in shared if r[4] == "correct"]) == 100
+  assert len(flawed(shared)) == 40
+  assert len(flawed(uniform)) < 25  # about an eighth of this corpus's sources have one
+  with pytest.raises(ValueError, match="pool has"):
+    ratings.build_demo_ratings(num_sources=390, flaw_share=0.9, **kwargs)
+  with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+    ratings.build_demo_ratings(num_sources=10, flaw_share=1.5, **kwargs)
+
+
 SOURCES = ["The red car sleeps.",                  # attributive red
            "The car is red.",                      # predicate only: no flag
            "The dog sees two black cats.",         # attributive black

@@ -26,7 +26,7 @@ import os
 import random
 import re
 import tempfile
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import sacrebleu
 
@@ -120,7 +120,8 @@ def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "ful
                        corruptions_per_pair: int = 2, max_edits: int = 3,
                        penalty: float = 0.2, flaw: str = "dative", corpus_train_size: int = 20000,
                        corpus_seed: int = 0, grow_sources: int = 4000,
-                       grammar: str = "base") -> List[Tuple[str, str, str, float, str]]:
+                       grammar: str = "base", flaw_share: Optional[float] = None
+                       ) -> List[Tuple[str, str, str, float, str]]:
   """Ratings from the demo corpus's generator, the stand-in for human raters.
 
   The raters rate `num_sources` training sources of the demo corpus (`corpus_seed`,
@@ -138,6 +139,11 @@ def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "ful
   repeated, in turn) and `corruptions_per_pair` typical model errors (dropped, swapped
   or mis-agreed words).
 
+  `flaw_share` (None: the sources are drawn uniformly) draws that share of the rated
+  sources from those with the flaw's construction, the rest from those without: a rare
+  construction (an attributive colour is in about a fifth of the colour corpus's sources)
+  otherwise gives the reward too few flawed candidates to learn it from.
+
   Returns:
     (source, hypothesis, correct translation, rating, kind) rows.
   """
@@ -152,7 +158,11 @@ def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "ful
                      f" {len(candidates_pool)} training sources lie outside Grow's first"
                      f" {grow_sources} (corpus_train_size {corpus_train_size})")
   rng = random.Random(seed)
-  rated = sorted(rng.sample(candidates_pool, num_sources))
+  if flaw_share is None:
+    rated = sorted(rng.sample(candidates_pool, num_sources))
+  else:
+    rated = sorted(_draw_by_construction(train, candidates_pool, num_sources, flaw_share,
+                                         rng))
   rater = EditRating(penalty)
   candidates = []
   for n, index in enumerate(rated):
@@ -173,16 +183,32 @@ def build_demo_ratings(num_sources: int = 4000, seed: int = 0, forms: str = "ful
   return [(s, h, r, round(float(v), 4), k) for (s, h, r, k), v in zip(candidates, scores)]
 
 
+def _draw_by_construction(train, pool: Sequence[int], num_sources: int, flaw_share: float,
+                          rng: random.Random) -> List[int]:
+  """`num_sources` of `pool`: `flaw_share` of them with the flaw's construction."""
+  if not 0.0 <= flaw_share <= 1.0:
+    raise ValueError(f"build_demo_ratings: flaw_share must lie in [0, 1], got {flaw_share}")
+  flawed = [i for i in pool if train[i].kind == "flawed"]
+  others = [i for i in pool if train[i].kind != "flawed"]
+  want = round(flaw_share * num_sources)
+  if want > len(flawed) or num_sources - want > len(others):
+    raise ValueError(
+        f"build_demo_ratings: flaw_share {flaw_share} of {num_sources} sources asks for"
+        f" {want} with the flaw's construction and {num_sources - want} without, but the"
+        f" pool has {len(flawed)} and {len(others)}")
+  return rng.sample(flawed, want) + rng.sample(others, num_sources - want)
+
+
 def build_demo_ratings_file(*, output_path: str, num_sources: int = 4000, seed: int = 0,
                             forms: str = "full", corruptions_per_pair: int = 2,
                             max_edits: int = 3, penalty: float = 0.2,
                             flaw: str = "dative", corpus_train_size: int = 20000,
                             corpus_seed: int = 0, grow_sources: int = 4000,
-                            grammar: str = "base") -> str:
+                            grammar: str = "base", flaw_share: Optional[float] = None) -> str:
   """Writes `build_demo_ratings` as a ratings TSV (with a fifth column: the kind)."""
   return write_ratings(output_path, build_demo_ratings(
       num_sources, seed, forms, corruptions_per_pair, max_edits, penalty, flaw,
-      corpus_train_size, corpus_seed, grow_sources, grammar))
+      corpus_train_size, corpus_seed, grow_sources, grammar, flaw_share))
 
 
 def write_ratings(path: str, rows: Sequence[Tuple]) -> str:
