@@ -117,7 +117,9 @@ def run(job: Job, hooks: Hooks = Hooks()) -> LoopResult:
   tick, tokens, stopped = time.perf_counter(), 0, False
 
   def save(done: int, force: bool) -> None:
-    if before_checkpoint is not None and (force or checkpointer.due(done)):
+    if not (force or checkpointer.due(done)):
+      return  # (`Checkpointer.save` would read the step back from the device to say so)
+    if before_checkpoint is not None:
       before_checkpoint(done)
     checkpointer.save(state, force=force)
 

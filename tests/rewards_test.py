@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from rest_jax import rewards
+from rest_jax import partitioning, rewards
 from rest_jax.rewards import base, ratings
 
 REF = "Der große Hund sieht die kleine Katze."
@@ -300,8 +300,13 @@ def test_a_learned_ensemble_is_the_mean_of_its_members(tmp_path):
   assert not np.allclose(each[0], each[1])  # other seeds, other models
   np.testing.assert_allclose(reward(sources, hyps), np.mean(each, axis=0), rtol=1e-6)
   assert "identity" in records_describe(reward)
-  # The members score concurrently, each as it would alone: member 1 (seed 3 * 2 + 1) is,
-  # bit for bit, the model trained alone with seed 7.
+  # On one device the members score concurrently, each as it would alone.
+  one_device = partitioning.Partitioner(devices=jax.devices()[:1])
+  threaded = rewards.get("learned", model_dir=str(tmp_path / "rm"), partitioner=one_device)
+  np.testing.assert_array_equal(
+      threaded.score(sources, hyps, ["", ""]),
+      np.mean([threaded._scorer(p, tokens) for p in threaded.members], axis=0))  # pylint: disable=protected-access
+  # Member 1 (seed 3 * 2 + 1) is, bit for bit, the model trained alone with seed 7.
   learned.train_reward_model(
       ratings_file=path, model_dir=str(tmp_path / "alone"), vocabulary=vocab.DemoVocabulary(),
       config=config, train_steps=6, batch_size=16, eval_fraction=0.2, seed=7,

@@ -352,8 +352,8 @@ def train_reward_model(
   scorer = Scorer(model, partitioner, trainer.params_sharding, batch_size)
 
   def predictor(token_rows):
-    return np.mean(_map_members(lambda k: scorer(members[k], token_rows), len(members)),
-                   axis=0)
+    return np.mean(_map_members(lambda k: scorer(members[k], token_rows), len(members),
+                                partitioner), axis=0)
 
   predicted = predictor(tokens[eval_idx])
   metrics = evaluate_ranking(predicted, scores[eval_idx], [sources[i] for i in eval_idx])
@@ -382,16 +382,18 @@ def train_reward_model(
   return metrics
 
 
-def _map_members(fn: Callable[[int], Any], size: int) -> List[Any]:
+def _map_members(fn: Callable[[int], Any], size: int,
+                 partitioner: partitioning.Partitioner) -> List[Any]:
   """`[fn(k) for k in range(size)]` over an ensemble's members (scoring with one),
-  concurrently in one process.
+  concurrently when the partitioner's mesh is one device.
 
-  A member's computations are small (a 2-layer encoder), and one alone leaves the host's
+  A member's computations are small (a 2-layer encoder), and one alone leaves a CPU host's
   cores partly idle; the members share nothing, so each computes what it would alone, bit
-  for bit, and the results come back in the members' order. Across processes they run one
-  after another: every process must issue the same collectives in the same order.
+  for bit, and the results come back in the members' order. On a mesh of several devices
+  (or processes) they run one after another: every device must see the same collectives in
+  the same order, and dispatch is asynchronous there anyway.
   """
-  if size == 1 or jax.process_count() > 1:
+  if size == 1 or partitioner.mesh.devices.size > 1:
     return [fn(k) for k in range(size)]
   with concurrent.futures.ThreadPoolExecutor(max_workers=size,
                                              thread_name_prefix="reward_member") as pool:
@@ -577,7 +579,7 @@ class LearnedReward(Reward):
     if len(self.members) == 1:
       return self._scorer(self.members[0], tokens)
     return np.mean(_map_members(lambda k: self._scorer(self.members[k], tokens),
-                                len(self.members)), axis=0)
+                                len(self.members), self._scorer.partitioner), axis=0)
 
 
 def _member_dir(model_dir: str, k: int, size: int) -> str:

@@ -190,7 +190,7 @@ def _draw_by_construction(train, pool: Sequence[int], num_sources: int, flaw_sha
     raise ValueError(f"build_demo_ratings: flaw_share must lie in [0, 1], got {flaw_share}")
   flawed = [i for i in pool if train[i].kind == "flawed"]
   others = [i for i in pool if train[i].kind != "flawed"]
-  want = round(flaw_share * num_sources)
+  want = int(flaw_share * num_sources + 0.5)  # halves round up
   if want > len(flawed) or num_sources - want > len(others):
     raise ValueError(
         f"build_demo_ratings: flaw_share {flaw_share} of {num_sources} sources asks for"
