@@ -117,19 +117,16 @@ def run(job: Job, hooks: Hooks = Hooks()) -> LoopResult:
   tick, tokens, stopped = time.perf_counter(), 0, False
 
   def save(done: int, force: bool) -> None:
-    if not (force or checkpointer.due(done)):
-      return  # (`Checkpointer.save` would read the step back from the device to say so)
-    if before_checkpoint is not None:
+    if before_checkpoint is not None and (force or checkpointer.due(done)):
       before_checkpoint(done)
     checkpointer.save(state, force=force)
 
-  for done in range(start + 1, total_steps + 1):
+  for _ in range(start, total_steps):
     batch = next(batches)
-    # The step is counted on the host: reading `state.step` back would wait for the step
-    # to finish before the next batch is read (the device and the host take turns).
     state, metrics = trainer.train_step(state, trainer.partitioner.shard_batch(batch),
                                         job.dropout_rng, job.loss_args)
     faults.point(job.fault_point)
+    done = int(jax.device_get(state.step))
     if "decoder_loss_weights" in batch:
       tokens += int(batch["decoder_loss_weights"].sum()) * jax.process_count()
     if after_step is not None:

@@ -8,7 +8,7 @@ model's `loss_fn` unless a custom one is given (Improve's offline-RL losses).
 
 import dataclasses
 import time
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Tuple
 
 from clu import metrics as clu_metrics
 import flax
@@ -339,19 +339,10 @@ class MetricsAccumulator:
     self._metrics: dict = {}
     self._steps = 0
     self._start = time.perf_counter()
-    self._pending: Optional[Mapping[str, Any]] = None
 
   def add(self, metrics: Mapping[str, Any]) -> None:
-    """Adds a step's metrics. They are read back one step late, so that the host prepares
-    the next batch while this step computes; `compute` and `state_dict` read the last."""
-    self._merge_pending()
-    self._pending = metrics
+    metrics = jax.device_get(metrics)
     self._steps += 1
-
-  def _merge_pending(self) -> None:
-    if self._pending is None:
-      return
-    metrics, self._pending = jax.device_get(self._pending), None
     for name, value in metrics.items():
       if not isinstance(value, clu_metrics.Metric):
         value = clu_metrics.Average(total=np.asarray(value, np.float64), count=np.array(1))
@@ -359,7 +350,6 @@ class MetricsAccumulator:
       self._metrics[name] = value if previous is None else previous.merge(value)
 
   def compute(self) -> dict:
-    self._merge_pending()
     elapsed = max(time.perf_counter() - self._start, 1e-9)
     out = {}
     for name, metric in self._metrics.items():
@@ -375,7 +365,6 @@ class MetricsAccumulator:
 
     Timing metrics are left out: they measure the process that ran them.
     """
-    self._merge_pending()
     out = {}
     for name, metric in self._metrics.items():
       if hasattr(metric, "replace_duration") or hasattr(metric, "replace_steps"):
@@ -394,7 +383,7 @@ class MetricsAccumulator:
     return accumulator
 
   def __bool__(self) -> bool:
-    return bool(self._metrics) or self._pending is not None
+    return bool(self._metrics)
 
 
 def to_host(tree: PyTree) -> PyTree:
