@@ -172,6 +172,29 @@ def test_two_level_bootstrap_of_identical_arms_is_zero():
   assert out["bleu"] == [0.0, 0.0, 0.0] and out["chrf"] == [0.0, 0.0, 0.0]
 
 
+def test_two_level_bootstrap_of_equally_good_arms_is_an_interval_around_zero():
+  # Each arm misses a word on ten sentences, not the same ten: equal on the whole test set,
+  # different on every resample of it.
+  ours, theirs = [_hyps(10, start=0)] * 3, [_hyps(10, start=10)] * 3
+  out = seeds.two_level_bootstrap(REFS, ours, theirs, samples=200)
+  for name in ("bleu", "chrf"):
+    estimate, low, high = out[name]
+    assert estimate == pytest.approx(0.0, abs=1e-9)
+    assert low < -0.5 and high > 0.5, (name, out[name])
+
+
+def test_two_level_bootstrap_draws_one_set_of_sentences_for_every_seed():
+  # Five identical seeds: with the sentence ids shared, every resample's seeds agree and the
+  # interval is one seed's; drawn per seed, the mean of five would narrow it about 1/sqrt(5).
+  ours, theirs = list(REFS), _hyps(10)
+  one = seeds.two_level_bootstrap(REFS, [ours], [theirs], samples=400)
+  five = seeds.two_level_bootstrap(REFS, [ours] * 5, [theirs] * 5, samples=400)
+  for name in ("bleu", "chrf"):
+    width = lambda out: out[name][2] - out[name][1]  # noqa: E731
+    assert five[name][0] == pytest.approx(one[name][0])
+    assert 0.8 < width(five) / width(one) < 1.25, (name, one[name], five[name])
+
+
 def test_two_level_bootstrap_of_an_arm_right_where_the_control_is_wrong():
   # ReST is exactly right everywhere; the control misses a word on a quarter of the sentences.
   ours, theirs = [list(REFS)] * 3, [_hyps(10)] * 3
