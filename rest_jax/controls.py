@@ -10,9 +10,10 @@
   step for step as Improve (I steps per Grow step, each as long as an Improve step, each
   keeping its best checkpoint), without the policy's samples. With a reward that reads
   references the pairs carry no reward (a reference would score itself): there it is BC+.
-- random selection (an option): at each Improve step of Grow 1, as many of the policy's
-  samples as ReST's step keeps, drawn uniformly without the reward, BC's loss. It
-  separates the reward's effect from training on the model's own samples.
+- random selection (an option): at each of its steps (I per Grow step, all from Grow 1's
+  samples, as filtered BC), as many of the policy's samples as ReST's Grow 1 step at that
+  threshold keeps, drawn uniformly without the reward, BC's loss. It separates the reward's
+  effect from training on the model's own samples.
 
 And the ablation beside them: ReST on the policy's samples alone (the original pairs
 left out of the grown set), ReST's thresholds and loss, on Grow 1's rows. Each of these

@@ -409,8 +409,9 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       *_guard_lines(steps),
       *[f"- `{name}` was not run: it keeps no rows ({why}); its arm stops there."
         for name, why in sorted(summary.get("empty_steps", {}).items())],
-      *[f"- Grow step {g}: {100 * share:.1f}% of its sources have a sample that the task's"
-        " coverage check finds right (the colour demo: a sample with the source's colour)."
+      *[f"- Grow step {g}: of its sources that the task's coverage check applies to (the"
+        " colour demo: those with a colour before a noun), {100 * share:.1f}% have a sample it"
+        " finds right (the colour demo: a sample with the source's colour)."
         for g, share in sorted(summary.get("coverage", {}).items()) if share is not None],
       f"- Over-long examples cut to the feature lengths: BC training"
       f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
