@@ -355,6 +355,15 @@ def _guard_lines(steps) -> List[str]:
   return lines
 
 
+def coverage_lines(summary: Mapping[str, Any]) -> List[str]:
+  """Per Grow step, the share of the sources the task's coverage check applies to that have
+  a sample it finds right (the run summary's "coverage")."""
+  return [f"- Grow step {g}: of its sources that the task's coverage check applies to (the"
+          f" colour demo: those with a colour before a noun), {100 * share:.1f}% have a sample"
+          " it finds right (the colour demo: a sample with the source's colour)."
+          for g, share in sorted(summary.get("coverage", {}).items()) if share is not None]
+
+
 def _ran(rows, role: str) -> str:
   return "run" if any(r.role == role for r in rows) else "not run"
 
@@ -409,10 +418,7 @@ def what_was_run(model, n_params: int, task, lengths, reward, grow, improve, eva
       *_guard_lines(steps),
       *[f"- `{name}` was not run: it keeps no rows ({why}); its arm stops there."
         for name, why in sorted(summary.get("empty_steps", {}).items())],
-      *[f"- Grow step {g}: of its sources that the task's coverage check applies to (the"
-        " colour demo: those with a colour before a noun), {100 * share:.1f}% have a sample it"
-        " finds right (the colour demo: a sample with the source's colour)."
-        for g, share in sorted(summary.get("coverage", {}).items()) if share is not None],
+      *coverage_lines(summary),
       f"- Over-long examples cut to the feature lengths: BC training"
       f" {bc.get('overlength_examples', 0) if isinstance(bc, dict) else 0}, Grow sources or"
       f" references {grow_cut}, evaluation {cut}.", ""]

@@ -81,3 +81,12 @@ def test_degenerate_limits_start_from_the_references_own_rates():
   assert "empty rate 0.200 against the references' 0.100" in found[0]
   table = report.degeneracy_table([bc(0.4, 0.3)], "validation")
   assert "| references (their own rates) | 1.000 | 0.400 | 0.100 | 0.300 |" in table
+
+
+def test_coverage_lines_give_each_grow_steps_share_of_the_sources_it_applies_to():
+  lines = report.coverage_lines({"coverage": {"2": 0.014, "1": 0.047, "3": None}})
+  assert len(lines) == 2
+  assert lines[0].startswith("- Grow step 1: of its sources that the task's coverage check")
+  assert "those with a colour before a noun), 4.7% have a sample it finds right" in lines[0]
+  assert "1.4% have a sample" in lines[1]
+  assert report.coverage_lines({}) == []
