@@ -440,6 +440,10 @@ def _quiet_startup() -> None:
 
 def run() -> None:
   argv = sys.argv[1:]
+  # Before TensorFlow or JAX start a thread: how XLA's CPU buffers are allocated.
+  from rest_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+  host_memory.tune()
   simulate_plan_mesh(argv)
   if not verbose(argv):
     _quiet_startup()
