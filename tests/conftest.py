@@ -16,12 +16,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-# The allocator as `python -m rest_jax.main` sets it (rest_jax/host_memory.py), for the
-# tests that train in this process.
-from rest_jax import host_memory  # noqa: E402
-
-host_memory.tune()
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 import seqio  # noqa: E402

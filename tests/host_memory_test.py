@@ -43,8 +43,8 @@ print(json.dumps({"tuned": tuned, "faults": resource.getrusage(resource.RUSAGE_S
 
 
 def _probe(mode):
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith("MALLOC_") and k not in ("JAX_PLATFORMS", host_memory.ENV)}
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in (
+      "JAX_PLATFORMS", "XLA_FLAGS", host_memory.ENV)}
   env["JAX_PLATFORMS"] = "cpu"
   out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, check=True,
                        capture_output=True, text=True).stdout
@@ -67,6 +67,10 @@ def test_tuned_allocator_reuses_pages_and_changes_no_number():
     ({"JAX_PLATFORMS": "cpu"}, False),
     ({host_memory.ENV: "default"}, True),
     ({"MALLOC_ARENA_MAX": "4"}, True),  # the user's own setting wins
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, True),
+    ({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, False),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, True),  # the suite's mesh
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, False),
     ({"JAX_PLATFORMS": "cuda"}, True),
     ({"JAX_PLATFORMS": "tpu,cpu"}, True),
 ])
@@ -84,7 +88,8 @@ def test_an_attached_accelerator_keeps_the_defaults(tmp_path, monkeypatch):
 
 
 def test_the_command_line_tunes_first(monkeypatch):
-  """`python -m rest_jax.main` tunes before it imports TensorFlow or JAX or reads a flag."""
+  """`run` tunes before anything else, TensorFlow's and JAX's import (`_quiet_startup`)
+  included. (JAX is imported in this process already: the order is what is checked.)"""
   calls = []
 
   def tune():
@@ -100,8 +105,9 @@ def test_the_command_line_tunes_first(monkeypatch):
 
 
 def test_importing_the_command_line_starts_no_thread():
-  """glibc fixes its arena limit when a second thread allocates: `main` must import
-  nothing that starts one before `run` tunes."""
+  """Arenas that exist stay (and a thread that ends leaves its arena to the next): `main`
+  must import nothing that runs a thread before `run` tunes. (This sees the threads alive
+  after the import, not one that came and went.)"""
   out = subprocess.run([sys.executable, "-c", "import os, rest_jax.main;"
                         " print(len(os.listdir('/proc/self/task')))"],
                        check=True, capture_output=True, text=True).stdout
