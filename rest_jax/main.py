@@ -440,11 +440,11 @@ def _quiet_startup() -> None:
 
 def run() -> None:
   argv = sys.argv[1:]
+  simulate_plan_mesh(argv)  # first: the allocator setting is off on a simulated mesh
   # Before TensorFlow or JAX start a thread: how XLA's CPU buffers are allocated.
   from rest_jax import host_memory  # pylint: disable=g-import-not-at-top
 
   host_memory.tune()
-  simulate_plan_mesh(argv)
   if not verbose(argv):
     _quiet_startup()
   from rest_jax import preemption  # pylint: disable=g-import-not-at-top

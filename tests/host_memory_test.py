@@ -104,6 +104,19 @@ def test_the_command_line_tunes_first(monkeypatch):
   assert calls == [True]
 
 
+def test_plan_simulates_its_mesh_before_the_allocator_is_set(monkeypatch):
+  """`plan --mesh=4x2` simulates 8 CPU devices: the setting must see them and stay off."""
+  seen = []
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setattr(host_memory, "tune", lambda: seen.append(
+      host_memory.reason_to_skip()) or sys.exit(7))
+  monkeypatch.setattr(sys, "argv", ["rest_jax", "plan", "--mesh=4x2"])
+  with pytest.raises(SystemExit):
+    main.run()
+  assert seen == ["a simulated mesh of 8 CPU devices"]
+
+
 def test_importing_the_command_line_starts_no_thread():
   """Arenas that exist stay (and a thread that ends leaves its arena to the next): `main`
   must import nothing that runs a thread before `run` tunes. (This sees the threads alive
