@@ -1,5 +1,6 @@
 """Rewards: known values, the ensemble, bad values, thresholds, and the learned model's ranking."""
 
+import os
 import random
 
 import jax
@@ -316,6 +317,36 @@ def test_a_learned_ensemble_is_the_mean_of_its_members(tmp_path):
                   jax.tree_util.tree_leaves(reward.members[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   np.testing.assert_array_equal(alone(sources, hyps), each[1])
+
+
+def test_members_trained_concurrently_on_one_device_are_each_as_trained_alone(tmp_path):
+  """On a one-device mesh the members train in threads, their checkpoints taking turns;
+  each is, bit for bit, the model trained alone on that mesh with its seed."""
+  from rest_jax.data import demo_corpus, vocab  # pylint: disable=g-import-not-at-top
+  from rest_jax.rewards import learned  # pylint: disable=g-import-not-at-top
+
+  pairs = demo_corpus.generate_splits(200, 0, 0, seed=2)["train"]
+  path = ratings.write_ratings(str(tmp_path / "ratings.tsv"), ratings.build_ratings(pairs, 2))
+  config = learned.RewardModelConfig(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16,
+                                     mlp_dim=64, num_layers=1, max_length=66,
+                                     use_reference=False)
+  one_device = partitioning.Partitioner(devices=jax.devices()[:1])
+  common = dict(ratings_file=path, vocabulary=vocab.DemoVocabulary(), config=config,
+                train_steps=8, batch_size=16, eval_fraction=0.2, checkpoint_period=2,
+                partitioner=one_device, progress_bar=False)
+  together = learned.train_reward_model(model_dir=str(tmp_path / "rm"), seed=1,
+                                        ensemble_size=3, **common)
+  for k in range(3):  # every member saved each of its checkpoints (2, 4, 6, 8; keeps 2)
+    assert sorted(os.listdir(tmp_path / "rm" / f"member_{k}" / "checkpoints")) == ["6", "8"]
+  members = rewards.get("learned", model_dir=str(tmp_path / "rm"), partitioner=one_device)
+  for k in range(3):
+    learned.train_reward_model(model_dir=str(tmp_path / f"alone{k}"), seed=3 + k, **common)
+    alone = rewards.get("learned", model_dir=str(tmp_path / f"alone{k}"),
+                        partitioner=one_device)
+    for a, b in zip(jax.tree_util.tree_leaves(alone.members[0]),
+                    jax.tree_util.tree_leaves(members.members[k])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert together["examples"] > 0
 
 
 def records_describe(reward):

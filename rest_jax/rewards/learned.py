@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 from absl import logging
@@ -315,8 +316,17 @@ def train_reward_model(
   source_ids = {s: i for i, s in enumerate(dict.fromkeys(sources))}
   group = np.array([source_ids[s] for s in sources], np.int32)
 
-  def train_member(member_dir: str, member_seed: int):
-    ckpt = checkpoints.Checkpointer(member_dir, save_every=checkpoint_period, keep=2)
+  # One model, or an ensemble of `ensemble_size` trained on the same ratings from other
+  # initialisations and data orders (seeds `seed * ensemble_size + k`), averaged. On a
+  # one-device mesh the members train concurrently (as they score: `_map_members`), each
+  # bit for bit as it would alone, their checkpoints written one at a time.
+  threaded = ensemble_size > 1 and partitioner.mesh.devices.size == 1
+
+  def train_member(k: int):
+    member_dir = _member_dir(model_dir, k, ensemble_size)
+    member_seed = seed * ensemble_size + k if ensemble_size > 1 else seed
+    ckpt = (_TakingTurns if threaded else checkpoints.Checkpointer)(
+        member_dir, save_every=checkpoint_period, keep=2)
     if ckpt.latest_step() is not None:
       state = ckpt.restore(trainer.abstract_state)
     else:
@@ -338,17 +348,15 @@ def train_reward_model(
         rows = order[offset * batch_size:(offset + 1) * batch_size]
         yield {"tokens": tokens[rows], "target_score": scores[rows], "group": group[rows]}
 
-    job = loop.Job("reward model", trainer, state, batches(), train_steps, ckpt,
+    name = "reward model" if ensemble_size == 1 else (
+        f"reward model ({ensemble_size} members)" if threaded
+        else f"reward model {k + 1}/{ensemble_size}")
+    job = loop.Job(name, trainer, state, batches(), train_steps, ckpt,
                    jax.random.PRNGKey(member_seed + 1), "reward_model.step")
-    return loop.run(job, loop.Hooks(progress_bar=progress_bar)).state.params
+    bar = progress_bar and not (threaded and k > 0)  # threaded: the first member's bar
+    return loop.run(job, loop.Hooks(progress_bar=bar)).state.params
 
-  # One model, or an ensemble of `ensemble_size` trained on the same ratings from other
-  # initialisations and data orders (seeds `seed * ensemble_size + k`), averaged.
-  # One after another: Orbax's asynchronous saves from several threads wait on each
-  # other's signals and time out.
-  members = [train_member(_member_dir(model_dir, k, ensemble_size),
-                          seed * ensemble_size + k if ensemble_size > 1 else seed)
-             for k in range(ensemble_size)]
+  members = _map_members(train_member, ensemble_size, partitioner)
   scorer = Scorer(model, partitioner, trainer.params_sharding, batch_size)
 
   def predictor(token_rows):
@@ -382,10 +390,37 @@ def train_reward_model(
   return metrics
 
 
+class _TakingTurns(checkpoints.Checkpointer):
+  """A `Checkpointer` whose opening, restores and saves (each waited for) take turns with
+  those of the other members training in threads: Orbax's asynchronous saves from several
+  threads at once wait on each other's signals and time out."""
+
+  _turn = threading.Lock()
+
+  def __init__(self, *args, **kwargs):
+    with self._turn:
+      super().__init__(*args, **kwargs)
+
+  def save(self, state, force: bool = False) -> bool:
+    with self._turn:
+      saved = super().save(state, force)
+      if saved:
+        self.wait()
+      return saved
+
+  def restore(self, abstract_state, step=None):
+    with self._turn:
+      return super().restore(abstract_state, step)
+
+  def close(self) -> None:
+    with self._turn:
+      super().close()
+
+
 def _map_members(fn: Callable[[int], Any], size: int,
                  partitioner: partitioning.Partitioner) -> List[Any]:
-  """`[fn(k) for k in range(size)]` over an ensemble's members (scoring with one),
-  concurrently when the partitioner's mesh is one device.
+  """`[fn(k) for k in range(size)]` over an ensemble's members (training them, scoring
+  with one), concurrently when the partitioner's mesh is one device.
 
   A member's computations are small (a 2-layer encoder), and one alone leaves a CPU host's
   cores partly idle; the members share nothing, so each computes what it would alone, bit
