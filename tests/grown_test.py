@@ -213,3 +213,24 @@ def test_shard_counts_are_summed_into_the_manifest(tmp_path):
   grown.write_shard(directory, 1, 2, _rows(1), {"guard_copy": 3})
   manifest = grown.write_manifest(directory, 2)
   assert manifest["counts"] == {"guard_copy": 5, "guard_empty": 1}
+
+
+def test_columns_are_read_again_when_a_shard_is_rewritten(tmp_path):
+  """`read_columns` keeps a Grow step's columns for the process, but a shard written anew
+  (the same name and byte size, other rewards: a Grow step redone with another reward) is
+  read again; the arrays it hands out cannot be changed in place."""
+  _write(tmp_path)
+  paths = grown.shard_paths(str(tmp_path), grown.load_manifest(str(tmp_path)))
+  first = grown.read_columns(paths)
+  assert grown.read_columns(paths)["reward"] is first["reward"]  # kept, not parsed again
+  with pytest.raises(ValueError):
+    first["reward"][0] = 1.0
+  rescored = [dict(row, reward=round(1.0 - row["reward"], 4)) if row["scored"] else row
+              for row in _rows(0)]
+  size = os.path.getsize(paths[0])
+  grown.write_shard(str(tmp_path), 0, 2, rescored)
+  assert os.path.getsize(paths[0]) == size
+  again = grown.read_columns(paths)
+  np.testing.assert_allclose(again["reward"][:len(rescored)],
+                             [row["reward"] for row in rescored], rtol=1e-6)
+  assert not np.allclose(again["reward"], first["reward"])

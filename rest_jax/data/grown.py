@@ -208,9 +208,41 @@ def _parsed_columns(paths: Sequence[str], spec: Mapping[str, Any]) -> Dict[str, 
 _PARSE_BATCH = 4096
 
 
+def _local_identities(paths: Sequence[str]) -> Tuple | None:
+  """Each file's (device, inode, mtime, size), or None if one is on an object store: a
+  shard is written once and renamed into place, so a rewritten one is another file."""
+  if any(files.is_object_store(p) for p in paths):
+    return None
+  stats = [os.stat(p) for p in paths]
+  return tuple((s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
+
+
+_COLUMNS_CACHE: Dict[Tuple, Dict[str, np.ndarray]] = {}
+
+
 def read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
   """Every row's `reward`, `scored`, `is_reference`, `source_id` and `sample_id`, in shard
-  order."""
+  order (read-only arrays).
+
+  Local shards' columns are kept for the process: a run reads one Grow step's a few
+  dozen times (every step's kept rows, thresholds and reports; 0.18 s each for the
+  demo's 20,000 rows), and the files themselves tell when they were rewritten.
+  """
+  key = _local_identities(paths)
+  if key is not None:
+    key = (tuple(paths), key)
+    if key not in _COLUMNS_CACHE:
+      if len(_COLUMNS_CACHE) >= 8:
+        _COLUMNS_CACHE.pop(next(iter(_COLUMNS_CACHE)))
+      columns = _read_columns(paths)
+      for array in columns.values():
+        array.setflags(write=False)
+      _COLUMNS_CACHE[key] = columns
+    return dict(_COLUMNS_CACHE[key])
+  return _read_columns(paths)
+
+
+def _read_columns(paths: Sequence[str]) -> Dict[str, np.ndarray]:
   ints = ("scored", "is_reference", "source_id", "sample_id")
   columns = _parsed_columns(paths, {"reward": tf.io.FixedLenFeature([], tf.float32),
                                     **{k: tf.io.FixedLenFeature([], tf.int64) for k in ints}})
