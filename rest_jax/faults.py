@@ -15,6 +15,7 @@ is preempted or a cluster's scheduler kills a job.
 
 import os
 import signal
+import threading
 from typing import Dict, Optional, Tuple
 
 FAULT_ENV = "REST_JAX_FAULT"
@@ -41,6 +42,7 @@ SITES = (
 _counts: Dict[str, int] = {}
 _spec: Optional[Tuple[str, int]] = None
 _spec_source: Optional[str] = None
+_LOCK = threading.Lock()
 
 
 def _parse(value: str) -> Tuple[str, int]:
@@ -63,11 +65,16 @@ def check_environment() -> None:
 
 def point(site: str) -> None:
   """Marks fault point `site`; kills the process here if `REST_JAX_FAULT` says so."""
-  global _spec, _spec_source
   value = os.environ.get(FAULT_ENV)
   trace = os.environ.get(TRACE_ENV)
   if not value and not trace:
     return
+  with _LOCK:  # points are reached from several threads (an ensemble's members)
+    _point(site, value, trace)
+
+
+def _point(site: str, value: str | None, trace: str | None) -> None:
+  global _spec, _spec_source
   _counts[site] = _counts.get(site, 0) + 1
   _counts["*"] = _counts.get("*", 0) + 1
   if trace:

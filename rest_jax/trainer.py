@@ -7,6 +7,7 @@ model's `loss_fn` unless a custom one is given (Improve's offline-RL losses).
 """
 
 import dataclasses
+import threading
 import time
 from typing import Any, Callable, Mapping, Tuple
 
@@ -221,6 +222,7 @@ class Trainer:
     self._batch_sharding = None
     self._opt_init = None
     self._train_step = None
+    self._compile_lock = threading.Lock()
     self._eval_step = None
 
   # --- state ---------------------------------------------------------------
@@ -291,6 +293,10 @@ class Trainer:
 
   def _compiled_train_step(self, batch: Batch, loss_args: Mapping[str, Any]):
     key = tuple(sorted(loss_args))
+    with self._compile_lock:  # an ensemble's members train in threads with one trainer
+      return self._train_step_for(key, batch, loss_args)
+
+  def _train_step_for(self, key, batch: Batch, loss_args: Mapping[str, Any]):
     if self._train_step is None or self._train_step[0] != key:
       self._train_step = (key, self.partitioner.partition(
           self._train_step_fn,

@@ -319,11 +319,23 @@ def test_a_learned_ensemble_is_the_mean_of_its_members(tmp_path):
   np.testing.assert_array_equal(alone(sources, hyps), each[1])
 
 
-def test_members_trained_concurrently_on_one_device_are_each_as_trained_alone(tmp_path):
+def test_members_trained_concurrently_on_one_device_are_each_as_trained_alone(tmp_path,
+                                                                              monkeypatch):
   """On a one-device mesh the members train in threads, their checkpoints taking turns;
   each is, bit for bit, the model trained alone on that mesh with its seed."""
+  import threading  # pylint: disable=g-import-not-at-top
+
   from rest_jax.data import demo_corpus, vocab  # pylint: disable=g-import-not-at-top
   from rest_jax.rewards import learned  # pylint: disable=g-import-not-at-top
+
+  runs = []
+  run = learned.loop.run
+
+  def recording_run(job, *args, **kwargs):
+    runs.append((threading.current_thread().name, type(job.checkpointer).__name__))
+    return run(job, *args, **kwargs)
+
+  monkeypatch.setattr(learned.loop, "run", recording_run)
 
   pairs = demo_corpus.generate_splits(200, 0, 0, seed=2)["train"]
   path = ratings.write_ratings(str(tmp_path / "ratings.tsv"), ratings.build_ratings(pairs, 2))
@@ -336,6 +348,10 @@ def test_members_trained_concurrently_on_one_device_are_each_as_trained_alone(tm
                 partitioner=one_device, progress_bar=False)
   together = learned.train_reward_model(model_dir=str(tmp_path / "rm"), seed=1,
                                         ensemble_size=3, **common)
+  # Three threads of their own, each member's checkpoints taking turns with the others'.
+  assert len({name for name, _ in runs}) == 3, runs
+  assert all(name.startswith("reward_member") and kind == "_TakingTurns" for name, kind in runs)
+  runs.clear()
   for k in range(3):  # every member saved each of its checkpoints (2, 4, 6, 8; keeps 2)
     assert sorted(os.listdir(tmp_path / "rm" / f"member_{k}" / "checkpoints")) == ["6", "8"]
   members = rewards.get("learned", model_dir=str(tmp_path / "rm"), partitioner=one_device)
@@ -347,6 +363,28 @@ def test_members_trained_concurrently_on_one_device_are_each_as_trained_alone(tm
                     jax.tree_util.tree_leaves(members.members[k])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert together["examples"] > 0
+
+
+def test_a_failing_member_stops_the_others_and_its_error_is_the_one_raised():
+  """A member's error calls `on_failure` at once (training: a preemption request, so the
+  others save and stop at their next step), and is raised rather than their stops."""
+  import threading  # pylint: disable=g-import-not-at-top
+
+  from rest_jax import preemption  # pylint: disable=g-import-not-at-top
+  from rest_jax.rewards import learned  # pylint: disable=g-import-not-at-top
+
+  stop = threading.Event()
+
+  def member(k):
+    if k == 1:
+      raise ValueError("member 1 failed")
+    assert stop.wait(30), "on_failure was not called while the others ran"
+    raise preemption.Preempted(f"member {k} stopped")
+
+  one_device = partitioning.Partitioner(devices=jax.devices()[:1])
+  with pytest.raises(ValueError, match="member 1 failed"):
+    learned._map_members(member, 3, one_device, on_failure=stop.set)  # pylint: disable=protected-access
+  assert learned._map_members(lambda k: k * k, 3, one_device) == [0, 1, 4]  # pylint: disable=protected-access
 
 
 def records_describe(reward):

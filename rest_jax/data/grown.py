@@ -211,9 +211,12 @@ _PARSE_BATCH = 4096
 def _local_identities(paths: Sequence[str]) -> Tuple | None:
   """Each file's (device, inode, mtime, size), or None if one is on an object store: a
   shard is written once and renamed into place, so a rewritten one is another file."""
-  if any(files.is_object_store(p) for p in paths):
+  if any(files.is_object_store(p) or "://" in str(p) for p in paths):
     return None
-  stats = [os.stat(p) for p in paths]
+  try:
+    stats = [os.stat(p) for p in paths]
+  except OSError:
+    return None
   return tuple((s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
 
 

@@ -28,7 +28,7 @@ import optax
 import scipy.stats
 import seqio
 
-from rest_jax import checkpoints, loop, partitioning, trainer as trainer_lib
+from rest_jax import checkpoints, loop, partitioning, preemption, trainer as trainer_lib
 from rest_jax.models import layers, network
 from rest_jax.rewards.base import Reward
 
@@ -356,7 +356,10 @@ def train_reward_model(
     bar = progress_bar and not (threaded and k > 0)  # threaded: the first member's bar
     return loop.run(job, loop.Hooks(progress_bar=bar)).state.params
 
-  members = _map_members(train_member, ensemble_size, partitioner)
+  # A member that fails or is preempted, or Ctrl-C, stops the others at their next step
+  # (each saves it first, as a preempted loop does).
+  members = _map_members(train_member, ensemble_size, partitioner,
+                         on_failure=preemption.request)
   scorer = Scorer(model, partitioner, trainer.params_sharding, batch_size)
 
   def predictor(token_rows):
@@ -395,7 +398,7 @@ class _TakingTurns(checkpoints.Checkpointer):
   those of the other members training in threads: Orbax's asynchronous saves from several
   threads at once wait on each other's signals and time out."""
 
-  _turn = threading.Lock()
+  _turn = threading.RLock()
 
   def __init__(self, *args, **kwargs):
     with self._turn:
@@ -418,7 +421,8 @@ class _TakingTurns(checkpoints.Checkpointer):
 
 
 def _map_members(fn: Callable[[int], Any], size: int,
-                 partitioner: partitioning.Partitioner) -> List[Any]:
+                 partitioner: partitioning.Partitioner,
+                 on_failure: Callable[[], None] | None = None) -> List[Any]:
   """`[fn(k) for k in range(size)]` over an ensemble's members (training them, scoring
   with one), concurrently when the partitioner's mesh is one device.
 
@@ -427,13 +431,28 @@ def _map_members(fn: Callable[[int], Any], size: int,
   for bit, and the results come back in the members' order. On a mesh of several devices
   (or processes) they run one after another: every device must see the same collectives in
   the same order, and dispatch is asynchronous there anyway.
+
+  `on_failure` is called as soon as one member fails or the waiting thread is interrupted
+  (Ctrl-C), before waiting for the others: e.g. a preemption request, so that training
+  members stop at their next step instead of running to their end.
   """
   if size == 1 or partitioner.mesh.devices.size > 1:
     return [fn(k) for k in range(size)]
   with concurrent.futures.ThreadPoolExecutor(max_workers=size,
                                              thread_name_prefix="reward_member") as pool:
     futures = [pool.submit(fn, k) for k in range(size)]
-    return [f.result() for f in futures]
+    try:
+      concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+      if any(f.done() and f.exception() is not None for f in futures) and on_failure:
+        on_failure()
+    except BaseException:
+      if on_failure:
+        on_failure()
+      raise
+  errors = [f.exception() for f in futures if f.exception() is not None]
+  if errors:  # the cause, not the stops it caused in the others
+    raise next((e for e in errors if not isinstance(e, preemption.Preempted)), errors[0])
+  return [f.result() for f in futures]
 
 
 def _epoch_order(indices: np.ndarray, group: np.ndarray, rng: np.random.RandomState):
