@@ -313,8 +313,7 @@ def train_step(trainer: trainer_lib.Trainer, policy: Policy, batches: Callable[[
           progress_bar=context.progress_bar))
   state, metrics = result.state, accumulator.compute() if accumulator else {}
   if keeper is not None:
-    if keeper.best[0] != int(jax.device_get(state.step)):  # else the last state is the best
-      state = keeper.restore_best(trainer.abstract_state)
+    state = keeper.restore_best(trainer.abstract_state)
     metrics["selection"] = keeper.summary()
     keeper.close()
   return state, metrics, result.seconds

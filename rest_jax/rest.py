@@ -227,14 +227,13 @@ class _Run:
         optimizer=trainer.optimizer,
         learning_rate=records.rates(config.learning_rate_for(self.improve_total),
                                     self.improve_total))
-    held: Dict[str, Any] = {}
     self.state.run(
         spec, selection_lib.Selection(out_dir).finished,
         lambda: _step_summary(controls.bc_plus_step(
             bc, config, self.context, output_dir=out_dir, total_steps=self.improve_total,
-            trainer=trainer), held),
+            trainer=trainer)),
         [out_dir])
-    params = _picked(held, out_dir, trainer.abstract_state).params
+    params = selection_lib.restore_selected(out_dir, trainer.abstract_state).params
     evaluation = self.state.run(self.eval_spec("eval_bc_plus", spec), True,
                                 lambda: self.evaluate(Role.BC_PLUS, -1, params))
     bc_steps = selection_lib.best_step_of(bc.directory)
@@ -284,17 +283,15 @@ class _Run:
             rows=None if keys is None else int(zlib.crc32(keys.tobytes())),
             improve=records.improve_record(own), optimizer=trainer.optimizer,
             kl_weight=kl_weight)
-        held: Dict[str, Any] = {}
         result = self.state.run(
             spec, selection_lib.Selection(out_dir).finished,
-            lambda start=policy, tau=tau, place=place, out_dir=out_dir, keys=keys, held=held:
-            _step_summary(
+            lambda start=policy, tau=tau, place=place, out_dir=out_dir, keys=keys: _step_summary(
                 controls.arm_step(start, arm, config, self.context, grown_dir=grow_dir,
                                   threshold=tau, output_dir=out_dir, place=place,
                                   trainer=trainer, row_keys=keys, reference_params=bc.params,
-                                  kl_weight=kl_weight), held),
+                                  kl_weight=kl_weight)),
             [out_dir])
-        state = _picked(held, out_dir, trainer.abstract_state)
+        state = selection_lib.restore_selected(out_dir, trainer.abstract_state)
         policy = Policy(state.params, state.opt_state, out_dir, spec)
         label = f"{arm.role} G{g} I{i}" + ("" if arm.random else f" (tau={tau:.3f})")
         evaluation = self.state.run(self.eval_spec(f"eval_{name}", spec), True,
@@ -418,15 +415,14 @@ class _Run:
                                                        place.total(per_grow)),
         improve=records.improve_record(config), optimizer=self.improve_trainer().optimizer,
         learning_rate=records.rates(config.learning_rate_for(config.steps), config.steps))
-    held: Dict[str, Any] = {}
     result = self.state.run(
         spec, selection_lib.Selection(out_dir).finished,
         lambda: _step_summary(improve_lib.improve_step(
             policy, config, self.context, grown_dir=grow_dir, threshold=tau,
             output_dir=out_dir, place=place, reference_params=bc.params,
-            trainer=self.improve_trainer()), held),
+            trainer=self.improve_trainer())),
         [out_dir])
-    state = _picked(held, out_dir, self.improve_trainer().abstract_state)
+    state = selection_lib.restore_selected(out_dir, self.improve_trainer().abstract_state)
     evaluation = self.state.run(self.eval_spec(f"eval_{g}_{i}", spec), True,
                                 lambda: self.evaluate(f"G{g} I{i} (tau={tau:.3f})", index,
                                                       state.params))
@@ -588,17 +584,6 @@ def rest(
 
 
 
-def _step_summary(result, held: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-  """A training step's result as the state file keeps it; its picked state goes in `held`
-  (the caller's next need: reading it back from the best checkpoint took 0.4 s a step)."""
-  if held is not None:
-    held["state"] = result.state
+def _step_summary(result) -> Dict[str, Any]:
+  """A training step's result as the state file keeps it."""
   return {"metrics": dict(result.metrics), "seconds": result.seconds}
-
-
-def _picked(held: Dict[str, Any], step_dir: str, abstract_state):
-  """The state a training step picked on validation: as it returned it when it ran in
-  this process (the same arrays its best checkpoint holds), else read back from there."""
-  if "state" in held:
-    return held.pop("state")
-  return selection_lib.restore_selected(step_dir, abstract_state)
