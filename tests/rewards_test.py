@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rest_jax import partitioning, rewards
-from rest_jax.rewards import base, ratings
+from rest_jax.rewards import base, members as members_lib, ratings
 
 REF = "Der große Hund sieht die kleine Katze."
 
@@ -350,7 +350,7 @@ def test_members_trained_concurrently_on_one_device_are_each_as_trained_alone(tm
                                         ensemble_size=3, **common)
   # Three threads of their own, each member's checkpoints taking turns with the others'.
   assert len({name for name, _ in runs}) == 3, runs
-  assert all(name.startswith("reward_member") and kind == "_TakingTurns" for name, kind in runs)
+  assert all(name.startswith("reward_member") and kind == "TakingTurns" for name, kind in runs)
   runs.clear()
   for k in range(3):  # every member saved each of its checkpoints (2, 4, 6, 8; keeps 2)
     assert sorted(os.listdir(tmp_path / "rm" / f"member_{k}" / "checkpoints")) == ["6", "8"]
@@ -371,7 +371,6 @@ def test_a_failing_member_stops_the_others_and_its_error_is_the_one_raised():
   import threading  # pylint: disable=g-import-not-at-top
 
   from rest_jax import preemption  # pylint: disable=g-import-not-at-top
-  from rest_jax.rewards import learned  # pylint: disable=g-import-not-at-top
 
   stop = threading.Event()
 
@@ -383,8 +382,8 @@ def test_a_failing_member_stops_the_others_and_its_error_is_the_one_raised():
 
   one_device = partitioning.Partitioner(devices=jax.devices()[:1])
   with pytest.raises(ValueError, match="member 1 failed"):
-    learned._map_members(member, 3, one_device, on_failure=stop.set)  # pylint: disable=protected-access
-  assert learned._map_members(lambda k: k * k, 3, one_device) == [0, 1, 4]  # pylint: disable=protected-access
+    members_lib.map_members(member, 3, one_device, on_failure=stop.set)
+  assert members_lib.map_members(lambda k: k * k, 3, one_device) == [0, 1, 4]
 
 
 def records_describe(reward):

@@ -10,13 +10,11 @@ orbax checkpoints and resume of the policy trainer. `LearnedReward` loads a
 trained model directory and scores batches with a jitted, data-sharded forward.
 """
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
-import threading
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -30,6 +28,7 @@ import seqio
 
 from rest_jax import checkpoints, loop, partitioning, preemption, trainer as trainer_lib
 from rest_jax.models import layers, network
+from rest_jax.rewards import members as members_lib
 from rest_jax.rewards.base import Reward
 
 CONFIG_FILE = "reward_model.json"
@@ -318,14 +317,14 @@ def train_reward_model(
 
   # One model, or an ensemble of `ensemble_size` trained on the same ratings from other
   # initialisations and data orders (seeds `seed * ensemble_size + k`), averaged. On a
-  # one-device mesh the members train concurrently (as they score: `_map_members`), each
+  # one-device mesh the members train concurrently (as they score: `members.map_members`), each
   # bit for bit as it would alone, their checkpoints written one at a time.
   threaded = ensemble_size > 1 and partitioner.mesh.devices.size == 1
 
   def train_member(k: int):
     member_dir = _member_dir(model_dir, k, ensemble_size)
     member_seed = seed * ensemble_size + k if ensemble_size > 1 else seed
-    ckpt = (_TakingTurns if threaded else checkpoints.Checkpointer)(
+    ckpt = (members_lib.TakingTurns if threaded else checkpoints.Checkpointer)(
         member_dir, save_every=checkpoint_period, keep=2)
     if ckpt.latest_step() is not None:
       state = ckpt.restore(trainer.abstract_state)
@@ -358,12 +357,12 @@ def train_reward_model(
 
   # A member that fails or is preempted, or Ctrl-C, stops the others at their next step
   # (each saves it first, as a preempted loop does).
-  members = _map_members(train_member, ensemble_size, partitioner,
+  members = members_lib.map_members(train_member, ensemble_size, partitioner,
                          on_failure=preemption.request)
   scorer = Scorer(model, partitioner, trainer.params_sharding, batch_size)
 
   def predictor(token_rows):
-    return np.mean(_map_members(lambda k: scorer(members[k], token_rows), len(members),
+    return np.mean(members_lib.map_members(lambda k: scorer(members[k], token_rows), len(members),
                                 partitioner), axis=0)
 
   predicted = predictor(tokens[eval_idx])
@@ -391,68 +390,6 @@ def train_reward_model(
                  "ensemble_size": ensemble_size}, f, indent=2)
   logging.info("reward model held-out metrics: %s", metrics)
   return metrics
-
-
-class _TakingTurns(checkpoints.Checkpointer):
-  """A `Checkpointer` whose opening, restores and saves (each waited for) take turns with
-  those of the other members training in threads: Orbax's asynchronous saves from several
-  threads at once wait on each other's signals and time out."""
-
-  _turn = threading.RLock()
-
-  def __init__(self, *args, **kwargs):
-    with self._turn:
-      super().__init__(*args, **kwargs)
-
-  def save(self, state, force: bool = False) -> bool:
-    with self._turn:
-      saved = super().save(state, force)
-      if saved:
-        self.wait()
-      return saved
-
-  def restore(self, abstract_state, step=None):
-    with self._turn:
-      return super().restore(abstract_state, step)
-
-  def close(self) -> None:
-    with self._turn:
-      super().close()
-
-
-def _map_members(fn: Callable[[int], Any], size: int,
-                 partitioner: partitioning.Partitioner,
-                 on_failure: Callable[[], None] | None = None) -> List[Any]:
-  """`[fn(k) for k in range(size)]` over an ensemble's members (training them, scoring
-  with one), concurrently when the partitioner's mesh is one device.
-
-  A member's computations are small (a 2-layer encoder), and one alone leaves a CPU host's
-  cores partly idle; the members share nothing, so each computes what it would alone, bit
-  for bit, and the results come back in the members' order. On a mesh of several devices
-  (or processes) they run one after another: every device must see the same collectives in
-  the same order, and dispatch is asynchronous there anyway.
-
-  `on_failure` is called as soon as one member fails or the waiting thread is interrupted
-  (Ctrl-C), before waiting for the others: e.g. a preemption request, so that training
-  members stop at their next step instead of running to their end.
-  """
-  if size == 1 or partitioner.mesh.devices.size > 1:
-    return [fn(k) for k in range(size)]
-  with concurrent.futures.ThreadPoolExecutor(max_workers=size,
-                                             thread_name_prefix="reward_member") as pool:
-    futures = [pool.submit(fn, k) for k in range(size)]
-    try:
-      concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-      if any(f.done() and f.exception() is not None for f in futures) and on_failure:
-        on_failure()
-    except BaseException:
-      if on_failure:
-        on_failure()
-      raise
-  errors = [f.exception() for f in futures if f.exception() is not None]
-  if errors:  # the cause, not the stops it caused in the others
-    raise next((e for e in errors if not isinstance(e, preemption.Preempted)), errors[0])
-  return [f.result() for f in futures]
 
 
 def _epoch_order(indices: np.ndarray, group: np.ndarray, rng: np.random.RandomState):
@@ -632,7 +569,7 @@ class LearnedReward(Reward):
     tokens = self.model.tokenize(sources, hypotheses, references)
     if len(self.members) == 1:
       return self._scorer(self.members[0], tokens)
-    return np.mean(_map_members(lambda k: self._scorer(self.members[k], tokens),
+    return np.mean(members_lib.map_members(lambda k: self._scorer(self.members[k], tokens),
                                 len(self.members), self._scorer.partitioner), axis=0)
 
 
