@@ -234,3 +234,64 @@ def test_columns_are_read_again_when_a_shard_is_rewritten(tmp_path):
   np.testing.assert_allclose(again["reward"][:len(rescored)],
                              [row["reward"] for row in rescored], rtol=1e-6)
   assert not np.allclose(again["reward"], first["reward"])
+
+
+def _uneven_shards(directory, sizes, references_scored=True):
+  """Shards of `sizes` rows (one in five a reference), rewards spread over [0, 1)."""
+  for i, size in enumerate(sizes):
+    rows = []
+    for j in range(size):
+      reference = j % 5 == 4
+      scored = references_scored or not reference
+      rows.append(_row(100 * i + j // 5, j % 5, f"hyp {i} {j}",
+                       ((i * 37 + j * 11) % 100) / 100 if scored else float("nan"),
+                       is_reference=int(reference), scored=int(scored)))
+    grown.write_shard(str(directory), i, len(sizes), rows)
+  grown.write_manifest(str(directory), len(sizes))
+
+
+def _stream(task, count, shuffle, seed, shard_info=None):
+  ds = task.get_dataset(None, split="train", shuffle=shuffle, seed=seed, num_epochs=None,
+                        shard_info=shard_info, trim_output_features=False)
+  return list(ds.take(count).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("references_scored", [True, False])
+def test_kept_rows_stream_from_memory_as_from_the_shards(tmp_path, references_scored):
+  """`KeptRowsSource` gives the rows seqio's shard reader and the filters give, in the same
+  order, over several epochs (each with its own file shuffle), with and without shuffling,
+  on one of two hosts, for every selection a training step makes (with unscored
+  references: one). 20 shards of uneven sizes (one empty, some short of a block) are more
+  than the interleave's 16 at a time."""
+  sizes = [37, 16, 3, 0, 50, 21, 16, 33, 5, 40, 17, 9, 64, 2, 31, 15, 18, 1, 44, 26]
+  _uneven_shards(tmp_path, sizes, references_scored)
+  rng = np.random.default_rng(0)
+  keys = [grown_tasks.row_key(100 * i + j // 5, j % 5)
+          for i, size in enumerate(sizes) for j in range(size) if rng.random() < 0.2]
+  selections = [dict(threshold=0.5), dict(threshold=0.9, include_samples=False),
+                dict(threshold=0.3, include_references=False), dict(row_keys=keys)]
+  columns = grown.read_columns(grown.shard_paths(str(tmp_path), grown.load_manifest(
+      str(tmp_path))))
+  for number, selection in enumerate(selections if references_scored else selections[:1]):
+    epoch = int(grown_tasks.kept_mask(columns, **selection).sum())
+    assert epoch > 0
+    streams = {}
+    for in_memory in (False, True):
+      task = grown_tasks.register_grown_task(
+          f"grown_memory_{number}_{in_memory}", str(tmp_path), VOCAB, in_memory=in_memory,
+          **selection)
+      assert isinstance(task.source, grown_tasks.KeptRowsSource) == in_memory
+      streams[in_memory] = [
+          _stream(task, 3 * epoch + 7, shuffle=True, seed=0),
+          _stream(task, 2 * epoch, shuffle=False, seed=None),
+          _stream(task, 3 * epoch, shuffle=True, seed=3,
+                  shard_info=seqio.ShardInfo(index=1, num_shards=2))]
+    for read, kept in zip(*streams.values()):
+      assert len(read) == len(kept) > 0
+      for a, b in zip(read, kept):
+        assert a.keys() == b.keys()
+        for key in a:
+          np.testing.assert_array_equal(a[key], b[key], err_msg=f"{selection} {key}")
+    order = [[(e["source_id"], e["sample_id"]) for e in s[:2 * epoch]]
+             for s in streams[True][:2]]
+    assert order[0] != order[1]  # shuffled
