@@ -16,19 +16,22 @@ T5X_DEPS := cloudpickle portpicker grain fiddle cached-property jaxtyping chex
 
 .PHONY: demo demo-reward demo-seeds demo-colour-seeds test lint bench clean
 
-$(T5X_STAMP): $(STAMP)
+$(T5X_STAMP): $(STAMP) | $(BIN)/uv
 	$(UV) --no-deps $(wildcard $(T5X_WHEELS)/t5x-*.whl) \
 	  $(wildcard $(T5X_WHEELS)/airio-*.whl) $(wildcard $(T5X_WHEELS)/jestimator-*.whl)
 	$(UV) $(T5X_DEPS)
 	touch $@
 
-# The environment is installed by uv (from the package index, into the venv, whose own pip
-# stays for the user): the same releases pip resolves, in about 10 s instead of pip's 70-80 s,
-# most of `make demo`'s set-up on a fresh checkout.
+# The environment is installed by uv, from the package index (uv reads no pip.conf or PIP_*
+# settings: a mirror is UV_DEFAULT_INDEX), into the venv, whose own pip stays for the user: the
+# same releases as pip, in 16-24 s from a fresh clone against pip's 71-81 s
+# (docs/measurements.md).
 UV = $(BIN)/uv pip install --quiet --python $(BIN)/python
-$(STAMP): setup.py
+$(BIN)/uv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv
+
+$(STAMP): setup.py | $(BIN)/uv
 	$(UV) -e '.[test,bench]'
 	touch $(STAMP)
 

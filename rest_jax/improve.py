@@ -122,14 +122,10 @@ def kept_mask(columns: Mapping[str, np.ndarray], threshold: float, include_refer
 
   Scored rows pass at `reward >= threshold`; unscored references pass at every threshold.
   With `row_keys` (`grown_tasks.row_key`s, e.g. random selection's draw), exactly those
-  rows, whatever their reward.
+  rows, whatever their reward: `grown_tasks.kept_mask`, the rule `Rows.task` trains by.
   """
-  refs = columns["is_reference"]
-  if row_keys is not None:
-    passes = np.isin(grown_tasks.row_key(columns["source_id"], columns["sample_id"]), row_keys)
-  else:
-    passes = ~columns["scored"] | (columns["reward"] >= np.float32(threshold))
-  return passes & ((refs & include_references) | (~refs & include_samples))
+  return grown_tasks.kept_mask(columns, None if row_keys is not None else threshold,
+                               include_references, include_samples, row_keys)
 
 
 def kept_quality(columns: Mapping[str, np.ndarray], keep: np.ndarray,

@@ -243,7 +243,7 @@ def _uneven_shards(directory, sizes, references_scored=True):
     for j in range(size):
       reference = j % 5 == 4
       scored = references_scored or not reference
-      rows.append(_row(100 * i + j // 5, j % 5, f"hyp {i} {j}",
+      rows.append(_row(100 * i + j // 5, j % 5, f"hyp {i} {j // 5} {j % 5 % 3}",
                        ((i * 37 + j * 11) % 100) / 100 if scored else float("nan"),
                        is_reference=int(reference), scored=int(scored)))
     grown.write_shard(str(directory), i, len(sizes), rows)
@@ -251,8 +251,13 @@ def _uneven_shards(directory, sizes, references_scored=True):
 
 
 def _stream(task, count, shuffle, seed, shard_info=None):
+  # Not seqio's in-memory cache of a small source (every epoch the first one's order):
+  # a grown dataset over 10,000 rows, the demo's, is read anew each epoch.
+  # A small shuffle buffer (seqio's is 1,000; the same for both sources) fills from few
+  # epochs of a host's share.
   ds = task.get_dataset(None, split="train", shuffle=shuffle, seed=seed, num_epochs=None,
-                        shard_info=shard_info, trim_output_features=False)
+                        shard_info=shard_info, trim_output_features=False,
+                        try_in_mem_cache=False, shuffle_buffer_size=64)
   return list(ds.take(count).as_numpy_iterator())
 
 
@@ -260,8 +265,9 @@ def _stream(task, count, shuffle, seed, shard_info=None):
 def test_kept_rows_stream_from_memory_as_from_the_shards(tmp_path, references_scored):
   """`KeptRowsSource` gives the rows seqio's shard reader and the filters give, in the same
   order, over several epochs (each with its own file shuffle), with and without shuffling,
-  on one of two hosts, for every selection a training step makes (with unscored
-  references: one). 20 shards of uneven sizes (one empty, some short of a block) are more
+  on one of two hosts (files sharded) and one of 32 (more hosts than files: rows
+  sharded), for every selection a training step makes (with unscored references: one),
+  and one epoch of deduplicated rows. 20 shards of uneven sizes (one empty, some short of a block) are more
   than the interleave's 16 at a time."""
   sizes = [37, 16, 3, 0, 50, 21, 16, 33, 5, 40, 17, 9, 64, 2, 31, 15, 18, 1, 44, 26]
   _uneven_shards(tmp_path, sizes, references_scored)
@@ -285,9 +291,11 @@ def test_kept_rows_stream_from_memory_as_from_the_shards(tmp_path, references_sc
           _stream(task, 3 * epoch + 7, shuffle=True, seed=0),
           _stream(task, 2 * epoch, shuffle=False, seed=None),
           _stream(task, 3 * epoch, shuffle=True, seed=3,
-                  shard_info=seqio.ShardInfo(index=1, num_shards=2))]
+                  shard_info=seqio.ShardInfo(index=1, num_shards=2)),
+          _stream(task, epoch // 8, shuffle=True, seed=5,
+                  shard_info=seqio.ShardInfo(index=3, num_shards=32))]
     for read, kept in zip(*streams.values()):
-      assert len(read) == len(kept) > 0
+      assert len(read) == len(kept)
       for a, b in zip(read, kept):
         assert a.keys() == b.keys()
         for key in a:
@@ -295,3 +303,12 @@ def test_kept_rows_stream_from_memory_as_from_the_shards(tmp_path, references_sc
     order = [[(e["source_id"], e["sample_id"]) for e in s[:2 * epoch]]
              for s in streams[True][:2]]
     assert order[0] != order[1]  # shuffled
+  # Deduplication keeps the first of a source's identical samples in the order read (its
+  # table outlives an epoch: one epoch).
+  unique = [[(e["source_id"], e["sample_id"]) for e in grown_tasks.register_grown_task(
+      f"grown_memory_unique_{in_memory}", str(tmp_path), VOCAB, in_memory=in_memory,
+      threshold=0.2, deduplicate=True).get_dataset(
+          None, split="train", shuffle=True, seed=1, trim_output_features=False,
+          try_in_mem_cache=False).as_numpy_iterator()] for in_memory in (False, True)]
+  assert unique[0] == unique[1]
+  assert 0 < len(unique[0]) < grown_tasks.kept_mask(columns, threshold=0.2).sum()

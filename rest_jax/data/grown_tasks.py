@@ -3,7 +3,9 @@
 Improve step `i` trains on `register_grown_task(..., threshold=tau_i)`: a
 `TFExampleDataSource` over the Grow step's shards followed by small
 preprocessors (`filter_by_reward`, `drop_references`, `deduplicate_samples`,
-`fill_unscored_rewards`), then `tokenize_inputs` and `sampled_targets`: the
+`fill_unscored_rewards`), then `tokenize_inputs` and `sampled_targets` (a small
+grown dataset's kept rows come from memory instead, in the same order:
+`KeptRowsSource`, and the same preprocessors from `fill_unscored_rewards` on): the
 targets a policy trains on are the token ids it sampled, exactly, never the
 sample's text tokenized again (which can give other pieces, and would append an
 EOS to a sample that was cut). Because the grown dataset is written once and
@@ -119,13 +121,14 @@ def sampled_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
 # step streams only the rows it keeps (`KeptRowsSource`); a larger one is read from its
 # shards, every row parsed and filtered each epoch.
 MAX_ROWS_IN_MEMORY = 200_000
-_BLOCK = 16  # seqio.TFExampleDataSource's default interleave block length
+KEPT = "kept_by_selection"  # a `KeptRowsSource` row's mark: whether the step trains on it
+_BLOCK = 16  # the shards' interleave block length (seqio.TFExampleDataSource's default)
 _CYCLE = 16  # and cycle length
 
 
 def kept_mask(columns: Mapping[str, np.ndarray], threshold: float | None = None,
               include_references: bool = True, include_samples: bool = True,
-              row_keys=None) -> np.ndarray:
+              row_keys: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
   """The rows `register_grown_task`'s filters keep, from the rows' `grown.read_columns`.
 
   The same rules as `keep_rows`, `filter_by_reward`, `drop_samples` and
@@ -211,8 +214,11 @@ class KeptRowsSource(seqio.FileDataSource):
   sharding: a short last block has no filler, so its shard ends within its turn, as
   a shard of rows does. The kept indices are looked up in the rows, parsed once: the
   same rows in the same order, without parsing and filtering every row in every epoch
-  (a training step that keeps 400 of 20,000 rows parsed 3,200 rows a batch).
-  `tests/grown_test.py` checks it against the shards' stream.
+  (a training step that keeps 400 of 20,000 rows parsed 3,200 rows a batch). With
+  fewer shards than hosts, seqio shards the rows instead of the files: so does this
+  source, and marks each row kept or not (`KEPT`) for `drop_unkept`, the task's first
+  preprocessor, which runs after the repeat as the filters did. `tests/grown_test.py`
+  checks it against the shards' stream.
 
   Args:
     paths: the grown dataset's shards (as TensorFlow reads them).
@@ -223,48 +229,71 @@ class KeptRowsSource(seqio.FileDataSource):
 
   def __init__(self, paths: Sequence[str], keep, num_rows: int):
     self._keep = keep
+    # The shards' reader is built by `get_dataset`, over the rows it parses.
     super().__init__(read_file_fn=None, split_to_filepattern={"train": paths},
-                     num_input_examples={"train": num_rows}, cycle_length=_CYCLE,
-                     block_length=2)
+                     num_input_examples={"train": num_rows})
 
-  def _blocks(self, rows, sizes: Sequence[int]) -> tf.RaggedTensor:
-    """[shard, element, kept row]: each full block's kept rows, then an empty filler; a
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True  # seqio passes every host's `shard_info` here; see `get_dataset`
+
+  @staticmethod
+  def _blocks(mask: np.ndarray, sizes: Sequence[int]) -> tf.RaggedTensor:
+    """[shard, element, row]: each full block's rows in `mask`, then an empty filler; a
     short last block alone."""
-    columns = {k: rows[k].numpy() for k in ("reward", "scored", "is_reference",
-                                            "source_id", "sample_id")}
-    columns.update({k: columns[k].astype(bool) for k in ("scored", "is_reference")})
-    mask = self._keep(columns)
-    kept, lengths, elements, start = [], [], [], 0
+    rows, lengths, elements, start = [], [], [], 0
     for size in sizes:
       indices = np.flatnonzero(mask[start:start + size])
       per_block = np.bincount(indices // _BLOCK, minlength=-(-size // _BLOCK))
       element_lengths = np.stack([per_block, np.zeros_like(per_block)], 1).reshape(-1)
       if size % _BLOCK:
         element_lengths = element_lengths[:-1]
-      kept.append(indices + start)
+      rows.append(indices + start)
       lengths.append(element_lengths)
       elements.append(len(element_lengths))
       start += size
     return tf.RaggedTensor.from_nested_row_lengths(
-        tf.constant(np.concatenate(kept).astype(np.int64)),
+        tf.constant(np.concatenate(rows).astype(np.int64)),
         [tf.constant(elements, tf.int64), tf.constant(np.concatenate(lengths), tf.int64)])
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed=None,
                   shard_info=None, **kwargs) -> tf.data.Dataset:
     files = list(self.list_shards(split))
     rows, sizes = _rows_of(files)
-    blocks, names = self._blocks(rows, sizes), tf.constant(files)
+    mask = self._keep({"reward": rows["reward"].numpy(),
+                       "scored": rows["scored"].numpy() == 1,
+                       "is_reference": rows["is_reference"].numpy() == 1,
+                       "source_id": rows["source_id"].numpy(),
+                       "sample_id": rows["sample_id"].numpy()})
+    # Fewer shards than hosts: seqio would read every row and shard the rows.
+    by_rows = shard_info is not None and len(files) < shard_info.num_shards
+    blocks = self._blocks(np.ones_like(mask) if by_rows else mask, sizes)
+    index_of = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(files), tf.range(len(files), dtype=tf.int64)), default_value=-1)
 
     def blocks_of(path):
-      return tf.data.Dataset.from_tensor_slices(
-          blocks[tf.argmax(tf.cast(tf.equal(names, path), tf.int32))])
+      return tf.data.Dataset.from_tensor_slices(blocks[index_of.lookup(path)])
 
-    # seqio's own file shuffle, sharding and interleave, over the blocks.
+    # seqio's own file shuffle, file sharding and interleave (two elements a block).
     indices = seqio.FileDataSource(
         blocks_of, {split: files}, cycle_length=_CYCLE, block_length=2).get_dataset(
-            split=split, shuffle=shuffle, seed=seed, shard_info=shard_info, **kwargs)
-    return indices.unbatch().map(lambda i: {k: v[i] for k, v in rows.items()},
-                                 num_parallel_calls=tf.data.AUTOTUNE)
+            split=split, shuffle=shuffle, seed=seed,
+            shard_info=None if by_rows else shard_info, **kwargs).unbatch()
+    if by_rows:
+      indices = indices.shard(shard_info.num_shards, shard_info.index)
+    kept = tf.constant(mask)
+    return indices.map(lambda i: {**{k: v[i] for k, v in rows.items()}, KEPT: kept[i]},
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def drop_unkept(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Drops the rows a `KeptRowsSource` marks unkept (and the mark).
+
+  A task's preprocessors run after seqio repeats the source, so a host whose share of
+  a sharded epoch keeps no row reads on into the next epoch, as with the shards.
+  """
+  return dataset.filter(lambda ex: ex[KEPT]).map(
+      lambda ex: {k: v for k, v in ex.items() if k != KEPT})
 
 
 def register_grown_task(
@@ -298,8 +327,7 @@ def register_grown_task(
       before any other filter.
     in_memory: stream the kept rows from memory (`KeptRowsSource`: the same rows in the
       same order) rather than parse and filter the shards' every row each epoch; by
-      default when the dataset has at most `MAX_ROWS_IN_MEMORY` rows and no
-      deduplication (which depends on the order rows are read in) is asked for.
+      default when the dataset has at most `MAX_ROWS_IN_MEMORY` rows.
 
   Returns:
     The task; its only split is "train"; examples carry the features the losses read.
@@ -307,19 +335,18 @@ def register_grown_task(
   manifest = grown.load_manifest(directory, verify_counts=verify_counts)
   paths = grown.tensorflow_shard_paths(directory, manifest)
   if in_memory is None:
-    in_memory = manifest["num_rows"] <= MAX_ROWS_IN_MEMORY and not deduplicate
-  if in_memory and deduplicate:
-    raise ValueError("deduplicate keeps the first of identical samples in the order rows are"
-                     " read: use in_memory=False")
+    in_memory = manifest["num_rows"] <= MAX_ROWS_IN_MEMORY
   preprocessors = []
-  if in_memory:  # the source streams the kept rows only
+  if in_memory:  # the source streams the kept rows only (or marks them)
     source = KeptRowsSource(paths, functools.partial(
         kept_mask, threshold=threshold, include_references=include_references,
         include_samples=include_samples, row_keys=row_keys), manifest["num_rows"])
+    preprocessors.append(drop_unkept)
   else:
     source = seqio.TFExampleDataSource(
         split_to_filepattern={"train": paths}, feature_description=grown.feature_spec(),
-        num_input_examples={"train": manifest["num_rows"]})
+        num_input_examples={"train": manifest["num_rows"]}, cycle_length=_CYCLE,
+        block_length=_BLOCK)
     if row_keys is not None:
       preprocessors.append(functools.partial(keep_rows, keys=row_keys))
     if threshold is not None:
@@ -329,8 +356,8 @@ def register_grown_task(
       preprocessors.append(drop_samples)
     if not include_references:
       preprocessors.append(drop_references)
-    if deduplicate:
-      preprocessors.append(deduplicate_samples)
+  if deduplicate:  # the first of a source's identical samples in the order read
+    preprocessors.append(deduplicate_samples)
   preprocessors += [functools.partial(fill_unscored_rewards, value=float(unscored_reward)),
                     tokenize_inputs, sampled_targets, seqio.preprocessors.append_eos_after_trim]
   if name in seqio.TaskRegistry.names():
