@@ -292,7 +292,7 @@ def test_kept_rows_stream_from_memory_as_from_the_shards(tmp_path, references_sc
           _stream(task, 2 * epoch, shuffle=False, seed=None),
           _stream(task, 3 * epoch, shuffle=True, seed=3,
                   shard_info=seqio.ShardInfo(index=1, num_shards=2)),
-          _stream(task, epoch // 8, shuffle=True, seed=5,
+          _stream(task, max(epoch // 8, 6), shuffle=True, seed=5,
                   shard_info=seqio.ShardInfo(index=3, num_shards=32))]
     for read, kept in zip(*streams.values()):
       assert len(read) == len(kept)
@@ -312,3 +312,10 @@ def test_kept_rows_stream_from_memory_as_from_the_shards(tmp_path, references_sc
           try_in_mem_cache=False).as_numpy_iterator()] for in_memory in (False, True)]
   assert unique[0] == unique[1]
   assert 0 < len(unique[0]) < grown_tasks.kept_mask(columns, threshold=0.2).sum()
+  if references_scored:
+    # A host whose shards keep nothing would filter forever on the shards: an error here.
+    nothing = grown_tasks.register_grown_task(
+        "grown_memory_none", str(tmp_path), VOCAB, in_memory=True,
+        row_keys=[grown_tasks.row_key(0, 0)])  # a row of shard 0
+    with pytest.raises(ValueError, match="host 1 of 2 reads shards.*none of the 1 rows"):
+      nothing.get_dataset(None, split="train", shard_info=seqio.ShardInfo(index=1, num_shards=2))

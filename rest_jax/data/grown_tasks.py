@@ -267,6 +267,15 @@ class KeptRowsSource(seqio.FileDataSource):
                        "sample_id": rows["sample_id"].numpy()})
     # Fewer shards than hosts: seqio would read every row and shard the rows.
     by_rows = shard_info is not None and len(files) < shard_info.num_shards
+    if shard_info is not None and not by_rows and mask.any():
+      starts = np.cumsum([0] + list(sizes))
+      mine = range(shard_info.index, len(files), shard_info.num_shards)  # seqio's file shard
+      if not any(mask[starts[f]:starts[f + 1]].any() for f in mine):
+        raise ValueError(
+            f"host {shard_info.index} of {shard_info.num_shards} reads shards"
+            f" {[files[f] for f in mine]}, which hold none of the {int(mask.sum())} rows this"
+            " step keeps (its filter would read them forever): write the grown dataset in"
+            " more shards, or read it on fewer hosts")
     blocks = self._blocks(np.ones_like(mask) if by_rows else mask, sizes)
     index_of = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         tf.constant(files), tf.range(len(files), dtype=tf.int64)), default_value=-1)
